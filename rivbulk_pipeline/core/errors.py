@@ -1,0 +1,64 @@
+"""Errors the core and the adapters raise. Each names the object or file and the rule."""
+from __future__ import annotations
+
+
+class RivbulkError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class InventoryError(RivbulkError):
+    """An inventory report or one of its files breaks a rule (checksum, format, schema...)."""
+
+    def __init__(self, location: str, rule: str) -> None:
+        super().__init__(f"{location}: {rule}")
+        self.location = location
+        self.rule = rule
+
+
+class StoreError(RivbulkError):
+    """An object store call failed. `transient` says whether a retry may succeed."""
+
+    transient = False
+
+    def __init__(self, bucket: str, key: str, message: str) -> None:
+        super().__init__(f"s3://{bucket}/{key}: {message}")
+        self.bucket = bucket
+        self.key = key
+
+
+class ObjectNotFound(StoreError):
+    """The object (or bucket) does not exist (S3 NoSuchKey / NoSuchBucket)."""
+
+
+class AccessDenied(StoreError):
+    """The store refused access to the object (S3 AccessDenied)."""
+
+
+class InvalidKey(StoreError):
+    """The key cannot be stored by this store (e.g. a `..` segment on the local store)."""
+
+
+class TagLimitError(StoreError):
+    """A tag set breaks S3's tag rules: 10 tags, key <= 128 chars, value <= 256 chars."""
+
+
+class TransientStoreError(StoreError):
+    """Throttling, 5xx or a connection error that outlived the client's retries."""
+
+    transient = True
+
+
+class HistoryError(RivbulkError):
+    """The import history refused a write (e.g. an item over DynamoDB's 400 KB)."""
+
+
+class RegistrationRejected(RivbulkError):
+    """A registration provider's verdict that one object breaks a rule.
+
+    `reason` is a `Reason` value; `detail` names the object and the rule, never property contents.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail

@@ -1,0 +1,170 @@
+"""Value types shared by the core and the adapters."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Mapping, Optional
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True, order=True)
+class ObjectRef:
+    """One object version in a bucket. `version_id` is None for unversioned/null versions."""
+
+    bucket: str
+    key: str
+    version_id: Optional[str] = None
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    def __str__(self) -> str:  # used in error messages and logs: a location, never content
+        return self.uri if not self.version_id else f"{self.uri}?versionId={self.version_id}"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a listing or a HEAD says about one object."""
+
+    bucket: str
+    key: str
+    size: int
+    etag: str  # hex, without quotes
+    last_modified: datetime  # timezone-aware UTC
+    version_id: Optional[str] = None
+    is_latest: bool = True
+    is_delete_marker: bool = False
+    storage_class: str = "STANDARD"
+
+
+# ---- tables: the asset outputs, persisted as Parquet (never image bytes, never properties) ----
+
+# inventory_report: one row per inventory line, keys decoded.
+INVENTORY_SCHEMA = pa.schema(
+    [
+        ("bucket", pa.string()),
+        ("key", pa.string()),
+        ("version_id", pa.string()),  # null when the report has no VersionId or it is empty
+        ("is_latest", pa.bool_()),  # null when the report is current-versions only
+        ("is_delete_marker", pa.bool_()),
+        ("size", pa.int64()),
+        ("last_modified_date", pa.timestamp("ms", tz="UTC")),
+        ("e_tag", pa.string()),
+        ("storage_class", pa.string()),
+    ]
+)
+
+# batch_manifest: the candidate images (also written as S3BatchOperations_CSV_20180820).
+CANDIDATE_SCHEMA = pa.schema(
+    [
+        ("bucket", pa.string()),
+        ("key", pa.string()),
+        ("version_id", pa.string()),
+        ("size", pa.int64()),
+        ("e_tag", pa.string()),
+    ]
+)
+
+# qualified_objects: every candidate with a decision.
+QUALIFIED_SCHEMA = pa.schema(
+    list(CANDIDATE_SCHEMA)
+    + [
+        ("qualified", pa.bool_()),
+        ("reason", pa.string()),  # a Reason value
+        ("detail", pa.string()),  # a human sentence naming the rule; never property contents
+        ("user_id", pa.string()),  # null unless qualified
+        ("properties_ref", pa.string()),  # where the provider will read properties from; null if none
+    ]
+)
+
+# indexed_users: every qualified object with its registration outcome.
+INDEXED_SCHEMA = pa.schema(
+    list(CANDIDATE_SCHEMA)
+    + [
+        ("outcome", pa.string()),  # an Outcome value
+        ("reason", pa.string()),
+        ("attempts", pa.int32()),
+    ]
+)
+
+
+class Reason(str, enum.Enum):
+    """Why a candidate did or did not qualify."""
+
+    QUALIFIED = "qualified"
+    ALREADY_INDEXED = "already_indexed"  # import history: indexed, same ETag/version
+    PREVIOUSLY_FAILED = "previously_failed"  # import history: permanent failure, same ETag/version
+    INDEXED_TAG = "indexed_tag"  # Indexed=true tag
+    IGNORED = "ignored"  # Ignore=true tag
+    NO_USER_ID = "no_user_id"
+    BAD_USER_ID = "bad_user_id"  # empty, too long (> 128) or otherwise invalid
+    BAD_PROPERTIES = "bad_properties"  # not a Mapping[str, str], too large, bad JSON
+    PROPERTIES_NOT_FOUND = "properties_not_found"
+    PROPERTIES_NOT_ALLOWED = "properties_not_allowed"  # not an s3://.../*.json path in an allowed bucket
+    OBJECT_NOT_FOUND = "object_not_found"  # listed in the inventory but gone (eventual consistency)
+    ACCESS_DENIED = "access_denied"
+    PROVIDER_ERROR = "provider_error"  # a custom provider raised
+    TRANSIENT_ERROR = "transient_error"  # store throttling/5xx after retries: the next run retries
+
+
+class Outcome(str, enum.Enum):
+    """What happened to a qualified object at indexing time."""
+
+    INDEXED = "indexed"
+    FAILED_PERMANENT = "failed_permanent"  # never retried for this ETag/version
+    FAILED_TRANSIENT = "failed_transient"  # retried by the next run
+    SKIPPED = "skipped"  # already indexed meanwhile, or claimed by another live run
+
+
+@dataclass(frozen=True)
+class RegistrationInfo:
+    """What a registration provider says about one image: who it belongs to."""
+
+    user_id: str
+    properties_ref: Optional[str] = None  # opaque to the core; the provider loads it
+
+
+@dataclass(frozen=True)
+class GatewayResult:
+    """The gateway's answer to one register call."""
+
+    outcome: Outcome  # INDEXED, FAILED_PERMANENT or FAILED_TRANSIENT
+    reason: str = ""  # e.g. "UserAlreadyExists", "HTTP 503", "timeout after 30s"
+
+    @classmethod
+    def succeeded(cls, reason: str = "SUCCEEDED") -> "GatewayResult":
+        return cls(Outcome.INDEXED, reason)
+
+    @classmethod
+    def permanent(cls, reason: str) -> "GatewayResult":
+        return cls(Outcome.FAILED_PERMANENT, reason)
+
+    @classmethod
+    def transient(cls, reason: str) -> "GatewayResult":
+        return cls(Outcome.FAILED_TRANSIENT, reason)
+
+
+class HistoryStatus(str, enum.Enum):
+    CLAIMED = "claimed"  # a run is registering it now (lease until claim_expires_at)
+    INDEXED = "indexed"
+    FAILED_PERMANENT = "failed_permanent"
+    FAILED_TRANSIENT = "failed_transient"
+
+
+@dataclass(frozen=True)
+class HistoryRecord:
+    """The import history's word on one object version."""
+
+    ref: ObjectRef
+    etag: str
+    status: HistoryStatus
+    user_id: Optional[str] = None
+    reason: str = ""
+    attempts: int = 0
+    owner: str = ""  # the run that wrote it
+    updated_at: float = 0.0  # epoch seconds
+    claim_expires_at: float = 0.0  # epoch seconds; only meaningful when CLAIMED
+    extra: Mapping[str, str] = field(default_factory=dict)

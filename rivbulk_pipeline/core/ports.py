@@ -1,0 +1,102 @@
+"""The interfaces the core needs from the outside world.
+
+Each has a production adapter (boto3 / HTTP) and an embedded one (files / SQLite) in
+`rivbulk_pipeline.resources`. The core depends on these protocols only.
+"""
+from __future__ import annotations
+
+from typing import BinaryIO, ContextManager, Iterable, Iterator, Mapping, Optional, Protocol, Sequence
+
+from .model import GatewayResult, HistoryRecord, ObjectInfo, ObjectRef, RegistrationInfo
+
+
+class ObjectStore(Protocol):
+    """S3's semantics: buckets, any UTF-8 key, ETags, object tags (<= 10, whole-set replace).
+
+    Errors: ObjectNotFound, AccessDenied, InvalidKey, TagLimitError, TransientStoreError.
+    """
+
+    def get_bytes(self, bucket: str, key: str, version_id: Optional[str] = None) -> bytes: ...
+
+    def open_read(self, bucket: str, key: str) -> ContextManager[BinaryIO]:
+        """A streaming, file-like reader (for inventory data files, which can be GBs)."""
+        ...
+
+    def head(self, bucket: str, key: str, version_id: Optional[str] = None) -> ObjectInfo: ...
+
+    def exists(self, bucket: str, key: str) -> bool: ...
+
+    def put_bytes(self, bucket: str, key: str, body: bytes, content_type: Optional[str] = None) -> str:
+        """Write atomically; return the new ETag (hex, no quotes)."""
+        ...
+
+    def upload_file(self, bucket: str, key: str, path: str) -> str:
+        """Write a local file as an object (multipart where large); return the ETag."""
+        ...
+
+    def list_objects(self, bucket: str, prefix: str = "", start_after: str = "") -> Iterator[ObjectInfo]:
+        """Every object under prefix, in key (UTF-8 byte) order, paginated under the hood."""
+        ...
+
+    def list_prefixes(self, bucket: str, prefix: str = "") -> Iterator[str]:
+        """The common prefixes one level below `prefix` (S3 ListObjectsV2 with Delimiter='/')."""
+        ...
+
+    def get_tags(self, bucket: str, key: str, version_id: Optional[str] = None) -> dict[str, str]: ...
+
+    def put_tags(self, bucket: str, key: str, tags: Mapping[str, str], version_id: Optional[str] = None) -> None:
+        """Replace the whole tag set (S3 PutObjectTagging); TagLimitError past S3's limits."""
+        ...
+
+    def merge_tags(
+        self, bucket: str, key: str, updates: Mapping[str, str], version_id: Optional[str] = None
+    ) -> dict[str, str]:
+        """Read, merge, write: keep every other tag. A key equal to an update's key
+        case-insensitively is replaced. Return the tag set written."""
+        ...
+
+
+class RegistrationProvider(Protocol):
+    """Says who an image belongs to (the seed's IRegistrationDataProvider).
+
+    `registration_for` gets the object's tags (read once by the caller) and returns the
+    user id and an opaque reference to the properties; `load_properties` reads them when
+    they are needed. Raise `RegistrationRejected(reason, detail)` for a per-object rule
+    violation; any other exception is recorded as a provider error for that object only.
+    """
+
+    def registration_for(self, obj: ObjectRef, tags: Mapping[str, str]) -> Optional[RegistrationInfo]:
+        """None when the object carries no user id."""
+        ...
+
+    def load_properties(self, properties_ref: str) -> dict[str, str]: ...
+
+
+class Gateway(Protocol):
+    """Registers one user with one face image. Never raises for a per-user failure:
+    the result says INDEXED, FAILED_PERMANENT (with the reason) or FAILED_TRANSIENT."""
+
+    def register(self, user_id: str, image: bytes, properties: Mapping[str, str]) -> GatewayResult: ...
+
+
+class ImportHistory(Protocol):
+    """One record per object version: what the pipeline did with it.
+
+    `claim` is a conditional write: it succeeds only when no record exists, the record is a
+    transient failure, the record's ETag differs from `etag`, or the record is a claim whose
+    lease has expired. Two runs can never both hold a claim on one object.
+    """
+
+    def lookup(self, refs: Sequence[ObjectRef]) -> dict[ObjectRef, HistoryRecord]:
+        """Batch read; refs with no record are absent from the result."""
+        ...
+
+    def claim(self, ref: ObjectRef, etag: str, owner: str, lease_seconds: float) -> bool: ...
+
+    def record(self, record: HistoryRecord) -> None:
+        """Write the final outcome (INDEXED / FAILED_*) of a claim."""
+        ...
+
+    def scan(self) -> Iterator[HistoryRecord]:
+        """Every record (for reports and tests)."""
+        ...
