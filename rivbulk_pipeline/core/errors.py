@@ -62,3 +62,16 @@ class RegistrationRejected(RivbulkError):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+
+
+class ImageRejected(RivbulkError):
+    """An image breaks one of the registry's rules (format, size, dimensions, decodability).
+
+    `reason_code` is a short stable string (`unsupported_format`, `too_large`, `too_small`,
+    `corrupt_image`); `detail` names the image's location and the rule, never its content.
+    """
+
+    def __init__(self, reason_code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason_code = reason_code
+        self.detail = detail

@@ -1,0 +1,99 @@
+"""The `rivbulk` command: demo data, inventory reports, the history table, the Dagster UI."""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from datetime import datetime, timezone
+from typing import Optional, Sequence
+
+from .settings import Settings
+
+
+def _store(settings: Settings):
+    from .defs.resources import build_resources
+
+    return build_resources(settings)["store"]
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from .demo import create_demo
+
+    if settings.deployment != "local":
+        print("rivbulk demo writes the local default's data; unset RIVBULK_DEPLOYMENT", file=sys.stderr)
+        return 2
+    home = settings.home_path
+    if (home / "store").exists():
+        if not args.force:
+            print(f"demo data already in {home} (use --force to recreate it)")
+            return 0
+        for name in ("store", "registry.sqlite", "import_history.sqlite", "dagster_home"):
+            path = home / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    create_demo(settings)
+    print(f"demo data written to {home}")
+    return 0
+
+
+def cmd_inventory(args: argparse.Namespace, settings: Settings) -> int:
+    from .demo import write_report
+
+    created_at = datetime.fromisoformat(args.at) if args.at else datetime.now(timezone.utc)
+    if created_at.tzinfo is None:
+        created_at = created_at.replace(tzinfo=timezone.utc)
+    key = write_report(_store(settings), settings, created_at.replace(second=0, microsecond=0), args.format)
+    print(f"wrote s3://{settings.inventory_bucket}/{key}")
+    return 0
+
+
+def cmd_create_history_table(args: argparse.Namespace, settings: Settings) -> int:
+    from .resources.history import create_history_table
+
+    arn = create_history_table(settings.history_table, region_name=settings.region_name, endpoint_url=settings.endpoint_url)
+    print(f"history table ready: {arn}")
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.deployment == "local" and not (settings.home_path / "store").exists():
+        cmd_demo(argparse.Namespace(force=False), settings)
+    dagster_home = os.environ.get("DAGSTER_HOME") or str(settings.home_path / "dagster_home")
+    os.makedirs(dagster_home, exist_ok=True)
+    env = dict(os.environ, DAGSTER_HOME=dagster_home, RIVBULK_HOME=str(settings.home_path))
+    dagster = shutil.which("dagster", path=os.path.dirname(sys.executable)) or shutil.which("dagster") or "dagster"
+    command = [dagster, "dev", "-m", "rivbulk_pipeline.definitions", "-h", args.host, "-p", str(args.port)]
+    print(f"DAGSTER_HOME={dagster_home}; open http://{args.host}:{args.port}")
+    os.execvpe(command[0], command, env)
+    return 0  # not reached
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="rivbulk", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="write the local demo bucket, registry users and inventory reports")
+    demo.add_argument("--force", action="store_true", help="delete and recreate existing demo data")
+    demo.set_defaults(run=cmd_demo)
+
+    inventory = commands.add_parser(
+        "inventory", help="list the image bucket and write a real S3 Inventory report (any store, local or S3)"
+    )
+    inventory.add_argument("--format", choices=["CSV", "ORC", "Parquet"], default="CSV")
+    inventory.add_argument("--at", help="report time, ISO-8601 (default: now, UTC)")
+    inventory.set_defaults(run=cmd_inventory)
+
+    table = commands.add_parser("create-history-table", help="create the DynamoDB import history table")
+    table.set_defaults(run=cmd_create_history_table)
+
+    dev = commands.add_parser("dev", help="create the demo data if missing and start the Dagster UI and daemon")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=3000)
+    dev.set_defaults(run=cmd_dev)
+
+    args = parser.parse_args(argv)
+    return args.run(args, Settings.from_env())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

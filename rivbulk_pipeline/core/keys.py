@@ -1,0 +1,154 @@
+"""Vectorised URL encoding and decoding of object keys held in Arrow string arrays.
+
+S3 Inventory CSV writes keys the way `urllib.parse.quote_plus` does (space as '+');
+S3 Batch Operations manifests want them the way `quote(key, safe='/')` does (space as
+'%20'). Inventories hold millions of keys, so both directions work on the arrays'
+buffers with numpy instead of calling the stdlib once per row; the stdlib stays the
+reference they are tested against.
+"""
+from __future__ import annotations
+
+from urllib.parse import unquote_plus
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# hex digit value per byte, -1 for a byte that is not an ASCII hex digit
+_HEX_VALUE = np.full(256, -1, dtype=np.int16)
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _HEX_VALUE[_c] = _i
+    _HEX_VALUE[ord(chr(_c).upper())] = _i
+_HEX_UPPER = np.frombuffer(b"0123456789ABCDEF", dtype=np.uint8)
+
+# bytes that `quote(key, safe='/')` leaves as they are
+_QUOTE_SAFE = np.zeros(256, dtype=bool)
+_QUOTE_SAFE[np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/", dtype=np.uint8)] = True
+
+# A key holding one of these was not produced by URL encoding: a space, a non-ASCII
+# character, or a '%' that does not start a %XX escape.
+NOT_URL_ENCODED_RE = r"(?s) |[^\x00-\x7f]|%([^0-9A-Fa-f]|[0-9A-Fa-f]([^0-9A-Fa-f]|$)|$)"
+PERCENT_ESCAPE_RE = r"%[0-9A-Fa-f]{2}"
+
+
+def _as_string_array(arr: pa.Array | pa.ChunkedArray) -> pa.StringArray:
+    """One contiguous `string` (int32 offsets) array, whatever chunking or width came in."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], pa.string())
+    if not pa.types.is_string(arr.type):
+        arr = arr.cast(pa.string())
+    return arr
+
+
+def _buffers(arr: pa.StringArray) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets rebased to 0 as int64, the bytes they index) of a string array, zero-copy."""
+    _, offsets_buf, data_buf = arr.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1].astype(np.int64)
+    if data_buf is None:  # every value empty or null
+        return offsets - offsets[0], np.zeros(0, np.uint8)
+    data = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0] : offsets[-1]]
+    return offsets - offsets[0], data
+
+
+def _from_buffers(offsets: np.ndarray, data: np.ndarray, typ: pa.DataType = pa.string()) -> pa.Array:
+    return pa.Array.from_buffers(
+        typ, len(offsets) - 1, [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data.tobytes())]
+    )
+
+
+def _percent_decode(arr: pa.StringArray) -> pa.Array:
+    """Replace every valid %XX escape by its byte. `arr` has no nulls.
+
+    Returns a *binary* array: the bytes may not be valid UTF-8. Valid escapes never
+    overlap (one is followed by two hex digits, never by a '%'), so each '%' is judged
+    on its own, all at once.
+    """
+    offsets, data = _buffers(arr)
+    pct = np.flatnonzero(data == 0x25)
+    row = np.searchsorted(offsets, pct, side="right") - 1
+    in_row = pct + 2 < offsets[row + 1]
+    pct = pct[in_row]
+    hi = _HEX_VALUE[data[pct + 1]]
+    lo = _HEX_VALUE[data[pct + 2]]
+    ok = (hi >= 0) & (lo >= 0)
+    pct, value = pct[ok], (hi[ok] * 16 + lo[ok]).astype(np.uint8)
+
+    out = data.copy()
+    out[pct] = value
+    keep = np.ones(len(data), dtype=bool)
+    keep[pct + 1] = False
+    keep[pct + 2] = False
+    removed_before = np.concatenate(([0], np.cumsum(~keep)))
+    new_offsets = offsets - removed_before[offsets]
+    return _from_buffers(new_offsets, out[keep], pa.binary())
+
+
+def unquote_plus_array(arr: pa.Array | pa.ChunkedArray) -> pa.StringArray:
+    """`urllib.parse.unquote_plus` applied to every string of `arr` (nulls stay null).
+
+    '+' becomes a space first, then each '%' followed by two hex digits becomes that
+    byte; anything else ('%zz', a lone '%') is left as is. Rows whose decoded bytes are
+    not valid UTF-8 get exactly what `unquote_plus` gives them (U+FFFD replacements).
+    """
+    arr = _as_string_array(arr)
+    arr = pc.replace_substring(arr, "+", " ")
+    has_pct = pc.fill_null(pc.match_substring(arr, "%"), False)
+    if not pc.any(has_pct).as_py():
+        return arr
+    original = arr.filter(has_pct)
+    decoded = _percent_decode(original)
+    try:
+        decoded = decoded.cast(pa.string())  # validates UTF-8 for the whole batch at once
+    except pa.ArrowInvalid:
+        decoded = _repair_utf8(decoded, original)
+    return pc.replace_with_mask(arr, has_pct, decoded)
+
+
+def _repair_utf8(decoded: pa.Array, original: pa.StringArray) -> pa.StringArray:
+    """The rare path: a batch holds a key whose escapes decode to invalid UTF-8.
+
+    Rows that are valid keep the vectorised result (whole-row UTF-8 validity implies
+    `unquote`'s per-run decoding gives the same text); the others get the stdlib's answer.
+    `original` already has '+' turned into spaces, which `unquote_plus` leaves alone.
+    """
+    values = []
+    for raw, text in zip(decoded.to_pylist(), original.to_pylist()):
+        try:
+            values.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            values.append(unquote_plus(text))
+    return pa.array(values, pa.string())
+
+
+def quote_array(arr: pa.Array | pa.ChunkedArray) -> pa.StringArray:
+    """`urllib.parse.quote(s, safe='/')` applied to every string of `arr` (nulls stay null).
+
+    Each UTF-8 byte outside A-Z a-z 0-9 '_.-~/' becomes %XX (upper-case hex), so a
+    space is '%20' and '+' is '%2B'.
+    """
+    arr = _as_string_array(arr)
+    valid = arr.is_valid()
+    offsets, data = _buffers(arr)
+    safe = _QUOTE_SAFE[data]
+    width = np.where(safe, 1, 3)
+    end = np.cumsum(width)
+    start = end - width
+    out = np.empty(int(end[-1]) if len(end) else 0, dtype=np.uint8)
+    out[start[safe]] = data[safe]
+    esc, byte = start[~safe], data[~safe]
+    out[esc] = 0x25
+    out[esc + 1] = _HEX_UPPER[byte >> 4]
+    out[esc + 2] = _HEX_UPPER[byte & 0x0F]
+    new_offsets = np.concatenate(([0], end))[offsets]
+    quoted = _from_buffers(new_offsets, out)
+    if arr.null_count:
+        quoted = pc.if_else(valid, quoted, pa.scalar(None, pa.string()))
+    return quoted
+
+
+def looks_url_encoded(arr: pa.Array | pa.ChunkedArray) -> tuple[bool, bool]:
+    """(some key has a character URL encoding never produces, some key has a %XX escape)."""
+    arr = _as_string_array(arr)
+    foreign = pc.any(pc.match_substring_regex(arr, NOT_URL_ENCODED_RE)).as_py() or False
+    escaped = pc.any(pc.match_substring_regex(arr, PERCENT_ESCAPE_RE)).as_py() or False
+    return foreign, escaped

@@ -1,0 +1,68 @@
+"""Rate limiting and retry delays for calls to the identity gateway."""
+from __future__ import annotations
+
+import collections
+import math
+import random
+import threading
+import time
+from typing import Callable
+
+
+class RateLimiter:
+    """Thread-safe limiter: never more than `rate_per_second` starts in any one-second window.
+
+    Two rules on the *actual* start times: starts are spaced at least 1/rate apart (smooth,
+    no bursts), and the last `floor(rate)` starts span at least `1 + margin` seconds (exact
+    for fractional rates, and it absorbs the few milliseconds between `acquire` returning and
+    the request reaching the gateway).
+    """
+
+    def __init__(
+        self,
+        rate_per_second: float,
+        margin_seconds: float = 0.02,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if rate_per_second <= 0:
+            raise ValueError(f"rate_per_second must be > 0, got {rate_per_second}")
+        self.rate = rate_per_second
+        self._spacing = 1.0 / rate_per_second
+        self._window = 1.0 + margin_seconds
+        self._starts: collections.deque[float] = collections.deque(maxlen=max(1, math.floor(rate_per_second)))
+        self._next_start = 0.0
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._sleep = sleep
+
+    def acquire(self) -> float:
+        """Block until a call may start; return its start time (on the limiter's clock)."""
+        while True:
+            with self._lock:
+                now = self._clock()
+                wait = self._next_start - now
+                if len(self._starts) == self._starts.maxlen:
+                    wait = max(wait, self._starts[0] + self._window - now)
+                if wait <= 0:
+                    self._starts.append(now)
+                    self._next_start = now + self._spacing
+                    return now
+            self._sleep(wait)
+
+
+def backoff_delay(attempt: int, base_seconds: float = 0.5, cap_seconds: float = 30.0, rng: random.Random | None = None) -> float:
+    """Exponential backoff with full jitter for retry number `attempt` (1-based)."""
+    ceiling = min(cap_seconds, base_seconds * (2 ** (attempt - 1)))
+    return (rng or random).uniform(0, ceiling)
+
+
+def max_calls_in_any_window(start_times: list[float], window_seconds: float = 1.0) -> int:
+    """The largest number of starts inside any half-open window [t, t + window) (for checks and benchmarks)."""
+    times = sorted(start_times)
+    best, left = 0, 0
+    for right, t in enumerate(times):
+        while t - times[left] >= window_seconds:
+            left += 1
+        best = max(best, right - left + 1)
+    return best

@@ -1,0 +1,74 @@
+"""Asset tables as Parquet in an object store, written and read batch by batch."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .ports import ObjectStore
+
+
+@dataclass(frozen=True)
+class TableLocation:
+    bucket: str
+    key: str
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+@dataclass(frozen=True)
+class WrittenTable:
+    location: TableLocation
+    rows: int
+    bytes: int
+
+
+def table_location(bucket: str, prefix: str, asset: str, partition: str) -> TableLocation:
+    """Where an asset's table for one partition lives: <prefix>/<asset>/dt=<partition>/<asset>.parquet."""
+    parts = [p for p in (prefix.strip("/"), asset, f"dt={partition}", f"{asset}.parquet") if p]
+    return TableLocation(bucket, "/".join(parts))
+
+
+def write_table(
+    store: ObjectStore, location: TableLocation, schema: pa.Schema, batches: Iterable[pa.RecordBatch]
+) -> WrittenTable:
+    """Stream batches into a Parquet file (spooled locally), then upload it in one object write."""
+    rows = 0
+    with tempfile.TemporaryDirectory(prefix="rivbulk-table-") as folder:
+        path = os.path.join(folder, "table.parquet")
+        with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+            for batch in batches:
+                if batch.num_rows:
+                    writer.write_batch(batch.cast(schema) if batch.schema != schema else batch)
+                    rows += batch.num_rows
+        store.upload_file(location.bucket, location.key, path)
+        return WrittenTable(location, rows, os.path.getsize(path))
+
+
+@contextmanager
+def local_copy(store: ObjectStore, bucket: str, key: str, suffix: str = "") -> Iterator[str]:
+    """Spool an object to a temporary file (for formats that need random access)."""
+    with tempfile.TemporaryDirectory(prefix="rivbulk-read-") as folder:
+        path = os.path.join(folder, "object" + suffix)
+        with store.open_read(bucket, key) as source, open(path, "wb") as target:
+            shutil.copyfileobj(source, target, 1024 * 1024)
+        yield path
+
+
+def read_table(store: ObjectStore, location: TableLocation, batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
+    """Yield a stored table's batches without loading the whole table."""
+    with local_copy(store, location.bucket, location.key, ".parquet") as path:
+        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
+
+
+def count_rows(store: ObjectStore, location: TableLocation) -> int:
+    with local_copy(store, location.bucket, location.key, ".parquet") as path:
+        return pq.ParquetFile(path).metadata.num_rows

@@ -1,0 +1,212 @@
+"""The four assets: thin functions that hand resources to the core's steps.
+
+Each writes its table as Parquet in the store and reports counts and locations as metadata:
+never image bytes, property contents or user ids.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import tempfile
+import time
+from typing import Iterable, Iterator
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..core.batch_manifest import BatchManifestWriter, batch_manifest_spec, candidate_mask, exclusion_reasons
+from ..core.indexing import IndexingPolicy, index_qualified
+from ..core.inventory import iter_inventory_batches, load_manifest
+from ..core.model import CANDIDATE_SCHEMA, INDEXED_SCHEMA, INVENTORY_SCHEMA, QUALIFIED_SCHEMA, Outcome
+from ..core.progress import Progress
+from ..core.qualify import qualify_candidates
+from ..core.ratelimit import RateLimiter
+from ..core.reports import newest_complete_report
+from ..core.tables import TableLocation, count_rows, read_table, table_location, write_table
+from ..resources.gateway import GatewayResource
+from ..resources.history import ImportHistoryResource
+from ..resources.object_store import ObjectStoreResource
+from ..resources.pipeline_settings import PipelineSettings
+from ..resources.registration import RegistrationProviderResource
+from .partitions import inventory_dates
+
+GROUP = "rivbulk"
+
+
+def _location(settings: PipelineSettings, asset: str, partition: str) -> TableLocation:
+    return table_location(settings.output_bucket, settings.output_prefix, asset, partition)
+
+
+def _counted(batches: Iterable[pa.RecordBatch], column: str, counts: collections.Counter) -> Iterator[pa.RecordBatch]:
+    """Pass batches through while counting the values of one column (vectorised)."""
+    for batch in batches:
+        for item in pc.value_counts(batch.column(column)).to_pylist():
+            counts[str(item["values"])] += item["counts"]
+        yield batch
+
+
+@dg.asset(partitions_def=inventory_dates, group_name=GROUP, kinds={"s3", "parquet"})
+def inventory_report(
+    context: dg.AssetExecutionContext, settings: PipelineSettings, store: ObjectStoreResource
+) -> dg.MaterializeResult:
+    """The inventory date's newest complete S3 Inventory report, checksums verified, keys decoded."""
+    started = time.monotonic()
+    folder = newest_complete_report(store, settings.inventory_bucket, settings.report_root, context.partition_key)
+    manifest = load_manifest(store, settings.inventory_bucket, f"{settings.report_root}/{folder.name}")
+    context.log.info(f"reading {len(manifest.files)} {manifest.file_format} data file(s) of report {folder.name}")
+    progress = Progress("inventory rows", None, context.log.info)
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for batch in iter_inventory_batches(
+            store, manifest, columnar_keys_url_encoded=settings.columnar_keys_url_encoded
+        ):
+            progress.advance(batch.num_rows)
+            yield batch
+
+    table = write_table(store, _location(settings, "inventory_report", context.partition_key), INVENTORY_SCHEMA, batches())
+    elapsed = time.monotonic() - started
+    return dg.MaterializeResult(
+        metadata={
+            "report_folder": folder.name,
+            "report_created_at": manifest.created_at.isoformat(),
+            "file_format": manifest.file_format,
+            "data_files": len(manifest.files),
+            "dagster/row_count": table.rows,
+            "table_uri": dg.MetadataValue.path(table.location.uri),
+            "table_bytes": table.bytes,
+            "duration_seconds": round(elapsed, 3),
+            "rows_per_second": round(table.rows / elapsed, 1) if elapsed else 0.0,
+        }
+    )
+
+
+@dg.asset(partitions_def=inventory_dates, group_name=GROUP, kinds={"s3", "csv"}, deps=[inventory_report])
+def batch_manifest(
+    context: dg.AssetExecutionContext, settings: PipelineSettings, store: ObjectStoreResource
+) -> dg.MaterializeResult:
+    """Candidate images (PNG/JPEG by name, current versions, no delete markers), also written as an
+    S3BatchOperations_CSV_20180820 manifest so that an S3 Batch Operations job can run on it."""
+    partition = context.partition_key
+    excluded: collections.Counter = collections.Counter()
+    manifest_key = "/".join(p for p in (settings.output_prefix.strip("/"), "batch_manifest", f"dt={partition}", "manifest.csv") if p)
+    with tempfile.TemporaryDirectory(prefix="rivbulk-manifest-") as folder:
+        csv_path = os.path.join(folder, "manifest.csv")
+        with BatchManifestWriter(csv_path) as csv_writer:
+
+            def candidates() -> Iterator[pa.RecordBatch]:
+                for batch in read_table(store, _location(settings, "inventory_report", partition)):
+                    mask = candidate_mask(batch)
+                    reasons = exclusion_reasons(batch)
+                    for item in pc.value_counts(reasons.filter(pc.invert(mask))).to_pylist():
+                        excluded[item["values"]] += item["counts"]
+                    chosen = batch.filter(mask).select(CANDIDATE_SCHEMA.names)
+                    csv_writer.write(chosen)
+                    yield chosen
+
+            table = write_table(store, _location(settings, "batch_manifest", partition), CANDIDATE_SCHEMA, candidates())
+        manifest_etag = store.upload_file(settings.output_bucket, manifest_key, csv_path)
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": table.rows,
+            "candidates": table.rows,
+            **{f"excluded_{reason}": count for reason, count in sorted(excluded.items())},
+            "manifest_uri": dg.MetadataValue.path(f"s3://{settings.output_bucket}/{manifest_key}"),
+            "manifest_etag": manifest_etag,
+            "manifest_spec": dg.MetadataValue.json(batch_manifest_spec(csv_writer.has_versions)),
+            "table_uri": dg.MetadataValue.path(table.location.uri),
+        }
+    )
+
+
+@dg.asset(partitions_def=inventory_dates, group_name=GROUP, kinds={"s3", "parquet"}, deps=[batch_manifest])
+def qualified_objects(
+    context: dg.AssetExecutionContext,
+    settings: PipelineSettings,
+    store: ObjectStoreResource,
+    registration: RegistrationProviderResource,
+    history: ImportHistoryResource,
+) -> dg.MaterializeResult:
+    """Every candidate with a decision: qualified (with its user) or not, and why."""
+    partition = context.partition_key
+    source = _location(settings, "batch_manifest", partition)
+    progress = Progress("qualified", count_rows(store, source), context.log.info)
+    reasons: collections.Counter = collections.Counter()
+    started = time.monotonic()
+    decisions = qualify_candidates(
+        read_table(store, source),
+        store=store,
+        provider=registration,
+        history=history,
+        concurrency=settings.qualify_concurrency,
+        progress=progress,
+    )
+    table = write_table(
+        store, _location(settings, "qualified_objects", partition), QUALIFIED_SCHEMA, _counted(decisions, "reason", reasons)
+    )
+    elapsed = time.monotonic() - started
+    context.log.info(progress.summary())
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": table.rows,
+            "qualified": reasons.get("qualified", 0),
+            "not_qualified": table.rows - reasons.get("qualified", 0),
+            **{f"reason_{reason}": count for reason, count in sorted(reasons.items())},
+            "table_uri": dg.MetadataValue.path(table.location.uri),
+            "duration_seconds": round(elapsed, 3),
+            "objects_per_second": round(table.rows / elapsed, 1) if elapsed else 0.0,
+        }
+    )
+
+
+@dg.asset(partitions_def=inventory_dates, group_name=GROUP, kinds={"s3", "parquet"}, deps=[qualified_objects])
+def indexed_users(
+    context: dg.AssetExecutionContext,
+    settings: PipelineSettings,
+    store: ObjectStoreResource,
+    registration: RegistrationProviderResource,
+    gateway: GatewayResource,
+    history: ImportHistoryResource,
+) -> dg.MaterializeResult:
+    """Each qualified object registered through the gateway at a bounded rate; every outcome is
+    in the import history before the next object starts, so a rerun resumes where this stopped."""
+    partition = context.partition_key
+    source = _location(settings, "qualified_objects", partition)
+    qualified_total = sum(pc.sum(b.column("qualified")).as_py() or 0 for b in read_table(store, source))
+    progress = Progress("registered", qualified_total, context.log.info)
+    outcomes: collections.Counter = collections.Counter()
+    started = time.monotonic()
+    results = index_qualified(
+        read_table(store, source),
+        store=store,
+        provider=registration,
+        gateway=gateway,
+        history=history,
+        limiter=RateLimiter(settings.index_rate_per_second),
+        policy=IndexingPolicy(
+            owner=context.run_id,
+            concurrency=settings.index_concurrency,
+            max_attempts=settings.index_max_attempts,
+            lease_seconds=settings.claim_lease_seconds,
+        ),
+        log=context.log.warning,
+        progress=progress,
+    )
+    table = write_table(
+        store, _location(settings, "indexed_users", partition), INDEXED_SCHEMA, _counted(results, "outcome", outcomes)
+    )
+    elapsed = time.monotonic() - started
+    context.log.info(progress.summary())
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": table.rows,
+            **{f"outcome_{outcome.value}": outcomes.get(outcome.value, 0) for outcome in Outcome},
+            "table_uri": dg.MetadataValue.path(table.location.uri),
+            "duration_seconds": round(elapsed, 3),
+            "registrations_per_second": round(outcomes.get("indexed", 0) / elapsed, 2) if elapsed else 0.0,
+            "configured_rate_per_second": settings.index_rate_per_second,
+        }
+    )
+
+
+bulk_load_assets = [inventory_report, batch_manifest, qualified_objects, indexed_users]

@@ -1,0 +1,75 @@
+"""Resources per deployment: `local` (embedded, the default) or `aws` (production)."""
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+
+from ..resources.gateway import LocalRegistryGateway, RivHttpGateway
+from ..resources.history import DynamoImportHistory, SqliteImportHistory
+from ..resources.object_store import LocalObjectStore, S3ObjectStore
+from ..resources.pipeline_settings import PipelineSettings
+from ..resources.registration import CustomRegistrationProvider, S3TagRegistrationProvider
+from ..settings import Settings
+
+
+def pipeline_settings(settings: Settings) -> PipelineSettings:
+    return PipelineSettings(
+        image_bucket=settings.image_bucket,
+        inventory_bucket=settings.inventory_bucket,
+        inventory_prefix=settings.inventory_prefix,
+        inventory_config_id=settings.inventory_config_id,
+        output_bucket=settings.output_bucket_name,
+        output_prefix=settings.output_prefix,
+        qualify_concurrency=settings.qualify_concurrency,
+        index_rate_per_second=settings.index_rate_per_second,
+        index_concurrency=settings.index_concurrency,
+        index_max_attempts=settings.index_max_attempts,
+        claim_lease_seconds=settings.claim_lease_seconds,
+        columnar_keys_url_encoded=settings.columnar_keys_url_encoded,
+    )
+
+
+def build_resources(settings: Settings) -> dict[str, Any]:
+    if settings.deployment == "local":
+        home = settings.home_path
+        store = LocalObjectStore(root=str(home / "store"))
+        history = SqliteImportHistory(db_path=str(home / "import_history.sqlite"))
+        gateway = LocalRegistryGateway(db_path=str(home / "registry.sqlite"))
+    elif settings.deployment == "aws":
+        store = S3ObjectStore(region_name=settings.region_name, endpoint_url=settings.endpoint_url)
+        history = DynamoImportHistory(
+            table_name=settings.history_table, region_name=settings.region_name, endpoint_url=settings.endpoint_url
+        )
+        if not settings.gateway_url:
+            raise ValueError("RIVBULK_GATEWAY_URL must be set for the aws deployment")
+        gateway = RivHttpGateway(
+            url=settings.gateway_url,
+            auth=settings.gateway_auth,
+            # The key stays in the environment: Dagster stores the variable's name, not its value.
+            api_key=dg.EnvVar("RIVBULK_GATEWAY_API_KEY") if settings.gateway_auth == "api_key" else None,
+            api_key_header=settings.gateway_api_key_header,
+            region_name=settings.region_name,
+            timeout_seconds=settings.gateway_timeout_seconds,
+            max_payload_bytes=settings.gateway_max_payload_bytes,
+        )
+    else:
+        raise ValueError(f"RIVBULK_DEPLOYMENT must be 'local' or 'aws', not {settings.deployment!r}")
+
+    if settings.provider == "s3_tags":
+        registration = S3TagRegistrationProvider(
+            store=store,
+            allowed_property_buckets=settings.property_buckets,
+            max_properties_bytes=settings.max_properties_bytes,
+        )
+    else:
+        registration = CustomRegistrationProvider(
+            class_path=settings.provider, options=dict(settings.provider_options), store=store
+        )
+    return {
+        "settings": pipeline_settings(settings),
+        "store": store,
+        "history": history,
+        "gateway": gateway,
+        "registration": registration,
+    }

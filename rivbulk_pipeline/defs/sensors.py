@@ -1,0 +1,39 @@
+"""The sensor: a complete inventory report becomes a partition and a run."""
+from __future__ import annotations
+
+import dagster as dg
+
+from ..core.reports import SensorCursor, scan_for_new_reports
+from ..resources.object_store import ObjectStoreResource
+from ..resources.pipeline_settings import PipelineSettings
+from .jobs import bulk_load_job
+from .partitions import inventory_dates
+
+
+@dg.sensor(
+    job=bulk_load_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Adds a partition for each complete S3 Inventory report (manifest.checksum present) "
+    "and requests one run per new report. On its first tick it loads only the newest report; "
+    "older dates are there to backfill.",
+)
+def inventory_report_sensor(
+    context: dg.SensorEvaluationContext, settings: PipelineSettings, store: ObjectStoreResource
+) -> dg.SensorResult:
+    cursor = SensorCursor.parse(context.cursor)
+    first_tick = not context.cursor
+    scan = scan_for_new_reports(store, settings.inventory_bucket, settings.report_root, cursor)
+    known = set(context.instance.get_dynamic_partitions(inventory_dates.name))
+    new_dates = sorted({folder.inventory_date for folder in scan.complete} - known)
+    to_run = scan.complete[-1:] if first_tick else scan.complete
+    if scan.cursor.pending:
+        context.log.info(f"reports not complete yet: {', '.join(scan.cursor.pending)}")
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(run_key=folder.name, partition_key=folder.inventory_date, tags={"rivbulk/report": folder.name})
+            for folder in to_run
+        ],
+        dynamic_partitions_requests=[inventory_dates.build_add_request(new_dates)] if new_dates else [],
+        cursor=scan.cursor.dump(),
+    )

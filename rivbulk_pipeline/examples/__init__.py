@@ -1,0 +1,1 @@
+"""Worked examples of extension points (see README: "Your own registration provider")."""

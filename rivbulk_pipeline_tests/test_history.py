@@ -1,0 +1,378 @@
+"""The import history: one semantic suite run against SQLite and DynamoDB (moto), plus the
+backend-specific parts (HTTP endpoint, table creation, UnprocessedKeys, processes, Dagster)."""
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import boto3
+import dagster as dg
+import pytest
+from moto import mock_aws
+from moto.server import ThreadedMotoServer
+
+from rivbulk_pipeline.core.errors import HistoryError
+from rivbulk_pipeline.core.model import HistoryRecord, HistoryStatus, ObjectRef
+from rivbulk_pipeline.resources.history import (
+    MAX_ITEM_BYTES,
+    ClaimLost,
+    DynamoImportHistory,
+    ImportHistoryResource,
+    SqliteImportHistory,
+    create_history_table,
+    record_item_size,
+)
+
+REGION = "us-east-1"
+TABLE = "rivbulk-history"
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Fake credentials through the standard chain; no real profile or config can leak in."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def history(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ImportHistoryResource]:
+    if request.param == "sqlite":
+        store = SqliteImportHistory(db_path=str(tmp_path / "history" / "history.db"))
+        yield store
+        store.close()
+    else:
+        request.getfixturevalue("aws_env")
+        with mock_aws():
+            create_history_table(TABLE, region_name=REGION)
+            yield DynamoImportHistory(table_name=TABLE, region_name=REGION)
+
+
+def ref(key: str, version_id: str | None = None) -> ObjectRef:
+    return ObjectRef("faces", key, version_id)
+
+
+def outcome(obj: ObjectRef, status: HistoryStatus, owner: str, etag: str = "e1", **kw: object) -> HistoryRecord:
+    return HistoryRecord(ref=obj, etag=etag, status=status, owner=owner, **kw)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- the shared semantics
+
+
+def test_claim_creates_a_record_and_lookup_reads_it(history: ImportHistoryResource) -> None:
+    obj, absent = ref("users/alice.jpg"), ref("users/nobody.jpg")
+    before = time.time()
+    assert history.claim(obj, "e1", "run-1", 60)
+    found = history.lookup([obj, absent])
+    assert set(found) == {obj}
+    rec = found[obj]
+    assert (rec.ref, rec.etag, rec.status, rec.owner, rec.attempts) == (obj, "e1", HistoryStatus.CLAIMED, "run-1", 1)
+    assert before + 60 <= rec.claim_expires_at <= time.time() + 60
+    assert before <= rec.updated_at <= time.time()
+    assert history.lookup([]) == {}
+
+
+def test_a_live_claim_excludes_other_owners_but_not_its_own(history: ImportHistoryResource) -> None:
+    obj = ref("users/bob.png")
+    assert history.claim(obj, "e1", "run-1", 60)
+    assert not history.claim(obj, "e1", "run-2", 60)
+    assert history.claim(obj, "e1", "run-1", 60)  # the same run resuming
+    rec = history.lookup([obj])[obj]
+    assert (rec.owner, rec.attempts) == ("run-1", 2)
+
+
+@pytest.mark.parametrize("final", [HistoryStatus.INDEXED, HistoryStatus.FAILED_PERMANENT])
+def test_a_final_outcome_blocks_the_same_etag_only(history: ImportHistoryResource, final: HistoryStatus) -> None:
+    obj = ref("users/carol.jpg", "v1")
+    assert history.claim(obj, "e1", "run-1", 60)
+    history.record(outcome(obj, final, "run-1", user_id="carol", reason="done"))
+    assert not history.claim(obj, "e1", "run-1", 60)  # not even its own run: the outcome is final
+    assert not history.claim(obj, "e1", "run-2", 60)
+    assert history.lookup([obj])[obj].status == final
+    assert history.claim(obj, "e2", "run-2", 60)  # new content: a new decision
+    rec = history.lookup([obj])[obj]
+    assert (rec.status, rec.etag, rec.owner, rec.attempts) == (HistoryStatus.CLAIMED, "e2", "run-2", 2)
+
+
+def test_a_transient_failure_may_be_claimed_again(history: ImportHistoryResource) -> None:
+    obj = ref("users/dan.jpg")
+    assert history.claim(obj, "e1", "run-1", 60)
+    history.record(outcome(obj, HistoryStatus.FAILED_TRANSIENT, "run-1", reason="HTTP 503"))
+    assert history.claim(obj, "e1", "run-2", 60)
+    assert history.lookup([obj])[obj].attempts == 2
+
+
+def test_an_expired_lease_can_be_taken_over_and_the_stale_run_cannot_record(history: ImportHistoryResource) -> None:
+    obj = ref("users/erin.jpg")
+    assert history.claim(obj, "e1", "run-old", 0.2)
+    assert not history.claim(obj, "e1", "run-new", 60)
+    time.sleep(0.35)
+    assert history.claim(obj, "e1", "run-new", 60)
+    history.record(outcome(obj, HistoryStatus.INDEXED, "run-new", user_id="erin-secret-id"))
+    with pytest.raises(ClaimLost) as lost:
+        history.record(outcome(obj, HistoryStatus.FAILED_PERMANENT, "run-old", reason="late"))
+    assert str(obj) in str(lost.value) and "run-new" in str(lost.value)
+    assert "erin-secret-id" not in str(lost.value)  # the user id is never in messages
+    rec = history.lookup([obj])[obj]
+    assert (rec.status, rec.owner, rec.user_id) == (HistoryStatus.INDEXED, "run-new", "erin-secret-id")
+
+
+def test_record_without_a_claim_or_with_a_non_final_status_is_refused(history: ImportHistoryResource) -> None:
+    obj = ref("users/frank.jpg")
+    with pytest.raises(ClaimLost, match="no claim"):
+        history.record(outcome(obj, HistoryStatus.INDEXED, "run-1"))
+    assert history.lookup([obj]) == {}
+    assert history.claim(obj, "e1", "run-1", 60)
+    with pytest.raises(HistoryError, match="not 'claimed'"):
+        history.record(outcome(obj, HistoryStatus.CLAIMED, "run-1"))
+    assert history.lookup([obj])[obj].status == HistoryStatus.CLAIMED
+
+
+def test_record_round_trips_every_field(history: ImportHistoryResource) -> None:
+    keys = [ref("plain.jpg"), ref("dir/a b+c?d=é😀.png", "3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY"), ref("x/y.jpg", "null")]
+    for i, obj in enumerate(keys):
+        assert history.claim(obj, f"etag{i}", "run-1", 60)
+        history.record(
+            outcome(obj, HistoryStatus.INDEXED, "run-1", etag=f"etag{i}", user_id=f"user{i}", reason="SUCCEEDED",
+                    extra={"gateway": "riv", "http": "200"})
+        )
+    found = history.lookup(keys)
+    assert set(found) == set(keys)
+    for i, obj in enumerate(keys):
+        rec = found[obj]
+        assert (rec.etag, rec.status, rec.user_id, rec.reason, rec.attempts) == (
+            f"etag{i}", HistoryStatus.INDEXED, f"user{i}", "SUCCEEDED", 1)
+        assert dict(rec.extra) == {"gateway": "riv", "http": "200"} and rec.claim_expires_at == 0
+    # The scan rebuilds refs from the stored key; "null" is S3's null version.
+    assert {r.ref for r in history.scan()} == {keys[0], keys[1], ref("x/y.jpg")}
+    # A later outcome without a user id drops the stale one.
+    assert history.claim(keys[0], "etag-new", "run-2", 60)
+    history.record(outcome(keys[0], HistoryStatus.FAILED_PERMANENT, "run-2", etag="etag-new", reason="NoFace"))
+    rec = history.lookup([keys[0]])[keys[0]]
+    assert (rec.user_id, rec.reason, rec.etag, rec.attempts) == (None, "NoFace", "etag-new", 2)
+
+
+def test_release_ends_only_the_owners_lease(history: ImportHistoryResource) -> None:
+    obj = ref("users/gina.jpg")
+    assert not history.release(obj, "run-1")  # nothing to release
+    assert history.claim(obj, "e1", "run-1", 60)
+    assert not history.release(obj, "run-2")
+    assert not history.claim(obj, "e1", "run-2", 60)
+    assert history.release(obj, "run-1")
+    assert history.claim(obj, "e1", "run-2", 60)
+    history.record(outcome(obj, HistoryStatus.INDEXED, "run-2"))
+    assert not history.release(obj, "run-2")  # an outcome is not a claim
+
+
+def test_lookup_batches_many_refs_and_scan_returns_all(history: ImportHistoryResource) -> None:
+    stored = [ref(f"users/{i:04d}.jpg", None if i % 2 else f"v{i}") for i in range(520)]
+    for obj in stored:
+        assert history.claim(obj, "e", "run-1", 60)
+    missing = [ref(f"missing/{i}.jpg") for i in range(90)]
+    asked = stored + missing + stored[:50]  # duplicates too: BatchGetItem refuses them per request
+    found = history.lookup(asked)
+    assert set(found) == set(stored)
+    assert all(found[obj].ref == obj for obj in stored)
+    assert sorted(r.ref for r in history.scan()) == sorted(stored)
+
+
+def test_item_size_is_checked_before_writing(history: ImportHistoryResource) -> None:
+    obj = ref("users/huge.jpg")
+    assert history.claim(obj, "e1", "run-1", 60)
+    base = outcome(obj, HistoryStatus.FAILED_PERMANENT, "run-1", user_id="u", reason="")
+    room = MAX_ITEM_BYTES - record_item_size(base)
+    with pytest.raises(HistoryError) as too_big:
+        history.record(outcome(obj, HistoryStatus.FAILED_PERMANENT, "run-1", user_id="u", reason="r" * (room + 1)))
+    assert str(obj) in str(too_big.value) and str(MAX_ITEM_BYTES) in str(too_big.value)
+    # UTF-8 bytes count, not characters: "é" is 2 bytes.
+    with pytest.raises(HistoryError, match="item limit"):
+        history.record(outcome(obj, HistoryStatus.FAILED_PERMANENT, "run-1", extra={"note": "é" * (room // 2)}))
+    assert history.lookup([obj])[obj].status == HistoryStatus.CLAIMED  # nothing was written
+    exact = outcome(obj, HistoryStatus.FAILED_PERMANENT, "run-1", user_id="u", reason="r" * room)
+    assert record_item_size(exact) == MAX_ITEM_BYTES
+    history.record(exact)
+    assert len(history.lookup([obj])[obj].reason) == room
+
+
+def test_an_over_long_key_is_refused_before_writing(history: ImportHistoryResource) -> None:
+    obj = ref("k" * 2100)  # past DynamoDB's 2048-byte partition key
+    with pytest.raises(HistoryError, match="partition key"):
+        history.claim(obj, "e1", "run-1", 60)
+    assert history.lookup([obj]) == {}
+
+
+def test_racing_threads_exactly_one_claim_wins(history: ImportHistoryResource) -> None:
+    objs = [ref(f"race/{i}.jpg") for i in range(15)]
+    threads_n = 6
+    barrier = threading.Barrier(threads_n)
+    wins: dict[ObjectRef, list[str]] = {obj: [] for obj in objs}
+    errors: list[BaseException] = []
+
+    def contend(owner: str) -> None:
+        try:
+            barrier.wait()
+            for obj in objs:
+                if history.claim(obj, "e1", owner, 60):
+                    wins[obj].append(owner)  # list.append is atomic under the GIL
+        except BaseException as error:  # surfaced below: a thread's failure must fail the test
+            errors.append(error)
+
+    threads = [threading.Thread(target=contend, args=(f"run-{n}",)) for n in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert all(len(owners) == 1 for owners in wins.values()), wins
+    stored = history.lookup(objs)
+    assert all(stored[obj].owner == wins[obj][0] and stored[obj].attempts == 1 for obj in objs)
+
+
+# ---------------------------------------------------------------- SQLite only
+
+
+def _claim_in_process(db_path: str, owner: str, keys: list[str], barrier, results) -> None:  # type: ignore[no-untyped-def]
+    history = SqliteImportHistory(db_path=db_path)
+    barrier.wait()
+    results.put((owner, [key for key in keys if history.claim(ref(key), "e1", owner, 60)]))
+    history.close()
+
+
+def test_sqlite_racing_processes_exactly_one_claim_wins(tmp_path: Path) -> None:
+    db_path = str(tmp_path / "shared.db")  # not created yet: both processes create the schema too
+    keys = [f"race/{i}.jpg" for i in range(40)]
+    ctx = multiprocessing.get_context("spawn")  # no fork of a threaded pytest process
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_claim_in_process, args=(db_path, f"proc-{n}", keys, barrier, results)) for n in range(2)]
+    for p in procs:
+        p.start()
+    outcomes = dict(results.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    won = outcomes["proc-0"] + outcomes["proc-1"]
+    assert sorted(won) == sorted(keys)  # every key claimed once, none twice
+    stored = SqliteImportHistory(db_path=db_path)
+    assert {r.ref.key: r.owner for r in stored.scan()} == {
+        key: owner for owner, mine in outcomes.items() for key in mine
+    }
+    stored.close()
+
+
+def test_sqlite_uses_wal_and_a_connection_per_thread(tmp_path: Path) -> None:
+    store = SqliteImportHistory(db_path=str(tmp_path / "h.db"))
+    seen: list[int] = []
+    worker = threading.Thread(target=lambda: seen.append(id(store._conn())))
+    worker.start()
+    worker.join()
+    seen.append(id(store._conn()))
+    assert len(set(seen)) == 2 and store._conn() is store._conn()
+    with sqlite3.connect(tmp_path / "h.db") as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.close()
+
+
+def test_dagster_binds_an_implementation_to_the_base_annotation(tmp_path: Path) -> None:
+    store = SqliteImportHistory(db_path=str(tmp_path / "h.db"))
+
+    @dg.asset
+    def claimed(history: ImportHistoryResource) -> dg.MaterializeResult:
+        ok = history.claim(ref("dg.jpg"), "e1", "run-dg", 60)
+        return dg.MaterializeResult(metadata={"claimed": ok})
+
+    result = dg.materialize([claimed], resources={"history": store})
+    assert result.success
+    mats = result.asset_materializations_for_node("claimed")
+    assert mats[0].metadata["claimed"].value is True
+    assert store._connections == []  # teardown closed every connection
+    assert SqliteImportHistory(db_path=str(tmp_path / "h.db")).lookup([ref("dg.jpg")])[ref("dg.jpg")].owner == "run-dg"
+
+
+# ---------------------------------------------------------------- DynamoDB only
+
+
+def test_dynamo_over_http_with_endpoint_url(aws_env: None) -> None:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        arn = create_history_table(TABLE, region_name=REGION, endpoint_url=endpoint)
+        assert arn.endswith(f":table/{TABLE}")
+        history = DynamoImportHistory(table_name=TABLE, region_name=REGION, endpoint_url=endpoint)
+        objs = [ref(f"http/{i}.jpg") for i in range(130)]
+        for obj in objs:
+            assert history.claim(obj, "e1", "run-1", 60)
+        assert not history.claim(objs[0], "e1", "run-2", 60)
+        history.record(outcome(objs[0], HistoryStatus.INDEXED, "run-1", user_id="u0"))
+        found = history.lookup(objs)
+        assert len(found) == 130 and found[objs[0]].status == HistoryStatus.INDEXED
+        assert len(list(history.scan())) == 130
+        # The same table, seen from a client bound to the server: the resource really used the endpoint.
+        raw = boto3.client("dynamodb", region_name=REGION, endpoint_url=endpoint)
+        assert raw.describe_table(TableName=TABLE)["Table"]["ItemCount"] == 130
+    finally:
+        server.stop()
+
+
+def test_create_history_table_is_idempotent_and_rejects_a_wrong_schema(aws_env: None) -> None:
+    with mock_aws():
+        first = create_history_table(TABLE, region_name=REGION)
+        assert create_history_table(TABLE, region_name=REGION) == first
+        raw = boto3.client("dynamodb", region_name=REGION)
+        table = raw.describe_table(TableName=TABLE)["Table"]
+        assert table["TableStatus"] == "ACTIVE"
+        assert {(k["AttributeName"], k["KeyType"]) for k in table["KeySchema"]} == {
+            ("object_uri", "HASH"), ("version_id", "RANGE")}
+        raw.create_table(
+            TableName="someone-else",
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        with pytest.raises(HistoryError, match=r"someone-else exists with key schema \[id \(HASH, S\)\]"):
+            create_history_table("someone-else", region_name=REGION)
+        with pytest.raises(HistoryError, match="billing_mode"):
+            create_history_table("t2", region_name=REGION, billing_mode="ON_DEMAND")
+        assert create_history_table("t3", region_name=REGION, billing_mode="PROVISIONED").endswith("/t3")
+
+
+def test_dynamo_missing_table_is_a_clear_error(aws_env: None) -> None:
+    with mock_aws():
+        history = DynamoImportHistory(table_name="not-there", region_name=REGION)
+        with pytest.raises(HistoryError, match="not-there.*create-history-table"):
+            history.claim(ref("a.jpg"), "e1", "run-1", 60)
+        with pytest.raises(HistoryError, match="not-there"):
+            history.lookup([ref("a.jpg")])
+
+
+def test_dynamo_lookup_retries_unprocessed_keys(aws_env: None) -> None:
+    # ~45 near-limit items make one BatchGetItem answer pass 16 MB: DynamoDB (and moto) then
+    # return part of the keys as UnprocessedKeys, which lookup must fetch again.
+    with mock_aws():
+        create_history_table(TABLE, region_name=REGION)
+        history = DynamoImportHistory(table_name=TABLE, region_name=REGION)
+        objs = [ref(f"big/{i}.jpg") for i in range(45)]
+        for obj in objs:
+            assert history.claim(obj, "e1", "run-1", 60)
+            filler = MAX_ITEM_BYTES - record_item_size(outcome(obj, HistoryStatus.FAILED_PERMANENT, "run-1"))
+            history.record(outcome(obj, HistoryStatus.FAILED_PERMANENT, "run-1", reason="r" * filler))
+        raw = boto3.client("dynamodb", region_name=REGION)
+        keys = [{"object_uri": {"S": o.uri}, "version_id": {"S": "null"}} for o in objs]
+        assert raw.batch_get_item(RequestItems={TABLE: {"Keys": keys}})["UnprocessedKeys"]  # the premise
+        found = history.lookup(objs)
+        assert set(found) == set(objs)
+
+
+def test_dynamo_client_uses_standard_retries_for_throttling(aws_env: None) -> None:
+    history = DynamoImportHistory(table_name=TABLE, region_name=REGION)
+    retries = history._dynamodb().meta.config.retries
+    assert retries == {"mode": "standard", "max_attempts": 8}
