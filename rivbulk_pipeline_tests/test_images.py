@@ -147,6 +147,13 @@ def test_decompression_bombs_are_rejected_not_decoded(side: int) -> None:
     assert "decompression-bomb" in err.detail
 
 
+def test_a_bomb_is_still_too_large_when_warnings_are_errors() -> None:
+    bomb = handmade_png(10_000, 10_000, zlib.compress(b"\0" * 1000))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        assert rejected(bomb).reason_code == "too_large"
+
+
 # ---- user ids ----
 
 

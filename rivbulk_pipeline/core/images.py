@@ -75,7 +75,8 @@ def check_image(image: bytes, location: str) -> ImageInfo:
             im.load()  # a real decode: verify() alone misses broken pixel data
     except ImageRejected:
         raise
-    except Image.DecompressionBombError:  # over 2x MAX_IMAGE_PIXELS: Pillow refuses at open()
+    # Over 2x MAX_IMAGE_PIXELS Pillow refuses at open(); the warning is raised only when warnings are errors.
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageRejected(
             TOO_LARGE, f"{location}: image dimensions exceed Pillow's decompression-bomb limit"
         ) from None

@@ -40,9 +40,11 @@ def _as_string_array(arr: pa.Array | pa.ChunkedArray) -> pa.StringArray:
     return arr
 
 
-def _buffers(arr: pa.StringArray) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets rebased to 0 as int64, the bytes they index) of a string array, zero-copy."""
+def string_buffers(arr: pa.StringArray) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets rebased to 0 as int64, the bytes they index) of a string array; no copy of the bytes."""
     _, offsets_buf, data_buf = arr.buffers()
+    if offsets_buf is None:  # an empty array may have no buffers at all
+        return np.zeros(1, np.int64), np.zeros(0, np.uint8)
     offsets = np.frombuffer(offsets_buf, dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1].astype(np.int64)
     if data_buf is None:  # every value empty or null
         return offsets - offsets[0], np.zeros(0, np.uint8)
@@ -52,7 +54,7 @@ def _buffers(arr: pa.StringArray) -> tuple[np.ndarray, np.ndarray]:
 
 def _from_buffers(offsets: np.ndarray, data: np.ndarray, typ: pa.DataType = pa.string()) -> pa.Array:
     return pa.Array.from_buffers(
-        typ, len(offsets) - 1, [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data.tobytes())]
+        typ, len(offsets) - 1, [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(np.ascontiguousarray(data))]
     )
 
 
@@ -63,7 +65,7 @@ def _percent_decode(arr: pa.StringArray) -> pa.Array:
     overlap (one is followed by two hex digits, never by a '%'), so each '%' is judged
     on its own, all at once.
     """
-    offsets, data = _buffers(arr)
+    offsets, data = string_buffers(arr)
     pct = np.flatnonzero(data == 0x25)
     row = np.searchsorted(offsets, pct, side="right") - 1
     in_row = pct + 2 < offsets[row + 1]
@@ -128,7 +130,7 @@ def quote_array(arr: pa.Array | pa.ChunkedArray) -> pa.StringArray:
     """
     arr = _as_string_array(arr)
     valid = arr.is_valid()
-    offsets, data = _buffers(arr)
+    offsets, data = string_buffers(arr)
     safe = _QUOTE_SAFE[data]
     width = np.where(safe, 1, 3)
     end = np.cumsum(width)

@@ -57,7 +57,8 @@ def decide_from_tags(ref: ObjectRef, tags: Mapping[str, str], provider: Registra
         if info.properties_ref:
             provider.load_properties(info.properties_ref)  # validated now, loaded again when registering
     except RegistrationRejected as rejected:
-        return Decision(False, Reason(rejected.reason), rejected.detail)
+        detail = rejected.detail if str(ref) in rejected.detail else f"{ref}: {rejected.detail}"
+        return Decision(False, Reason(rejected.reason), detail)
     except ObjectNotFound as exc:
         return Decision(False, Reason.PROPERTIES_NOT_FOUND, f"{ref}: properties file not found: {exc}")
     except StoreError as exc:

@@ -3,7 +3,6 @@
 Each writes its table as Parquet in the store and reports counts and locations as metadata:
 never image bytes, property contents or user ids.
 """
-from __future__ import annotations
 
 import collections
 import os
@@ -184,7 +183,7 @@ def indexed_users(
         history=history,
         limiter=RateLimiter(settings.index_rate_per_second),
         policy=IndexingPolicy(
-            owner=context.run_id,
+            owner=context.run.run_id,
             concurrency=settings.index_concurrency,
             max_attempts=settings.index_max_attempts,
             lease_seconds=settings.claim_lease_seconds,

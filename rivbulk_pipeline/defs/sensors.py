@@ -1,5 +1,4 @@
 """The sensor: a complete inventory report becomes a partition and a run."""
-from __future__ import annotations
 
 import dagster as dg
 

@@ -406,7 +406,7 @@ _deserializer = TypeDeserializer()
 def _dynamodb_client(region_name: Optional[str], endpoint_url: Optional[str]) -> Any:
     # Standard retry mode retries throttling (ProvisionedThroughputExceededException,
     # ThrottlingException) and 5xx with backoff. Credentials: the default chain only.
-    config = Config(retries={"mode": "standard", "max_attempts": 8})
+    config = Config(retries={"mode": "standard", "total_max_attempts": 8})
     session = boto3.session.Session()  # a fresh session: the default one is not thread-safe
     return session.client("dynamodb", region_name=region_name, endpoint_url=endpoint_url, config=config)
 

@@ -1,0 +1,785 @@
+"""Object store adapters: S3 through boto3, and a local folder with S3's semantics.
+
+Both satisfy `core.ports.ObjectStore`. The Dagster wiring annotates a parameter with
+`ObjectStoreResource` and binds either one.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import io
+import json
+import os
+import re
+import secrets
+import sqlite3
+import stat
+import threading
+from datetime import datetime, timezone
+from typing import Any, BinaryIO, ContextManager, Iterable, Iterator, Mapping, Optional
+
+import boto3
+import botocore.session
+import dagster as dg
+from boto3.exceptions import S3UploadFailedError
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.loaders import Loader, create_loader
+from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import (
+    FlexibleChecksumError,
+    HTTPClientError,
+    IncompleteReadError,
+    NoCredentialsError,
+)
+from pydantic import Field, PrivateAttr
+
+from ..core.errors import (
+    AccessDenied,
+    InvalidKey,
+    ObjectNotFound,
+    StoreError,
+    TagLimitError,
+    TransientStoreError,
+)
+from ..core.model import ObjectInfo, ObjectRef
+from ..core.tags import merge_tag_sets, validate_tag_set
+
+_CHUNK = 1 << 20  # 1 MiB: copy and read buffer
+
+
+class ObjectStoreResource(dg.ConfigurableResource):
+    """The object store interface (`core.ports.ObjectStore`) plus `delete` and `create_bucket`."""
+
+    def get_bytes(self, bucket: str, key: str, version_id: Optional[str] = None) -> bytes:
+        raise NotImplementedError
+
+    def open_read(self, bucket: str, key: str, version_id: Optional[str] = None) -> ContextManager[BinaryIO]:
+        raise NotImplementedError
+
+    def head(self, bucket: str, key: str, version_id: Optional[str] = None) -> ObjectInfo:
+        raise NotImplementedError
+
+    def exists(self, bucket: str, key: str) -> bool:
+        """False also for a key this store cannot hold: such an object cannot exist here."""
+        try:
+            self.head(bucket, key)
+        except (ObjectNotFound, InvalidKey):
+            return False
+        return True
+
+    def put_bytes(self, bucket: str, key: str, body: bytes, content_type: Optional[str] = None) -> str:
+        raise NotImplementedError
+
+    def upload_file(self, bucket: str, key: str, path: str) -> str:
+        raise NotImplementedError
+
+    def list_objects(self, bucket: str, prefix: str = "", start_after: str = "") -> Iterator[ObjectInfo]:
+        raise NotImplementedError
+
+    def list_prefixes(self, bucket: str, prefix: str = "") -> Iterator[str]:
+        raise NotImplementedError
+
+    def get_tags(self, bucket: str, key: str, version_id: Optional[str] = None) -> dict[str, str]:
+        raise NotImplementedError
+
+    def put_tags(self, bucket: str, key: str, tags: Mapping[str, str], version_id: Optional[str] = None) -> None:
+        raise NotImplementedError
+
+    def merge_tags(
+        self, bucket: str, key: str, updates: Mapping[str, str], version_id: Optional[str] = None
+    ) -> dict[str, str]:
+        """Read, merge, validate, write. S3 has no conditional tagging, so two writers merging
+        on the SAME object at the same moment can still lose one update there."""
+        merged = merge_tag_sets(self.get_tags(bucket, key, version_id), updates)
+        validate_tag_set(merged, str(ObjectRef(bucket, key, version_id)))
+        self.put_tags(bucket, key, merged, version_id)
+        return merged
+
+    def delete(self, bucket: str, key: str) -> None:
+        """Remove the object and its tags; a missing key is not an error (as in S3)."""
+        raise NotImplementedError
+
+    def create_bucket(self, bucket: str) -> None:
+        """Create the bucket if it does not exist yet."""
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------------
+# Local folder
+# ------------------------------------------------------------------------------------------
+
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_TMP_PREFIX = ".rivbulk-tmp-"
+_DB_NAME = ".rivbulk-store.sqlite"
+MAX_KEY_BYTES = 1024
+MAX_SEGMENT_BYTES = 255
+
+# `objects` caches ETags (valid while the file's stat signature is unchanged); `tags` holds
+# each object's tag set with the inode it was written for, so tags never outlive the file
+# they belong to, even when a file is replaced by hand or a crash interrupts a write.
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    bucket TEXT NOT NULL, key TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL, ino INTEGER NOT NULL, etag TEXT NOT NULL,
+    PRIMARY KEY (bucket, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tags (
+    bucket TEXT NOT NULL, key TEXT NOT NULL, ino INTEGER NOT NULL, tags TEXT NOT NULL,
+    PRIMARY KEY (bucket, key)) WITHOUT ROWID;
+"""
+
+# Connections inherited through fork must never be used or closed by the child (SQLite's
+# rule); keeping a reference stops the garbage collector from closing them.
+_INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
+
+
+def _key_problem(key: str) -> Optional[str]:
+    """Why this key cannot be a path under a bucket folder, or None when it can."""
+    if not key:
+        return "the key is empty"
+    try:
+        encoded = key.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the key is not valid UTF-8"
+    if len(encoded) > MAX_KEY_BYTES:
+        return f"the key is {len(encoded)} bytes of UTF-8; S3 keys are at most {MAX_KEY_BYTES}"
+    if "\x00" in key:
+        return "a NUL character cannot be part of a file name"
+    for segment in key.split("/"):
+        if not segment:
+            return "an empty segment ('//', or a leading or trailing '/') has no file name on disk"
+        if segment in (".", ".."):
+            return f"a {segment!r} segment would point outside its folder"
+        if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
+            return f"a segment over {MAX_SEGMENT_BYTES} bytes is longer than a file name can be"
+        if segment.startswith(_TMP_PREFIX):
+            return f"segments starting with {_TMP_PREFIX!r} are reserved for temporary files"
+    return None
+
+
+def _utc(st: os.stat_result) -> datetime:
+    return datetime.fromtimestamp(st.st_mtime, tz=timezone.utc)
+
+
+def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
+    # ctime and inode catch a same-size replacement that kept the mtime (cp -p, rsync -t).
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def _md5_file(path: str | bytes) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
+
+
+def _fsync_dir(folder: str) -> None:
+    """Make a rename durable: the folder entry must reach the disk too."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _walk(folder: bytes, key_prefix: bytes, prefix: bytes, start_after: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(key, path) of every file under `folder` with key > start_after and starting with
+    prefix, in byte order of keys. A folder sorts as its name + '/', which puts its keys
+    exactly where a global byte sort would; only one folder's entries are held at a time."""
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(
+                (key_prefix + e.name + (b"/" if e.is_dir(follow_symlinks=False) else b""), e.path)
+                for e in it
+                if not e.name.startswith(_TMP_PREFIX.encode())
+            )
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for key, path in entries:
+        if key > prefix and not key.startswith(prefix):
+            return  # sorted: every later entry is past the prefix too
+        if key.endswith(b"/"):
+            if not (key.startswith(prefix) or prefix.startswith(key)):
+                continue
+            if start_after > key and not start_after.startswith(key):
+                continue  # every key in this folder sorts before start_after
+            yield from _walk(path, key, prefix, start_after)
+        elif key.startswith(prefix) and key > start_after:
+            yield key, path
+
+
+class LocalObjectStore(ObjectStoreResource):
+    """S3's semantics on a local folder: `<root>/<bucket>/<key>` are the objects' plain files,
+    so a person can look at them; tags and cached ETags live in `<root>/.rivbulk-store.sqlite`.
+    Not versioned: version ids are always None (or S3's "null")."""
+
+    root: str = Field(description="Folder holding one sub-folder per bucket.")
+
+    _local: threading.local = PrivateAttr(default_factory=threading.local)
+
+    # ---- plumbing ----
+
+    @property
+    def _root(self) -> str:
+        return os.path.abspath(os.path.expanduser(self.root))
+
+    def _db(self) -> sqlite3.Connection:
+        """This thread's connection (SQLite connections must not cross threads or forks)."""
+        state = self._local
+        conn: Optional[sqlite3.Connection] = getattr(state, "conn", None)
+        if conn is None or state.pid != os.getpid():
+            if conn is not None:
+                _INHERITED_CONNECTIONS.append(conn)
+            os.makedirs(self._root, exist_ok=True)
+            conn = sqlite3.connect(os.path.join(self._root, _DB_NAME), timeout=30, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.executescript(_SCHEMA)
+            state.conn, state.pid = conn, os.getpid()
+        return conn
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction; IMMEDIATE takes the write lock up front, so a
+        read-modify-write inside it cannot interleave with another writer."""
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _bucket_dir(self, bucket: str) -> str:
+        if not isinstance(bucket, str) or not _BUCKET_NAME.fullmatch(bucket) or ".." in bucket:
+            raise InvalidKey(
+                str(bucket),
+                "",
+                "a bucket name must be 3-63 characters of a-z, 0-9, '.' and '-', "
+                "starting and ending with a letter or digit (S3's rule)",
+            )
+        return os.path.join(self._root, bucket)
+
+    def _path(self, bucket: str, key: str) -> str:
+        folder = self._bucket_dir(bucket)
+        problem = _key_problem(key)
+        if problem:
+            raise InvalidKey(bucket, key, f"the local store cannot hold this key: {problem}")
+        return os.path.join(folder, *key.split("/"))
+
+    def _missing(self, bucket: str, key: str) -> ObjectNotFound:
+        if not os.path.isdir(os.path.join(self._root, bucket)):
+            return ObjectNotFound(bucket, key, "no such bucket")
+        return ObjectNotFound(bucket, key, "no such key")
+
+    @staticmethod
+    def _check_version(bucket: str, key: str, version_id: Optional[str]) -> None:
+        if version_id not in (None, "null"):
+            raise ObjectNotFound(bucket, key, "no such version: the local store is not versioned")
+
+    def _stat(self, bucket: str, key: str) -> tuple[str, os.stat_result]:
+        path = self._path(bucket, key)
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._missing(bucket, key) from None
+        except PermissionError:
+            raise AccessDenied(bucket, key, "the file cannot be read (permission denied)") from None
+        if not stat.S_ISREG(st.st_mode):  # a folder is a prefix, not an object
+            raise self._missing(bucket, key)
+        return path, st
+
+    def _etag(self, bucket: str, key: str, path: str | bytes, st: os.stat_result) -> str:
+        """MD5 of the bytes, cached per stat signature, so files copied in by hand list right."""
+        conn = self._db()
+        row = conn.execute(
+            "SELECT size, mtime_ns, ctime_ns, ino, etag FROM objects WHERE bucket = ? AND key = ?",
+            (bucket, key),
+        ).fetchone()
+        if row and tuple(row[:4]) == _signature(st):
+            return row[4]
+        etag = _md5_file(path)
+        if _signature(os.stat(path)) == _signature(st):  # unchanged while hashing: cacheable
+            conn.execute(
+                "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (bucket, key, *_signature(st), etag),
+            )
+        return etag
+
+    @staticmethod
+    def _read_tags(conn: sqlite3.Connection, bucket: str, key: str, st: os.stat_result) -> dict[str, str]:
+        row = conn.execute("SELECT ino, tags FROM tags WHERE bucket = ? AND key = ?", (bucket, key)).fetchone()
+        # Tags written for another inode belonged to an earlier file at this key.
+        return json.loads(row[1]) if row and row[0] == st.st_ino else {}
+
+    def _write(self, bucket: str, key: str, chunks: Iterable[bytes]) -> str:
+        """Temp file in the target folder, fsync, rename over the key: readers see the old
+        bytes or the new, never a part. The rename and the tag drop share one transaction."""
+        path = self._path(bucket, key)
+        folder = os.path.dirname(path)
+        for attempt in range(3):
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise InvalidKey(
+                    bucket, key, "a leading part of this key is already an object; it cannot also be a folder"
+                ) from None
+            except PermissionError:
+                raise AccessDenied(bucket, key, "the folder cannot be written (permission denied)") from None
+            tmp = os.path.join(folder, _TMP_PREFIX + secrets.token_hex(8))
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+                break
+            except FileNotFoundError:  # a concurrent delete pruned the empty folder: again
+                if attempt == 2:
+                    raise
+            except PermissionError:
+                raise AccessDenied(bucket, key, "the folder cannot be written (permission denied)") from None
+        try:
+            md5 = hashlib.md5(usedforsecurity=False)
+            with os.fdopen(fd, "wb") as out:
+                for chunk in chunks:
+                    md5.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            etag = md5.hexdigest()
+            with self._transaction() as conn:
+                try:
+                    os.replace(tmp, path)
+                except IsADirectoryError:
+                    raise InvalidKey(
+                        bucket, key, "this key is already a folder of other objects; it cannot also be a file"
+                    ) from None
+                st = os.stat(path)
+                conn.execute("DELETE FROM tags WHERE bucket = ? AND key = ?", (bucket, key))  # S3: PUT drops tags
+                conn.execute(
+                    "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (bucket, key, *_signature(st), etag),
+                )
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(folder)
+        return etag
+
+    def _existing_bucket(self, bucket: str, prefix: str) -> str:
+        folder = self._bucket_dir(bucket)
+        if not os.path.isdir(folder):
+            raise ObjectNotFound(bucket, prefix, "no such bucket")
+        return folder
+
+    def _files(self, bucket: str, prefix: str, start_after: str) -> Iterator[tuple[str, bytes, os.stat_result]]:
+        """(key, path, stat) of the objects under prefix, in key byte order."""
+        folder = self._existing_bucket(bucket, prefix)
+        # Start in the deepest folder the prefix names instead of scanning the whole bucket.
+        folder_part = prefix[: prefix.rfind("/") + 1]
+        if folder_part:
+            if _key_problem(folder_part[:-1]):
+                return iter(())  # no object key can be under such a prefix here
+            folder = os.path.join(folder, *folder_part[:-1].split("/"))
+
+        def generate() -> Iterator[tuple[str, bytes, os.stat_result]]:
+            walk = _walk(
+                os.fsencode(folder), folder_part.encode(), prefix.encode(), start_after.encode()
+            )
+            for key_bytes, path in walk:
+                try:
+                    key = key_bytes.decode("utf-8")
+                except UnicodeDecodeError:
+                    continue  # a hand-made file whose name is not UTF-8 cannot be an S3 key
+                if _key_problem(key):
+                    continue
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue  # deleted while listing
+                if stat.S_ISREG(st.st_mode):
+                    yield key, path, st
+
+        return generate()
+
+    # ---- the interface ----
+
+    def create_bucket(self, bucket: str) -> None:
+        os.makedirs(self._bucket_dir(bucket), exist_ok=True)
+
+    def get_bytes(self, bucket: str, key: str, version_id: Optional[str] = None) -> bytes:
+        with self.open_read(bucket, key, version_id) as f:
+            return f.read()
+
+    def open_read(self, bucket: str, key: str, version_id: Optional[str] = None) -> ContextManager[BinaryIO]:
+        self._check_version(bucket, key, version_id)
+        path, _ = self._stat(bucket, key)
+        try:
+            return open(path, "rb")
+        except (FileNotFoundError, IsADirectoryError):
+            raise self._missing(bucket, key) from None
+
+    def head(self, bucket: str, key: str, version_id: Optional[str] = None) -> ObjectInfo:
+        self._check_version(bucket, key, version_id)
+        path, st = self._stat(bucket, key)
+        return ObjectInfo(bucket, key, st.st_size, self._etag(bucket, key, path, st), _utc(st))
+
+    def put_bytes(self, bucket: str, key: str, body: bytes, content_type: Optional[str] = None) -> str:
+        """`content_type` is accepted for the interface; files carry no content type."""
+        return self._write(bucket, key, [bytes(body)])
+
+    def upload_file(self, bucket: str, key: str, path: str) -> str:
+        with open(path, "rb") as source:  # a missing source raises here, naming the local path
+            return self._write(bucket, key, iter(functools.partial(source.read, _CHUNK), b""))
+
+    def list_objects(self, bucket: str, prefix: str = "", start_after: str = "") -> Iterator[ObjectInfo]:
+        files = self._files(bucket, prefix, start_after)
+        return (ObjectInfo(bucket, key, st.st_size, self._etag(bucket, key, path, st), _utc(st)) for key, path, st in files)
+
+    def list_prefixes(self, bucket: str, prefix: str = "") -> Iterator[str]:
+        folder = self._existing_bucket(bucket, prefix)
+        folder_part, _, name_start = prefix.rpartition("/")
+        base = folder_part + "/" if folder_part else ""
+        if folder_part:
+            if _key_problem(folder_part):
+                return iter(())
+            folder = os.path.join(folder, *folder_part.split("/"))
+
+        def generate() -> Iterator[str]:
+            try:
+                with os.scandir(folder) as it:
+                    names = sorted(
+                        e.name.encode("utf-8", "surrogateescape")
+                        for e in it
+                        if e.is_dir(follow_symlinks=False) and e.name.startswith(name_start)
+                    )
+            except (FileNotFoundError, NotADirectoryError):
+                return
+            for name in names:
+                try:
+                    common = base + name.decode("utf-8") + "/"
+                except UnicodeDecodeError:
+                    continue
+                # S3 reports a prefix only when an object lives under it; an empty folder does not count.
+                if next(self._files(bucket, common, ""), None) is not None:
+                    yield common
+
+        return generate()
+
+    def get_tags(self, bucket: str, key: str, version_id: Optional[str] = None) -> dict[str, str]:
+        self._check_version(bucket, key, version_id)
+        _, st = self._stat(bucket, key)
+        return self._read_tags(self._db(), bucket, key, st)
+
+    def put_tags(self, bucket: str, key: str, tags: Mapping[str, str], version_id: Optional[str] = None) -> None:
+        self._check_version(bucket, key, version_id)
+        validate_tag_set(tags, str(ObjectRef(bucket, key)))
+        with self._transaction() as conn:
+            _, st = self._stat(bucket, key)
+            conn.execute(
+                "INSERT OR REPLACE INTO tags VALUES (?, ?, ?, ?)", (bucket, key, st.st_ino, json.dumps(dict(tags)))
+            )
+
+    def merge_tags(
+        self, bucket: str, key: str, updates: Mapping[str, str], version_id: Optional[str] = None
+    ) -> dict[str, str]:
+        """One transaction: concurrent merges, even on the same object, never lose a tag."""
+        self._check_version(bucket, key, version_id)
+        with self._transaction() as conn:
+            _, st = self._stat(bucket, key)
+            merged = merge_tag_sets(self._read_tags(conn, bucket, key, st), updates)
+            validate_tag_set(merged, str(ObjectRef(bucket, key)))
+            conn.execute(
+                "INSERT OR REPLACE INTO tags VALUES (?, ?, ?, ?)", (bucket, key, st.st_ino, json.dumps(merged))
+            )
+        return merged
+
+    def delete(self, bucket: str, key: str) -> None:
+        path = self._path(bucket, key)
+        bucket_dir = self._bucket_dir(bucket)
+        if not os.path.isdir(bucket_dir):
+            raise ObjectNotFound(bucket, key, "no such bucket")
+        with self._transaction() as conn:
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                os.unlink(path)
+            conn.execute("DELETE FROM tags WHERE bucket = ? AND key = ?", (bucket, key))
+            conn.execute("DELETE FROM objects WHERE bucket = ? AND key = ?", (bucket, key))
+        # S3 has no folders: drop the ones this delete emptied, so the key space stays free.
+        folder = os.path.dirname(path)
+        while folder != bucket_dir:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+            folder = os.path.dirname(folder)
+
+
+# ------------------------------------------------------------------------------------------
+# S3
+# ------------------------------------------------------------------------------------------
+
+_NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchVersion", "NotFound", "404"}
+_DENIED_CODES = {
+    "AccessDenied", "403", "Forbidden", "AllAccessDisabled", "InvalidAccessKeyId",
+    "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "AccountProblem",
+}  # fmt: skip
+_TRANSIENT_CODES = {
+    "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeTooSkewed",
+    "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
+    "BandwidthLimitExceeded", "RequestThrottled", "PriorRequestNotComplete", "OperationAborted",
+    "500", "502", "503", "504",
+}  # fmt: skip
+# Connection failures, timeouts and cut or corrupted response bodies: a later try may work.
+_TRANSIENT_EXCEPTIONS = (BotoConnectionError, HTTPClientError, IncompleteReadError, FlexibleChecksumError)
+
+
+def _map_error(exc: Exception, bucket: str, key: str) -> StoreError:
+    """Translate a boto3/botocore failure into our errors, by S3 error code first."""
+    if isinstance(exc, S3UploadFailedError) and isinstance(exc.__context__, (ClientError, BotoCoreError)):
+        exc = exc.__context__  # the managed transfer wraps the real error
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        request_id = exc.response.get("ResponseMetadata", {}).get("RequestId", "")
+        text = f"{exc.operation_name}: {code or 'error'} (HTTP {status}) {error.get('Message', '')}".rstrip()
+        if request_id:
+            text += f" [request id {request_id}]"
+        if code in _NOT_FOUND_CODES:
+            return ObjectNotFound(bucket, key, text)
+        if code in _DENIED_CODES:
+            return AccessDenied(bucket, key, text)
+        if code in _TRANSIENT_CODES:
+            return TransientStoreError(bucket, key, text + ", still failing after the client's retries")
+        if code == "InvalidTag":
+            return TagLimitError(bucket, key, text)
+        if status == 404:
+            return ObjectNotFound(bucket, key, text)
+        if status == 403:
+            return AccessDenied(bucket, key, text)
+        if status == 429 or (isinstance(status, int) and status >= 500):
+            return TransientStoreError(bucket, key, text + ", still failing after the client's retries")
+        return StoreError(bucket, key, text)
+    if isinstance(exc, _TRANSIENT_EXCEPTIONS):
+        return TransientStoreError(bucket, key, f"{type(exc).__name__}, still failing after retries: {exc}")
+    if isinstance(exc, NoCredentialsError):
+        return StoreError(bucket, key, "no AWS credentials found in the standard credential chain")
+    # Other botocore errors (e.g. parameter validation) may quote the request: name the type only.
+    return StoreError(bucket, key, f"{type(exc).__name__} from botocore")
+
+
+@contextlib.contextmanager
+def _s3_errors(bucket: str, key: str) -> Iterator[None]:
+    try:
+        yield
+    except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
+        mapped = _map_error(exc, bucket, key)
+        # Keep the cause for debugging, except where botocore's text may quote the request.
+        raise mapped from (exc if isinstance(exc, (ClientError, *_TRANSIENT_EXCEPTIONS)) else None)
+
+
+def _strip_etag(etag: str) -> str:
+    return etag.strip('"')
+
+
+def _version(version_id: Optional[str]) -> Optional[str]:
+    return None if version_id in (None, "", "null") else version_id
+
+
+class _S3BodyReader(io.RawIOBase):
+    """An object's body as a raw stream that resumes where it stopped when the connection
+    breaks (ranged GET, If-Match on the ETag so a changed object fails instead of mixing)."""
+
+    def __init__(self, client: Any, bucket: str, key: str, version_id: Optional[str], response: dict, max_attempts: int) -> None:
+        super().__init__()
+        self._client, self._bucket, self._key, self._version_id = client, bucket, key, version_id
+        self._body = response["Body"]
+        self._etag = response.get("ETag", "")
+        self._size = int(response.get("ContentLength", 0))
+        self._pos = 0
+        self._max_attempts = max(1, max_attempts)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        failures = 0
+        while True:
+            try:
+                n = self._body.readinto(buffer)
+                if n == 0 and len(buffer) and self._pos < self._size:
+                    raise IncompleteReadError(actual_bytes=self._pos, expected_bytes=self._size)
+                self._pos += n
+                return n
+            except _TRANSIENT_EXCEPTIONS as exc:
+                failures += 1
+                if failures >= self._max_attempts:
+                    raise _map_error(exc, self._bucket, self._key) from exc
+                self._reopen()
+
+    def _reopen(self) -> None:
+        with contextlib.suppress(Exception):
+            self._body.close()
+        params = {"Bucket": self._bucket, "Key": self._key, "Range": f"bytes={self._pos}-", "IfMatch": self._etag}
+        if self._version_id:
+            params["VersionId"] = self._version_id
+        with _s3_errors(self._bucket, self._key):
+            self._body = self._client.get_object(**params)["Body"]
+
+    def close(self) -> None:
+        if not self.closed:
+            with contextlib.suppress(Exception):
+                self._body.close()
+        super().close()
+
+
+_LOADER_LOCK = threading.Lock()
+_LOADER: Optional[Loader] = None
+
+
+def _shared_loader() -> Loader:
+    """One botocore data loader per process: it caches the parsed S3 service model, which
+    otherwise every new session reads and parses again (a noticeable pause per client)."""
+    global _LOADER
+    with _LOADER_LOCK:
+        if _LOADER is None:
+            _LOADER = create_loader()
+        return _LOADER
+
+
+class S3ObjectStore(ObjectStoreResource):
+    """Amazon S3 (or an S3-compatible endpoint) through boto3. Credentials come from the
+    standard chain only (environment, profile, instance/task role)."""
+
+    region_name: Optional[str] = Field(default=None, description="AWS region; None: the standard chain's.")
+    endpoint_url: Optional[str] = Field(
+        default=None, description="Custom endpoint (MinIO, LocalStack); path-style addressing is used with it."
+    )
+    max_attempts: int = Field(default=8, description="Attempts per call, first included (botocore standard retries).")
+    connect_timeout: float = Field(default=5, description="Seconds to open a connection.")
+    read_timeout: float = Field(default=60, description="Seconds to wait for data on an open connection.")
+    max_pool_connections: int = Field(default=32, description="HTTP connections kept per client.")
+
+    _client: Any = PrivateAttr(default=None)
+    _lock: Any = PrivateAttr(default_factory=threading.Lock)
+
+    def _s3(self) -> Any:
+        """The boto3 client, made on first use (clients are thread-safe, sessions are not)."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    options: dict[str, Any] = dict(
+                        retries={"mode": "standard", "max_attempts": self.max_attempts},
+                        connect_timeout=self.connect_timeout,
+                        read_timeout=self.read_timeout,
+                        max_pool_connections=self.max_pool_connections,
+                    )
+                    if self.endpoint_url:
+                        options["s3"] = {"addressing_style": "path"}
+                    core_session = botocore.session.get_session()  # own credentials, shared models
+                    core_session.register_component("data_loader", _shared_loader())
+                    self._client = boto3.session.Session(botocore_session=core_session).client(
+                        "s3", region_name=self.region_name, endpoint_url=self.endpoint_url, config=Config(**options)
+                    )
+        return self._client
+
+    @staticmethod
+    def _params(bucket: str, key: str, version_id: Optional[str] = None, **extra: Any) -> dict[str, Any]:
+        params: dict[str, Any] = {"Bucket": bucket, "Key": key, **extra}
+        if version_id is not None:
+            params["VersionId"] = version_id
+        return params
+
+    def _open(self, bucket: str, key: str, version_id: Optional[str]) -> io.BufferedReader:
+        with _s3_errors(bucket, key):
+            response = self._s3().get_object(**self._params(bucket, key, version_id))
+        raw = _S3BodyReader(self._s3(), bucket, key, version_id, response, self.max_attempts)
+        return io.BufferedReader(raw, buffer_size=_CHUNK)
+
+    def create_bucket(self, bucket: str) -> None:
+        client = self._s3()
+        params: dict[str, Any] = {"Bucket": bucket}
+        region = client.meta.region_name
+        if region and region != "us-east-1":
+            params["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        with _s3_errors(bucket, ""):
+            try:
+                client.create_bucket(**params)
+            except client.exceptions.BucketAlreadyOwnedByYou:
+                pass
+
+    def get_bytes(self, bucket: str, key: str, version_id: Optional[str] = None) -> bytes:
+        with self._open(bucket, key, version_id) as f:
+            return f.read()
+
+    def open_read(self, bucket: str, key: str, version_id: Optional[str] = None) -> ContextManager[BinaryIO]:
+        return self._open(bucket, key, version_id)
+
+    def head(self, bucket: str, key: str, version_id: Optional[str] = None) -> ObjectInfo:
+        with _s3_errors(bucket, key):
+            r = self._s3().head_object(**self._params(bucket, key, version_id))
+        return ObjectInfo(
+            bucket=bucket,
+            key=key,
+            size=int(r["ContentLength"]),
+            etag=_strip_etag(r["ETag"]),
+            last_modified=r["LastModified"].astimezone(timezone.utc),
+            version_id=_version(r.get("VersionId")),
+            storage_class=r.get("StorageClass") or "STANDARD",
+        )
+
+    def put_bytes(self, bucket: str, key: str, body: bytes, content_type: Optional[str] = None) -> str:
+        extra = {"ContentType": content_type} if content_type else {}
+        with _s3_errors(bucket, key):
+            r = self._s3().put_object(**self._params(bucket, key, Body=body, **extra))
+        return _strip_etag(r["ETag"])
+
+    def upload_file(self, bucket: str, key: str, path: str) -> str:
+        """Managed transfer (multipart above 8 MiB). The ETag is read back with a HEAD, since
+        the transfer does not return it; a multipart ETag is `<md5 of part md5s>-<parts>`."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such file to upload to s3://{bucket}/{key}")
+        transfer = TransferConfig(max_concurrency=max(1, min(10, self.max_pool_connections)))
+        with _s3_errors(bucket, key):
+            self._s3().upload_file(path, bucket, key, Config=transfer)
+        return self.head(bucket, key).etag
+
+    def list_objects(self, bucket: str, prefix: str = "", start_after: str = "") -> Iterator[ObjectInfo]:
+        paginator = self._s3().get_paginator("list_objects_v2")
+        with _s3_errors(bucket, prefix):
+            extra = {"StartAfter": start_after} if start_after else {}
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix, **extra):
+                for obj in page.get("Contents", ()):
+                    yield ObjectInfo(
+                        bucket=bucket,
+                        key=obj["Key"],
+                        size=int(obj["Size"]),
+                        etag=_strip_etag(obj.get("ETag", "")),
+                        last_modified=obj["LastModified"].astimezone(timezone.utc),
+                        storage_class=obj.get("StorageClass") or "STANDARD",
+                    )
+
+    def list_prefixes(self, bucket: str, prefix: str = "") -> Iterator[str]:
+        paginator = self._s3().get_paginator("list_objects_v2")
+        with _s3_errors(bucket, prefix):
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+                for common in page.get("CommonPrefixes", ()):
+                    yield common["Prefix"]
+
+    def get_tags(self, bucket: str, key: str, version_id: Optional[str] = None) -> dict[str, str]:
+        with _s3_errors(bucket, key):
+            r = self._s3().get_object_tagging(**self._params(bucket, key, version_id))
+        return {tag["Key"]: tag["Value"] for tag in r.get("TagSet", ())}
+
+    def put_tags(self, bucket: str, key: str, tags: Mapping[str, str], version_id: Optional[str] = None) -> None:
+        validate_tag_set(tags, str(ObjectRef(bucket, key, version_id)))
+        tagging = {"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]}
+        with _s3_errors(bucket, key):
+            if tags:
+                self._s3().put_object_tagging(**self._params(bucket, key, version_id, Tagging=tagging))
+            else:  # the same empty set; some S3 look-alikes (moto) reject an empty TagSet
+                self._s3().delete_object_tagging(**self._params(bucket, key, version_id))
+
+    def delete(self, bucket: str, key: str) -> None:
+        with _s3_errors(bucket, key):
+            self._s3().delete_object(Bucket=bucket, Key=key)
