@@ -14,7 +14,7 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Union
+from typing import Callable, Iterator, Union
 
 import boto3
 import pytest
@@ -28,7 +28,8 @@ from rivbulk_pipeline_tests.test_local_store import fake_aws, md5
 BUCKET = "images"
 
 # What the front server does with request number n (0-based): forward it (None), cut the
-# forwarded body in half ("truncate"), or answer an S3 error ((status, code)).
+# forwarded body in half ("truncate") or send none of it ("hangup"), or answer an S3 error
+# ((status, code)).
 Action = Union[None, str, tuple[int, str]]
 Plan = Callable[[int, BaseHTTPRequestHandler], Action]
 
@@ -60,7 +61,7 @@ class FaultyFront:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
@@ -99,8 +100,8 @@ class FaultyFront:
         h.end_headers()
         if h.command == "HEAD":
             return
-        if action == "truncate":  # promise the whole body, send half, hang up
-            h.wfile.write(data[: len(data) // 2])
+        if action in ("truncate", "hangup"):  # promise the whole body, send half or nothing
+            h.wfile.write(data[: len(data) // 2] if action == "truncate" else b"")
             h.wfile.flush()
             h.close_connection = True
             return
@@ -116,19 +117,22 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     fake_aws(monkeypatch, tmp_path)
 
 
-@pytest.fixture
-def moto_server(aws_env: None) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[tuple[str, int]]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    # moto keeps its state per process: start every test from an empty account.
-    reset = http.client.HTTPConnection(host, port, timeout=30)
+    yield server.get_host_and_port()
+    server.stop()
+
+
+@pytest.fixture
+def moto_server(aws_env: None, moto_endpoint: tuple[str, int]) -> str:
+    """The moto server's URL, its state emptied for this test."""
+    reset = http.client.HTTPConnection(*moto_endpoint, timeout=30)
     reset.request("POST", "/moto-api/reset")
     assert reset.getresponse().status == 200
     reset.close()
-    yield url
-    server.stop()
+    return "http://%s:%d" % moto_endpoint
 
 
 @pytest.fixture
@@ -245,7 +249,7 @@ def test_internal_errors_are_retried_then_transient(direct: S3ObjectStore, front
     assert through(flaky, max_attempts=3).get_bytes(BUCKET, "a.jpg") == b"a"
     assert len(flaky.requests) == 3
     broken = front(lambda n, h: (500, "InternalError"))
-    with pytest.raises(TransientStoreError, match="InternalError"):
+    with pytest.raises(TransientStoreError, match=r"HeadObject: 500 \(HTTP 500\)"):  # HEAD: no body, no code
         through(broken, max_attempts=3).head(BUCKET, "a.jpg")
     assert len(broken.requests) == 3
 
@@ -312,10 +316,23 @@ def test_a_body_cut_every_time_ends_in_a_transient_error(
     direct: S3ObjectStore, front: Callable[[Plan], FaultyFront]
 ) -> None:
     direct.put_bytes(BUCKET, "d.csv.gz", os.urandom(2 * 1024 * 1024))
-    server = front(lambda n, h: "truncate" if h.command == "GET" else None)
-    with pytest.raises(TransientStoreError, match=r"s3://images/d\.csv\.gz"):
+    server = front(lambda n, h: "hangup" if h.command == "GET" else None)
+    with pytest.raises(TransientStoreError, match=r"s3://images/d\.csv\.gz: \w+Error, still failing after retries"):
         through(server, max_attempts=2).get_bytes(BUCKET, "d.csv.gz")
-    assert len(server.object_gets()) == 2
+    assert len(server.object_gets()) == 2  # the first GET and one resume: no progress, give up
+
+
+def test_a_body_cut_again_and_again_resumes_while_it_progresses(
+    direct: S3ObjectStore, front: Callable[[Plan], FaultyFront]
+) -> None:
+    data = os.urandom(2 * 1024 * 1024)
+    direct.put_bytes(BUCKET, "d.csv.gz", data)
+    server = front(lambda n, h: "truncate" if h.command == "GET" and n < 4 else None)
+    assert through(server, max_attempts=2).get_bytes(BUCKET, "d.csv.gz") == data
+    ranges = [headers.get("Range") for headers in server.object_gets()]
+    assert len(ranges) == 5 and ranges[0] is None
+    offsets = [int(r.removeprefix("bytes=").rstrip("-")) for r in ranges[1:]]
+    assert offsets == sorted(offsets) and offsets[0] > 0
 
 
 def test_no_credentials_is_a_clear_store_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -237,6 +237,11 @@ _COLUMNS = "object_uri, version_id, etag, status, user_id, reason, attempts, own
 _SQLITE_LOOKUP_CHUNK = 500  # 1000 bound parameters per query, far below SQLite's limit
 
 
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    name = getattr(error, "sqlite_errorname", "")  # Python >= 3.11
+    return name in ("SQLITE_BUSY", "SQLITE_LOCKED") or "locked" in str(error) or "busy" in str(error)
+
+
 def _record_from_row(row: Mapping[str, Any], ref: Optional[ObjectRef] = None) -> HistoryRecord:
     extra = row["extra"]
     return HistoryRecord(
@@ -276,12 +281,27 @@ class SqliteImportHistory(ImportHistoryResource):
             )
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute(_SCHEMA)
+            self._prepare(conn)
             self._local.conn = conn
             with self._guard:
                 self._connections.append(conn)
         return conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        """Switch the file to WAL and create the schema. Switching the journal mode does not wait
+        on the busy handler (processes opening a new file together get SQLITE_BUSY at once), so
+        retry that step ourselves, within the same busy timeout."""
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute(_SCHEMA)
+                return
+            except sqlite3.OperationalError as error:
+                if not _is_busy(error) or time.monotonic() > deadline:
+                    raise HistoryError(f"{self.db_path}: cannot prepare the import history ({error})") from error
+                time.sleep(random.uniform(0.01, 0.05))
 
     def close(self) -> None:
         """Close every connection this resource opened (any thread)."""

@@ -669,7 +669,8 @@ class S3ObjectStore(ObjectStoreResource):
             with self._lock:
                 if self._client is None:
                     options: dict[str, Any] = dict(
-                        retries={"mode": "standard", "max_attempts": self.max_attempts},
+                        # total_max_attempts counts the first try; botocore's "max_attempts" key would not.
+                        retries={"mode": "standard", "total_max_attempts": self.max_attempts},
                         connect_timeout=self.connect_timeout,
                         read_timeout=self.read_timeout,
                         max_pool_connections=self.max_pool_connections,
