@@ -1,0 +1,149 @@
+"""Benchmark data: an S3 Inventory CSV report as AWS delivers it, and image objects with tags.
+
+Keys are generated from a row number, so any row's expected key is known without keeping
+millions of them around. A third of the keys need decoding, in four flavours: a space
+(written '+', the reference's bug), a literal '+' (%2B), a '%' (%25) and non-ASCII (%XX).
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Iterator
+from urllib.parse import quote_plus
+
+from rivbulk_pipeline.core.inventory import REPORT_FOLDER_FORMAT, report_root
+from rivbulk_pipeline.resources.object_store import LocalObjectStore
+
+SOURCE_BUCKET = "bench-images"
+INVENTORY_BUCKET = "bench-inventory"
+INVENTORY_PREFIX = "inventories"
+CONFIG_ID = "daily-all"
+CREATED_AT = datetime(2026, 3, 1, 8, 15, tzinfo=timezone.utc)
+
+# A current-versions report with AWS's usual optional fields (FACTS.md's example, minus versions).
+FILE_SCHEMA = (
+    "Bucket, Key, Size, LastModifiedDate, ETag, StorageClass, IsMultipartUploaded, ReplicationStatus, "
+    "EncryptionStatus, ObjectLockRetainUntilDate, ObjectLockMode, ObjectLockLegalHoldStatus, "
+    "IntelligentTieringAccessTier, BucketKeyStatus, ChecksumAlgorithm"
+)
+
+# (key template, is the encoded key free of '%'?) for the rows that need decoding
+_ENCODED_FLAVOURS = (
+    "users/{i:08d}/John Smith face.jpg",  # spaces only: '+' in the file, no '%'
+    "users/{i:08d}/face+1.jpg",  # a literal '+': %2B
+    "users/{i:08d}/100%_sure.png",  # a literal '%': %25
+    "users/{i:08d}/visage élodie-ünal.jpeg",  # non-ASCII (and a space): %C3%A9 ...
+)
+
+
+def original_key(i: int) -> str:
+    """The real (decoded) key of row `i`: two rows in three need no encoding."""
+    if i % 3:
+        return f"users/{i:08d}/face.jpg"
+    return _ENCODED_FLAVOURS[(i // 3) % len(_ENCODED_FLAVOURS)].format(i=i)
+
+
+def encoded_key(i: int) -> str:
+    """Row `i`'s key as S3 Inventory writes it in CSV (URL-encoded, space as '+')."""
+    return quote_plus(original_key(i), safe="/")
+
+
+def _etag(i: int) -> str:
+    return format((i * 0x9E3779B97F4A7C15) % (1 << 128), "032x")
+
+
+def _csv_line(i: int) -> str:
+    # every field quoted, as AWS writes it; empty optional fields are ""
+    return (
+        f'"{SOURCE_BUCKET}","{encoded_key(i)}","{20_000 + i % 50_000}","2026-02-27T10:{i % 60:02d}:{(i // 60) % 60:02d}.000Z",'
+        f'"{_etag(i)}","STANDARD","false","","SSE-S3","","","","","DISABLED",""\n'
+    )
+
+
+@dataclass(frozen=True)
+class InventoryReport:
+    store_root: str
+    bucket: str
+    folder: str  # the report folder prefix (holds manifest.json and manifest.checksum)
+    data_keys: tuple[str, ...]
+    rows: int
+
+
+def write_csv_report(store_root: str, rows: int, rows_per_file: int = 0, tag: str = "") -> InventoryReport:
+    """Write a `rows`-row CSV report into the local store at `store_root`.
+
+    Data files go in as plain files (the local store accepts files copied in by hand), so
+    generating millions of rows costs no per-object fsync; the manifest and its checksum
+    go through the store, checksum last as AWS does. `rows_per_file` 0: one data file.
+    """
+    store = LocalObjectStore(root=store_root)
+    store.create_bucket(INVENTORY_BUCKET)
+    root = report_root(f"{INVENTORY_PREFIX}{tag}", SOURCE_BUCKET, CONFIG_ID)
+    per_file = rows_per_file or rows
+    files, data_keys = [], []
+    for start in range(0, max(rows, 1), per_file):
+        key = f"{root}/data/{uuid.uuid4()}.csv.gz"
+        path = os.path.join(store_root, INVENTORY_BUCKET, *key.split("/"))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as out:
+            for chunk_start in range(start, min(start + per_file, rows), 20_000):
+                lines = map(_csv_line, range(chunk_start, min(chunk_start + 20_000, start + per_file, rows)))
+                out.write("".join(lines).encode("utf-8"))
+        with open(path, "rb") as f:
+            md5 = hashlib.file_digest(f, "md5").hexdigest()
+        files.append({"key": key, "size": os.path.getsize(path), "MD5checksum": md5})
+        data_keys.append(key)
+    folder = f"{root}/{CREATED_AT.strftime(REPORT_FOLDER_FORMAT)}"
+    manifest = {
+        "sourceBucket": SOURCE_BUCKET,
+        "destinationBucket": f"arn:aws:s3:::{INVENTORY_BUCKET}",
+        "version": "2016-11-30",
+        "creationTimestamp": str(int(CREATED_AT.timestamp() * 1000)),
+        "fileFormat": "CSV",
+        "fileSchema": FILE_SCHEMA,
+        "files": files,
+    }
+    body = json.dumps(manifest, indent=2).encode("utf-8")
+    store.put_bytes(INVENTORY_BUCKET, f"{folder}/manifest.json", body, "application/json")
+    store.put_bytes(INVENTORY_BUCKET, f"{folder}/manifest.checksum", hashlib.md5(body).hexdigest().encode())
+    return InventoryReport(store_root, INVENTORY_BUCKET, folder, tuple(data_keys), rows)
+
+
+def truth_keys(report: InventoryReport) -> Iterator[str]:
+    """Every key of the report decoded by the stdlib's `unquote_plus`, in file order: the truth."""
+    import csv
+    from urllib.parse import unquote_plus
+
+    for key in report.data_keys:
+        path = os.path.join(report.store_root, report.bucket, *key.split("/"))
+        with gzip.open(path, "rt", encoding="utf-8", newline="") as text:
+            for row in csv.reader(text):
+                if row:
+                    yield unquote_plus(row[1])
+
+
+# ---------------------------------------------------------------- image objects with tags
+
+
+def make_image_objects(store: LocalObjectStore, bucket: str, start: int, count: int) -> list[str]:
+    """`count` small objects `faces/<n>.jpg` tagged UserId=user-<n>; returns their keys.
+
+    The bytes are written as plain files (no per-object fsync; the store takes files copied
+    in by hand), the tags through the store. Qualification never reads the bytes.
+    """
+    store.create_bucket(bucket)
+    keys = []
+    for n in range(start, start + count):
+        key = f"faces/{n // 1000:04d}/{n:08d}.jpg"
+        path = os.path.join(store.root, bucket, *key.split("/"))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(b"\xff\xd8\xff\xe0 benchmark image %d" % n)
+        store.put_tags(bucket, key, {"UserId": f"user-{n}"})
+        keys.append(key)
+    return keys
