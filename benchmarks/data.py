@@ -16,6 +16,11 @@ from datetime import datetime, timezone
 from typing import Iterator
 from urllib.parse import quote_plus
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+
 from rivbulk_pipeline.core.inventory import REPORT_FOLDER_FORMAT, report_root
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 
@@ -24,6 +29,8 @@ INVENTORY_BUCKET = "bench-inventory"
 INVENTORY_PREFIX = "inventories"
 CONFIG_ID = "daily-all"
 CREATED_AT = datetime(2026, 3, 1, 8, 15, tzinfo=timezone.utc)
+_CHUNK_ROWS = 100_000
+_CSV_OPTIONS = pcsv.WriteOptions(include_header=False, quoting_style="all_valid")
 
 # A current-versions report with AWS's usual optional fields (FACTS.md's example, minus versions).
 FILE_SCHEMA = (
@@ -32,20 +39,25 @@ FILE_SCHEMA = (
     "IntelligentTieringAccessTier, BucketKeyStatus, ChecksumAlgorithm"
 )
 
-# (key template, is the encoded key free of '%'?) for the rows that need decoding
-_ENCODED_FLAVOURS = (
-    "users/{i:08d}/John Smith face.jpg",  # spaces only: '+' in the file, no '%'
-    "users/{i:08d}/face+1.jpg",  # a literal '+': %2B
-    "users/{i:08d}/100%_sure.png",  # a literal '%': %25
-    "users/{i:08d}/visage élodie-ünal.jpeg",  # non-ASCII (and a space): %C3%A9 ...
+# The rows that need decoding: "users/<8 digits>" + one of these (digits never need encoding).
+_ENCODED_SUFFIXES = (
+    "/John Smith face.jpg",  # spaces only: '+' in the file and no '%' (the reference's bug)
+    "/face+1.jpg",  # a literal '+': %2B
+    "/100%_sure.png",  # a literal '%': %25
+    "/visage élodie-ünal.jpeg",  # non-ASCII (and a space): %C3%A9 ...
 )
+_SUFFIXES = ("/face.jpg",) + _ENCODED_SUFFIXES
+_ENCODED = tuple(quote_plus(s, safe="/") for s in _SUFFIXES)
+
+
+def _flavour(i: int) -> int:
+    """Index into _SUFFIXES: 0 (no encoding needed) for two rows in three."""
+    return 0 if i % 3 else 1 + (i // 3) % len(_ENCODED_SUFFIXES)
 
 
 def original_key(i: int) -> str:
-    """The real (decoded) key of row `i`: two rows in three need no encoding."""
-    if i % 3:
-        return f"users/{i:08d}/face.jpg"
-    return _ENCODED_FLAVOURS[(i // 3) % len(_ENCODED_FLAVOURS)].format(i=i)
+    """The real (decoded) key of row `i`."""
+    return f"users/{i:08d}{_SUFFIXES[_flavour(i)]}"
 
 
 def encoded_key(i: int) -> str:
@@ -53,16 +65,46 @@ def encoded_key(i: int) -> str:
     return quote_plus(original_key(i), safe="/")
 
 
-def _etag(i: int) -> str:
-    return format((i * 0x9E3779B97F4A7C15) % (1 << 128), "032x")
+def _hex_table(n: int, salt: str) -> pa.Array:
+    return pa.array([hashlib.md5(f"{salt}{k}".encode()).hexdigest()[:16] for k in range(n)])
 
 
-def _csv_line(i: int) -> str:
-    # every field quoted, as AWS writes it; empty optional fields are ""
-    return (
-        f'"{SOURCE_BUCKET}","{encoded_key(i)}","{20_000 + i % 50_000}","2026-02-27T10:{i % 60:02d}:{(i // 60) % 60:02d}.000Z",'
-        f'"{_etag(i)}","STANDARD","false","","SSE-S3","","","","","DISABLED",""\n'
+_ETAG_LOW = _hex_table(1 << 16, "low")
+_ETAG_HIGH = _hex_table(1 << 10, "high")
+
+
+def _csv_rows(start: int, stop: int) -> pa.RecordBatch:
+    """Rows start..stop-1 as text columns, built vectorised (the same keys as encoded_key)."""
+    i = np.arange(start, stop, dtype=np.int64)
+    flavour = np.where(i % 3 != 0, 0, 1 + (i // 3) % len(_ENCODED_SUFFIXES))
+    digits = pc.utf8_lpad(pa.array(i).cast(pa.string()), 8, "0")
+    keys = pc.binary_join_element_wise("users/", digits, pa.array(_ENCODED).take(pa.array(flavour)), "")
+    stamps = pa.array(np.datetime64("2026-02-27T00:00:00", "s") + (i * 7) % 86_400, pa.timestamp("s"))
+    etags = pc.binary_join_element_wise(
+        _ETAG_HIGH.take(pa.array((i >> 16) % len(_ETAG_HIGH))), _ETAG_LOW.take(pa.array(i & 0xFFFF)), ""
     )
+
+    def const(value: str) -> pa.Array:
+        return pa.repeat(pa.scalar(value, pa.string()), len(i))
+
+    columns = [
+        const(SOURCE_BUCKET),
+        keys,
+        pa.array(20_000 + i % 50_000).cast(pa.string()),
+        pc.strftime(stamps, format="%Y-%m-%dT%H:%M:%S.000Z"),
+        etags,
+        const("STANDARD"),
+        const("false"),
+        const(""),
+        const("SSE-S3"),
+        const(""),
+        const(""),
+        const(""),
+        const(""),
+        const("DISABLED"),
+        const(""),
+    ]
+    return pa.RecordBatch.from_arrays(columns, names=[f"c{n}" for n in range(len(columns))])
 
 
 @dataclass(frozen=True)
@@ -91,9 +133,12 @@ def write_csv_report(store_root: str, rows: int, rows_per_file: int = 0, tag: st
         path = os.path.join(store_root, INVENTORY_BUCKET, *key.split("/"))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as out:
-            for chunk_start in range(start, min(start + per_file, rows), 20_000):
-                lines = map(_csv_line, range(chunk_start, min(chunk_start + 20_000, start + per_file, rows)))
-                out.write("".join(lines).encode("utf-8"))
+            stop = min(start + per_file, rows)
+            for chunk in range(start, stop, _CHUNK_ROWS):
+                # every field quoted and no header, as AWS writes it; empty optional fields are ""
+                text = pa.BufferOutputStream()
+                pcsv.write_csv(_csv_rows(chunk, min(chunk + _CHUNK_ROWS, stop)), text, _CSV_OPTIONS)
+                out.write(text.getvalue())
         with open(path, "rb") as f:
             md5 = hashlib.file_digest(f, "md5").hexdigest()
         files.append({"key": key, "size": os.path.getsize(path), "MD5checksum": md5})

@@ -93,27 +93,41 @@ def create_demo(settings: Settings, now: Optional[datetime] = None) -> Path:
     now = (now or datetime.now(timezone.utc)).replace(second=0, microsecond=0)
     home = settings.home_path
     store = LocalObjectStore(root=str(home / "store"))
+
+    def backdate(key: str, appeared: datetime) -> None:  # the local store's Last-Modified is the file's mtime
+        os.utime(home / "store" / settings.image_bucket / key, (appeared.timestamp(), appeared.timestamp()))
+
+    populate_images(store, settings, now, backdate)
+    preregister(LocalRegistryGateway(db_path=str(home / "registry.sqlite")))
+    for days_ago, file_format in REPORT_DAYS:
+        created_at = now if days_ago == 0 else datetime.combine((now - timedelta(days=days_ago)).date(), time(1, 0), timezone.utc)
+        write_report(store, settings, created_at, file_format)
+    return home
+
+
+def populate_images(
+    store, settings: Settings, now: datetime, backdate: Optional[Callable[[str, datetime], None]] = None
+) -> None:
+    """Put every demo case into the image bucket of any store, with its tags."""
     for bucket in (settings.image_bucket, settings.inventory_bucket, OTHER_BUCKET):
         store.create_bucket(bucket)
     store.put_bytes(OTHER_BUCKET, "judy.json", json.dumps({"fname": "Judy"}).encode())
-
     for case in DEMO_CASES:
         tags = {k: v.format(image_bucket=settings.image_bucket) for k, v in case.tags.items()}
         store.put_bytes(settings.image_bucket, case.key, case.body())
         if tags:
             store.put_tags(settings.image_bucket, case.key, tags)
-        appeared = datetime.combine((now - timedelta(days=case.days_ago)).date(), time(0, 30), timezone.utc)
-        appeared = min(appeared, now - timedelta(minutes=1))
-        os.utime(home / "store" / settings.image_bucket / case.key, (appeared.timestamp(), appeared.timestamp()))
+        if backdate:
+            appeared = datetime.combine((now - timedelta(days=case.days_ago)).date(), time(0, 30), timezone.utc)
+            backdate(case.key, min(appeared, now - timedelta(minutes=1)))
 
-    registry = LocalRegistryGateway(db_path=str(home / "registry.sqlite"))
+
+def preregister(gateway) -> None:
+    """Users the registry knows before the demo: olivia with another face, victor with trudy's."""
     for user_id, seed in PREREGISTERED:
-        registry.register(user_id, face_image(seed), {})
-
-    for days_ago, file_format in REPORT_DAYS:
-        created_at = now if days_ago == 0 else datetime.combine((now - timedelta(days=days_ago)).date(), time(1, 0), timezone.utc)
-        write_report(store, settings, created_at, file_format)
-    return home
+        result = gateway.register(user_id, face_image(seed), {})
+        if result.outcome.value != "indexed":
+            raise RuntimeError(f"could not pre-register demo user {user_id}: {result.reason}")
 
 
 def write_report(store, settings: Settings, created_at: datetime, file_format: str = "CSV") -> str:

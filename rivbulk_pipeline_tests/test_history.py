@@ -2,6 +2,8 @@
 backend-specific parts (HTTP endpoint, table creation, UnprocessedKeys, processes, Dagster)."""
 from __future__ import annotations
 
+import http.server
+import json
 import multiprocessing
 import sqlite3
 import threading
@@ -173,7 +175,9 @@ def test_release_ends_only_the_owners_lease(history: ImportHistoryResource) -> N
 
 
 def test_lookup_batches_many_refs_and_scan_returns_all(history: ImportHistoryResource) -> None:
-    stored = [ref(f"users/{i:04d}.jpg", None if i % 2 else f"v{i}") for i in range(520)]
+    # More than one SQLite chunk (500) and several BatchGetItem chunks (100).
+    count = 520 if isinstance(history, SqliteImportHistory) else 230
+    stored = [ref(f"users/{i:04d}.jpg", None if i % 2 else f"v{i}") for i in range(count)]
     for obj in stored:
         assert history.claim(obj, "e", "run-1", 60)
     missing = [ref(f"missing/{i}.jpg") for i in range(90)]
@@ -209,7 +213,20 @@ def test_an_over_long_key_is_refused_before_writing(history: ImportHistoryResour
     assert history.lookup([obj]) == {}
 
 
-def test_racing_threads_exactly_one_claim_wins(history: ImportHistoryResource) -> None:
+def test_racing_threads_exactly_one_claim_wins(history: ImportHistoryResource, monkeypatch: pytest.MonkeyPatch) -> None:
+    if isinstance(history, DynamoImportHistory):
+        # DynamoDB applies a conditional write atomically; moto checks and writes without a lock.
+        # Give moto that one guarantee, nothing more: a claim that read first and wrote after
+        # (two requests) would still lose the race here.
+        from moto.dynamodb.models import DynamoDBBackend
+
+        lock, update_item = threading.Lock(), DynamoDBBackend.update_item
+
+        def atomic_update_item(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            with lock:
+                return update_item(self, *args, **kwargs)
+
+        monkeypatch.setattr(DynamoDBBackend, "update_item", atomic_update_item)
     objs = [ref(f"race/{i}.jpg") for i in range(15)]
     threads_n = 6
     barrier = threading.Barrier(threads_n)
@@ -372,7 +389,40 @@ def test_dynamo_lookup_retries_unprocessed_keys(aws_env: None) -> None:
         assert set(found) == set(objs)
 
 
-def test_dynamo_client_uses_standard_retries_for_throttling(aws_env: None) -> None:
-    history = DynamoImportHistory(table_name=TABLE, region_name=REGION)
-    retries = history._dynamodb().meta.config.retries
-    assert retries == {"mode": "standard", "max_attempts": 8}
+class _ThrottlingDynamo(http.server.BaseHTTPRequestHandler):
+    """A DynamoDB endpoint that throttles the first two requests, then accepts an UpdateItem."""
+
+    seen: list[str] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.seen.append(self.headers["X-Amz-Target"])
+        if len(self.seen) <= 2:
+            status, body = 400, {"__type": "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
+                                 "message": "Rate of requests exceeds the allowed throughput."}
+        else:
+            status, body = 200, {}
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/x-amz-json-1.0")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_dynamo_throttling_is_retried_by_the_client(aws_env: None) -> None:
+    _ThrottlingDynamo.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ThrottlingDynamo)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        history = DynamoImportHistory(table_name=TABLE, region_name=REGION, endpoint_url=endpoint)
+        assert history.claim(ref("throttled.jpg"), "e1", "run-1", 60)
+        assert _ThrottlingDynamo.seen == ["DynamoDB_20120810.UpdateItem"] * 3
+    finally:
+        server.shutdown()
+        thread.join()

@@ -63,7 +63,9 @@ def fake_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture(params=["local", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ObjectStoreResource]:
+def store(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ObjectStoreResource]:
     if request.param == "local":
         local = LocalObjectStore(root=str(tmp_path / "store"))
         local.create_bucket(BUCKET)
@@ -270,7 +272,9 @@ def files_under(root: Path) -> list[str]:
         ("a/.rivbulk-tmp-1234", "reserved"),
     ],
 )
-def test_keys_the_layout_cannot_hold_raise_invalid_key(local: LocalObjectStore, tmp_path: Path, key: str, why: str) -> None:
+def test_keys_the_layout_cannot_hold_raise_invalid_key(
+    local: LocalObjectStore, tmp_path: Path, key: str, why: str
+) -> None:
     with pytest.raises(InvalidKey, match=why) as caught:
         local.put_bytes(BUCKET, key, b"x")
     assert caught.value.key == key and caught.value.bucket == BUCKET

@@ -96,7 +96,8 @@ class FaultyFront:
         for name, value in response.getheaders():
             if name.lower() not in ("transfer-encoding", "connection", "content-length", "date", "server"):
                 h.send_header(name, value)
-        h.send_header("Content-Length", response.getheader("Content-Length", "0") if h.command == "HEAD" else str(len(data)))
+        length = response.getheader("Content-Length", "0") if h.command == "HEAD" else str(len(data))
+        h.send_header("Content-Length", length)
         h.end_headers()
         if h.command == "HEAD":
             return
@@ -237,13 +238,16 @@ def test_slowdown_past_max_attempts_is_a_transient_error(
     direct: S3ObjectStore, front: Callable[[Plan], FaultyFront]
 ) -> None:
     server = front(lambda n, h: (503, "SlowDown"))
-    with pytest.raises(TransientStoreError, match=r"s3://images/a\.jpg: GetObjectTagging: SlowDown \(HTTP 503\)") as caught:
+    expected = r"s3://images/a\.jpg: GetObjectTagging: SlowDown \(HTTP 503\)"
+    with pytest.raises(TransientStoreError, match=expected) as caught:
         through(server, max_attempts=2).get_tags(BUCKET, "a.jpg")
     assert caught.value.transient and caught.value.key == "a.jpg"
     assert len(server.requests) == 2
 
 
-def test_internal_errors_are_retried_then_transient(direct: S3ObjectStore, front: Callable[[Plan], FaultyFront]) -> None:
+def test_internal_errors_are_retried_then_transient(
+    direct: S3ObjectStore, front: Callable[[Plan], FaultyFront]
+) -> None:
     direct.put_bytes(BUCKET, "a.jpg", b"a")
     flaky = front(lambda n, h: (500, "InternalError") if n < 2 else None)
     assert through(flaky, max_attempts=3).get_bytes(BUCKET, "a.jpg") == b"a"

@@ -25,7 +25,12 @@ def inventory_report_sensor(
     scan = scan_for_new_reports(store, settings.inventory_bucket, settings.report_root, cursor)
     known = set(context.instance.get_dynamic_partitions(inventory_dates.name))
     new_dates = sorted({folder.inventory_date for folder in scan.complete} - known)
-    to_run = scan.complete[-1:] if first_tick else scan.complete
+    # One run per date, for its newest report: a run loads its date's newest complete report
+    # anyway, and two runs of one partition launched together would race on the same tables.
+    newest_per_date = {folder.inventory_date: folder for folder in scan.complete}  # oldest first: newest wins
+    to_run = sorted(newest_per_date.values())
+    if first_tick:
+        to_run = to_run[-1:]
     if scan.cursor.pending:
         context.log.info(f"reports not complete yet: {', '.join(scan.cursor.pending)}")
     return dg.SensorResult(

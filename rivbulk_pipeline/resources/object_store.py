@@ -151,7 +151,7 @@ def _key_problem(key: str) -> Optional[str]:
         if not segment:
             return "an empty segment ('//', or a leading or trailing '/') has no file name on disk"
         if segment in (".", ".."):
-            return f"a {segment!r} segment would point outside its folder"
+            return f"a {segment!r} segment names a folder on disk, not a file"
         if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
             return f"a segment over {MAX_SEGMENT_BYTES} bytes is longer than a file name can be"
         if segment.startswith(_TMP_PREFIX):
@@ -185,7 +185,8 @@ def _fsync_dir(folder: str) -> None:
 def _walk(folder: bytes, key_prefix: bytes, prefix: bytes, start_after: bytes) -> Iterator[tuple[bytes, bytes]]:
     """(key, path) of every file under `folder` with key > start_after and starting with
     prefix, in byte order of keys. A folder sorts as its name + '/', which puts its keys
-    exactly where a global byte sort would; only one folder's entries are held at a time."""
+    exactly where a global byte sort would. Memory: one sorted folder listing per level of
+    the current path, never the whole tree."""
     try:
         with os.scandir(folder) as it:
             entries = sorted(
@@ -300,8 +301,12 @@ class LocalObjectStore(ObjectStoreResource):
         ).fetchone()
         if row and tuple(row[:4]) == _signature(st):
             return row[4]
-        etag = _md5_file(path)
-        if _signature(os.stat(path)) == _signature(st):  # unchanged while hashing: cacheable
+        try:
+            etag = _md5_file(path)
+            unchanged = _signature(os.stat(path)) == _signature(st)
+        except FileNotFoundError:  # deleted meanwhile
+            raise self._missing(bucket, key) from None
+        if unchanged:  # not rewritten while hashing: cacheable
             conn.execute(
                 "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (bucket, key, *_signature(st), etag),
@@ -383,9 +388,7 @@ class LocalObjectStore(ObjectStoreResource):
             folder = os.path.join(folder, *folder_part[:-1].split("/"))
 
         def generate() -> Iterator[tuple[str, bytes, os.stat_result]]:
-            walk = _walk(
-                os.fsencode(folder), folder_part.encode(), prefix.encode(), start_after.encode()
-            )
+            walk = _walk(os.fsencode(folder), folder_part.encode(), prefix.encode(), start_after.encode())
             for key_bytes, path in walk:
                 try:
                     key = key_bytes.decode("utf-8")
@@ -433,8 +436,17 @@ class LocalObjectStore(ObjectStoreResource):
             return self._write(bucket, key, iter(functools.partial(source.read, _CHUNK), b""))
 
     def list_objects(self, bucket: str, prefix: str = "", start_after: str = "") -> Iterator[ObjectInfo]:
-        files = self._files(bucket, prefix, start_after)
-        return (ObjectInfo(bucket, key, st.st_size, self._etag(bucket, key, path, st), _utc(st)) for key, path, st in files)
+        files = self._files(bucket, prefix, start_after)  # raises now for a missing bucket
+
+        def generate() -> Iterator[ObjectInfo]:
+            for key, path, st in files:
+                try:
+                    etag = self._etag(bucket, key, path, st)
+                except ObjectNotFound:
+                    continue  # deleted while listing, as S3 would no longer list it
+                yield ObjectInfo(bucket, key, st.st_size, etag, _utc(st))
+
+        return generate()
 
     def list_prefixes(self, bucket: str, prefix: str = "") -> Iterator[str]:
         folder = self._existing_bucket(bucket, prefix)
@@ -590,7 +602,9 @@ class _S3BodyReader(io.RawIOBase):
     """An object's body as a raw stream that resumes where it stopped when the connection
     breaks (ranged GET, If-Match on the ETag so a changed object fails instead of mixing)."""
 
-    def __init__(self, client: Any, bucket: str, key: str, version_id: Optional[str], response: dict, max_attempts: int) -> None:
+    def __init__(
+        self, client: Any, bucket: str, key: str, version_id: Optional[str], response: dict, max_attempts: int
+    ) -> None:
         super().__init__()
         self._client, self._bucket, self._key, self._version_id = client, bucket, key, version_id
         self._body = response["Body"]
@@ -613,7 +627,10 @@ class _S3BodyReader(io.RawIOBase):
                 return n
             except _TRANSIENT_EXCEPTIONS as exc:
                 failures += 1
-                if failures >= self._max_attempts:
+                # A checksum mismatch is found at the end, after the bytes were handed out:
+                # resuming cannot repair it, only a fresh read can.
+                cannot_resume = isinstance(exc, FlexibleChecksumError) or (self._size and self._pos >= self._size)
+                if cannot_resume or failures >= self._max_attempts:
                     raise _map_error(exc, self._bucket, self._key) from exc
                 self._reopen()
 

@@ -1,0 +1,147 @@
+"""Measurement 1: reading an inventory report, ours vs the baseline, each in a fresh process.
+
+The parent runs `python -m benchmarks.ingest <mode> ...` once per figure and reads the
+child's peak RSS from `os.wait4` (the kernel's own account of that one child); the child
+prints what it measured as one JSON line. Modes: `ours` and `baseline` time one pass over
+the report; `check-ours` and `check-baseline` compare every key with `unquote_plus` (untimed,
+in their own process so the timed ones stay clean).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
+
+import pyarrow as pa
+
+from rivbulk_pipeline.core.inventory import iter_inventory_batches, load_manifest
+from rivbulk_pipeline.resources.object_store import LocalObjectStore
+
+from .baseline import baseline_inventory_rows
+from .data import InventoryReport, truth_keys, write_csv_report
+
+MODES = ("ours", "baseline", "check-ours", "check-baseline")
+_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    figures: dict
+    peak_rss_bytes: int
+
+
+def run_child(mode: str, report: InventoryReport, spool_dir: str) -> ChildRun:
+    """Run one mode in a fresh interpreter, started by the light `_launch` so that the
+    peak RSS it reports is the child's own (see benchmarks/_launch.py)."""
+    args = [
+        sys.executable, "-m", "benchmarks._launch",
+        sys.executable, "-m", "benchmarks.ingest", mode, report.store_root, report.bucket, report.folder, spool_dir,
+        *report.data_keys,
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_PROJECT_ROOT, os.environ.get("PYTHONPATH")])))
+    done = subprocess.run(args, stdout=subprocess.PIPE, env=env, cwd=_PROJECT_ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark child {mode!r} failed with exit code {done.returncode}")
+    *_, figures, usage = done.stdout.decode().strip().splitlines()
+    return ChildRun(json.loads(figures), json.loads(usage)["peak_rss_bytes"])
+
+
+# ---------------------------------------------------------------- in the child
+
+
+def _ours_keys(report: InventoryReport, spool_dir: str) -> Iterator[pa.Array]:
+    """Our reader over the report's manifest: yields each batch's key column."""
+    store = LocalObjectStore(root=report.store_root)
+    manifest = load_manifest(store, report.bucket, report.folder)
+    for batch in iter_inventory_batches(store, manifest, spool_dir=spool_dir):
+        yield batch.column(1)  # INVENTORY_SCHEMA: bucket, key, ...
+
+
+def _baseline_rows(report: InventoryReport) -> Iterator[tuple[str, ...]]:
+    return baseline_inventory_rows(LocalObjectStore(root=report.store_root), report.bucket, report.data_keys)
+
+
+def _child(mode: str, report: InventoryReport, spool_dir: str) -> dict:
+    # Everything is imported before the clock starts; startup RSS shows what the imports cost.
+    figures: dict = {"startup_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if mode in ("ours", "baseline"):
+        started = time.perf_counter()
+        if mode == "ours":
+            rows = sum(len(keys) for keys in _ours_keys(report, spool_dir))
+        else:
+            rows = sum(1 for _ in _baseline_rows(report))
+        return {**figures, "rows": rows, "seconds": time.perf_counter() - started}
+    if mode == "check-ours":
+        got: Iterator[str] = (key for keys in _ours_keys(report, spool_dir) for key in keys.to_pylist())
+    else:
+        got = (row[1] for row in _baseline_rows(report))
+    checked = wrong = 0
+    for expected, actual in zip(truth_keys(report), got, strict=True):
+        checked += 1
+        wrong += expected != actual
+    return {**figures, "checked": checked, "wrong": wrong}
+
+
+# ---------------------------------------------------------------- in the parent
+
+
+def measure_ingest(workdir: str, rows: int, large_rows: int, log: Callable[[str], None] = print) -> dict:
+    """Ours and the baseline on `rows`, ours alone on `large_rows` (for peak RSS)."""
+    spool = os.path.join(workdir, "spool")
+    os.makedirs(spool, exist_ok=True)
+    log(f"  generating a {rows:,}-row and a {large_rows:,}-row CSV inventory report ...")
+    small = write_csv_report(os.path.join(workdir, "inventory-small"), rows)
+    large = write_csv_report(os.path.join(workdir, "inventory-large"), large_rows)
+    runs = {}
+    for name, mode, report in (
+        ("ours", "ours", small),
+        ("baseline", "baseline", small),
+        ("ours_large", "ours", large),
+        ("check_ours", "check-ours", small),
+        ("check_baseline", "check-baseline", small),
+    ):
+        log(f"  {name} ...")
+        runs[name] = run_child(mode, report, spool)
+    ours, base, big = runs["ours"], runs["baseline"], runs["ours_large"]
+    for run, report in ((ours, small), (base, small), (big, large)):
+        if run.figures["rows"] != report.rows:
+            raise RuntimeError(f"read {run.figures['rows']} rows of a {report.rows}-row report")
+    return {
+        "rows": rows,
+        "large_rows": large_rows,
+        "ours_rows_per_s": rows / ours.figures["seconds"],
+        "baseline_rows_per_s": rows / base.figures["seconds"],
+        "ours_large_rows_per_s": large_rows / big.figures["seconds"],
+        "ours_rss": ours.peak_rss_bytes,
+        "ours_large_rss": big.peak_rss_bytes,
+        "baseline_rss": base.peak_rss_bytes,
+        "ours_startup_rss": ours.figures["startup_rss"],
+        "baseline_startup_rss": base.figures["startup_rss"],
+        "ours_checked": runs["check_ours"].figures["checked"],
+        "ours_wrong_keys": runs["check_ours"].figures["wrong"],
+        "baseline_checked": runs["check_baseline"].figures["checked"],
+        "baseline_wrong_keys": runs["check_baseline"].figures["wrong"],
+    }
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description="one ingest measurement (run by benchmarks.run)")
+    parser.add_argument("mode", choices=MODES)
+    parser.add_argument("store_root")
+    parser.add_argument("bucket")
+    parser.add_argument("folder")
+    parser.add_argument("spool_dir")
+    parser.add_argument("data_keys", nargs="+")
+    args = parser.parse_args(argv)
+    report = InventoryReport(args.store_root, args.bucket, args.folder, tuple(args.data_keys), 0)
+    print(json.dumps(_child(args.mode, report, args.spool_dir)))
+
+
+if __name__ == "__main__":
+    main()
