@@ -1,7 +1,7 @@
 """The sensor through Dagster's test APIs, over the demo data on the local store."""
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import datetime, time, timedelta, timezone
 from typing import Any, Optional
 
 import dagster as dg
@@ -60,16 +60,8 @@ def folder_name(created_at: datetime) -> str:
     return created_at.strftime("%Y-%m-%dT%H-%MZ")
 
 
-def remove_checksum(settings, store, folder: str) -> bytes:
-    key = f"{settings.inventory_prefix}/{settings.image_bucket}/{settings.inventory_config_id}/{folder}/manifest.checksum"
-    body = store.get_bytes(settings.inventory_bucket, key)
-    store.delete(settings.inventory_bucket, key)
-    return body
-
-
-def restore_checksum(settings, store, folder: str, body: bytes) -> None:
-    key = f"{settings.inventory_prefix}/{settings.image_bucket}/{settings.inventory_config_id}/{folder}/manifest.checksum"
-    store.put_bytes(settings.inventory_bucket, key, body)
+def checksum_key(resources: dict[str, Any], created_at: datetime) -> str:
+    return f"{resources['settings'].report_root}/{folder_name(created_at)}/manifest.checksum"
 
 
 def test_sensor_is_running_by_default_and_targets_the_bulk_load_job():
@@ -123,7 +115,9 @@ def test_an_incomplete_report_gets_no_run_until_it_is_complete(demo, instance):
 
     tomorrow = NOW + timedelta(hours=13)
     write_report(store, settings, tomorrow)
-    checksum = remove_checksum(settings, store, folder_name(tomorrow))
+    bucket, key = settings.inventory_bucket, checksum_key(resources, tomorrow)
+    checksum = store.get_bytes(bucket, key)
+    store.delete(bucket, key)  # still being delivered
 
     for _ in range(2):  # tick after tick: nothing, and the date is not a partition yet
         result = tick(instance, resources, cursor)
@@ -131,7 +125,7 @@ def test_an_incomplete_report_gets_no_run_until_it_is_complete(demo, instance):
         cursor = result.cursor
     assert day(1) not in instance.get_dynamic_partitions(inventory_dates.name)
 
-    restore_checksum(settings, store, folder_name(tomorrow), checksum)
+    store.put_bytes(bucket, key, checksum)
     complete = tick(instance, resources, cursor)
     assert runs(complete) == [(day(1), folder_name(tomorrow))]
     assert added(complete) == [day(1)]

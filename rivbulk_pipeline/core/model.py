@@ -91,7 +91,14 @@ INDEXED_SCHEMA = pa.schema(
 )
 
 
-class Reason(str, enum.Enum):
+class _Text(str, enum.Enum):
+    """An enum that formats as its value (so f-strings and Parquet say `qualified`, not `Reason.QUALIFIED`)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Reason(_Text):
     """Why a candidate did or did not qualify."""
 
     QUALIFIED = "qualified"
@@ -110,7 +117,7 @@ class Reason(str, enum.Enum):
     TRANSIENT_ERROR = "transient_error"  # store throttling/5xx after retries: the next run retries
 
 
-class Outcome(str, enum.Enum):
+class Outcome(_Text):
     """What happened to a qualified object at indexing time."""
 
     INDEXED = "indexed"
@@ -147,7 +154,7 @@ class GatewayResult:
         return cls(Outcome.FAILED_TRANSIENT, reason)
 
 
-class HistoryStatus(str, enum.Enum):
+class HistoryStatus(_Text):
     CLAIMED = "claimed"  # a run is registering it now (lease until claim_expires_at)
     INDEXED = "indexed"
     FAILED_PERMANENT = "failed_permanent"

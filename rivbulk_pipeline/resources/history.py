@@ -148,15 +148,20 @@ def _claim_attrs(ref: ObjectRef, etag: str, owner: str, now: float, expires: flo
 
 
 def _outcome_attrs(record: HistoryRecord, now: float) -> dict[str, Any]:
-    if HistoryStatus(record.status) not in _FINAL_STATUSES:
-        raise HistoryError(f"{record.ref}: record() takes an outcome (indexed/failed_*), not {record.status.value!r}")
+    given = getattr(record.status, "value", record.status)
+    try:
+        status = HistoryStatus(given)
+    except ValueError:
+        status = None
+    if status not in _FINAL_STATUSES:
+        raise HistoryError(f"{record.ref}: record() takes an outcome (indexed/failed_*), not {given!r}")
     extra = dict(record.extra)
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
         raise HistoryError(f"{record.ref}: record extra must map strings to strings")
     return {
         **_key_attrs(record.ref),
         "etag": record.etag,
-        "status": HistoryStatus(record.status).value,
+        "status": status.value,
         "user_id": record.user_id,
         "reason": record.reason,
         "owner": record.owner,
