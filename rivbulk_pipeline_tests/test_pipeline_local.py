@@ -77,6 +77,8 @@ def test_every_demo_object_ends_with_the_outcome_its_case_calls_for(demo):
     assert expected_new <= users
     metadata = result.asset_materializations_for_node("indexed_users")[0].metadata
     assert metadata["outcome_indexed"].value == len(expected_new)
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"every_candidate_decided_once": True, "every_qualified_object_has_one_outcome": True}
 
 
 def test_rerun_and_backfill_register_nobody_twice(demo):

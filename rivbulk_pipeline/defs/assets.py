@@ -118,7 +118,20 @@ def batch_manifest(
     )
 
 
-@dg.asset(partitions_def=inventory_dates, group_name=GROUP, kinds={"s3", "parquet"}, deps=[batch_manifest])
+@dg.asset(
+    partitions_def=inventory_dates,
+    group_name=GROUP,
+    kinds={"s3", "parquet"},
+    deps=[batch_manifest],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "every_candidate_decided_once",
+            asset="qualified_objects",
+            partitions_def=inventory_dates,
+            description="One decision per candidate: as many rows as the batch manifest, none lost or doubled.",
+        )
+    ],
+)
 def qualified_objects(
     context: dg.AssetExecutionContext,
     settings: PipelineSettings,
@@ -129,7 +142,8 @@ def qualified_objects(
     """Every candidate with a decision: qualified (with its user) or not, and why."""
     partition = context.partition_key
     source = _location(settings, "batch_manifest", partition)
-    progress = Progress("qualified", count_rows(store, source), context.log.info)
+    candidates = count_rows(store, source)
+    progress = Progress("qualified", candidates, context.log.info)
     reasons: collections.Counter = collections.Counter()
     started = time.monotonic()
     decisions = qualify_candidates(
@@ -154,11 +168,31 @@ def qualified_objects(
             "table_uri": dg.MetadataValue.path(table.location.uri),
             "duration_seconds": round(elapsed, 3),
             "objects_per_second": round(table.rows / elapsed, 1) if elapsed else 0.0,
-        }
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="every_candidate_decided_once",
+                passed=table.rows == candidates,
+                metadata={"candidates": candidates, "decisions": table.rows},
+            )
+        ],
     )
 
 
-@dg.asset(partitions_def=inventory_dates, group_name=GROUP, kinds={"s3", "parquet"}, deps=[qualified_objects])
+@dg.asset(
+    partitions_def=inventory_dates,
+    group_name=GROUP,
+    kinds={"s3", "parquet"},
+    deps=[qualified_objects],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "every_qualified_object_has_one_outcome",
+            asset="indexed_users",
+            partitions_def=inventory_dates,
+            description="One recorded outcome per qualified object: none lost, none doubled.",
+        )
+    ],
+)
 def indexed_users(
     context: dg.AssetExecutionContext,
     settings: PipelineSettings,
@@ -204,7 +238,14 @@ def indexed_users(
             "duration_seconds": round(elapsed, 3),
             "registrations_per_second": round(outcomes.get("indexed", 0) / elapsed, 2) if elapsed else 0.0,
             "configured_rate_per_second": settings.index_rate_per_second,
-        }
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="every_qualified_object_has_one_outcome",
+                passed=table.rows == qualified_total,
+                metadata={"qualified": qualified_total, "outcomes": table.rows},
+            )
+        ],
     )
 
 
