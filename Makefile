@@ -2,22 +2,27 @@
 # `make test`: set up and run the tests.   `make bench`: the benchmark (not part of the tests).
 VENV ?= .venv
 PYTHON ?= python3
-STAMP := $(VENV)/.installed
 
-$(STAMP): pyproject.toml
+$(VENV)/bin/pip:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/pip
+	$(VENV)/bin/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	$(VENV)/bin/pip install -q -e '.[dev]'
-	touch $(STAMP)
+	touch $@
 
 .PHONY: setup run test bench
-setup: $(STAMP)
+setup: $(VENV)/.installed-dev
 
-run: $(STAMP)
+run: $(VENV)/.installed
 	$(VENV)/bin/rivbulk dev
 
-test: $(STAMP)
+test: $(VENV)/.installed-dev
 	$(VENV)/bin/pytest
 
-bench: $(STAMP)
+bench: $(VENV)/.installed-dev
 	$(VENV)/bin/python -m benchmarks.run
