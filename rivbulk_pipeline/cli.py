@@ -42,7 +42,9 @@ def cmd_inventory(args: argparse.Namespace, settings: Settings) -> int:
     created_at = datetime.fromisoformat(args.at) if args.at else datetime.now(timezone.utc)
     if created_at.tzinfo is None:
         created_at = created_at.replace(tzinfo=timezone.utc)
-    key = write_report(_store(settings), settings, created_at.replace(second=0, microsecond=0), args.format)
+    # Not truncated to the minute: objects are listed as of `created_at`, and truncating "now"
+    # would leave out everything written in the current minute (the folder name is per minute anyway).
+    key = write_report(_store(settings), settings, created_at, args.format)
     print(f"wrote s3://{settings.inventory_bucket}/{key}")
     return 0
 

@@ -73,6 +73,7 @@ class DevServer:
         self.port = _free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.log_path = log_path
+        self.started = time.monotonic()
         env = {k: v for k, v in os.environ.items() if not k.startswith("RIVBULK_")}
         env.update(
             RIVBULK_HOME=str(home),
@@ -142,6 +143,7 @@ def wait_for(server: DevServer, what: str, check: Callable[[], Optional[T]], dea
         except requests.RequestException:  # the webserver is not up yet, or restarting
             value = None
         if value is not None:
+            print(f"[{time.monotonic() - server.started:6.1f}s] {what}: done")  # shown on failure
             return value
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
@@ -253,3 +255,4 @@ def test_rivbulk_dev_sensor_then_backfill_register_each_user_once(tmp_path: Path
         raise
     finally:
         server.stop()
+        print(f"[{time.monotonic() - server.started:6.1f}s] rivbulk dev stopped")

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator, Optional
 
 import pyarrow as pa
 
-from .errors import ObjectNotFound, RegistrationRejected, StoreError
+from .errors import HistoryError, ObjectNotFound, RegistrationRejected, StoreError
 from .model import INDEXED_SCHEMA, GatewayResult, HistoryRecord, HistoryStatus, ObjectRef, Outcome
 from .ports import Gateway, ImportHistory, ObjectStore, RegistrationProvider
 from .progress import Progress
@@ -80,7 +80,12 @@ class _Indexer:
             return result(Outcome.SKIPPED, f"not claimable (history: {record.status.value if record else 'none'})"), None
 
         final = self._register(ref, row)
-        self._record(ref, etag, row["user_id"], final)
+        try:
+            self._record(ref, etag, row["user_id"], final)
+        except HistoryError as exc:
+            # e.g. our lease ran out and another run holds the claim now: it records the outcome.
+            self.log(f"{ref}: outcome {final.outcome} not recorded: {exc}")
+            return IndexResult(ref, row["size"], etag, Outcome.SKIPPED, f"outcome not recorded: {exc}", final.attempts), None
         return final, None
 
     def _register(self, ref: ObjectRef, row: dict) -> IndexResult:

@@ -1,0 +1,245 @@
+"""`python -m benchmarks.run [--quick] [--only NAME ...]`: OURS vs BASELINE, one table, PASS/FAIL.
+
+Measurements (NAME): ingest, qualification, incremental, rate. Data is generated in a temp
+dir (or `--workdir`, kept) and every figure is printed next to its target.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from typing import Callable, Optional, Sequence
+
+import pyarrow as pa
+
+from .ingest import measure_ingest
+from .qualification import measure_incremental, measure_qualification
+from .rate import measure_rate
+
+MEASUREMENTS = ("ingest", "qualification", "incremental", "rate")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    ingest_rows: int = 1_000_000
+    ingest_large_rows: int = 5_000_000
+    ingest_repeats: int = 3
+    qualification_objects: int = 5_000
+    qualification_baseline_objects: int = 200
+    store_latency: float = 0.020
+    concurrency: int = 128
+    incremental_objects: int = 10_000
+    rate_objects: int = 300
+    rate_baseline_objects: int = 40
+    rate: float = 20.0
+    gateway_latency: float = 0.150
+
+
+FULL = Sizes()
+QUICK = Sizes(
+    ingest_rows=50_000,
+    ingest_large_rows=250_000,
+    ingest_repeats=1,
+    qualification_objects=1_000,
+    qualification_baseline_objects=20,
+    incremental_objects=1_000,
+    rate_objects=60,
+    rate_baseline_objects=10,
+)
+
+# targets
+INGEST_SPEEDUP = 4.0
+RSS_GROWTH = 1.2
+QUALIFICATION_SPEEDUP = 100.0
+INCREMENTAL_READS_PCT = 1.5
+RATE_LOW_PCT, RATE_HIGH_PCT = 95.0, 100.0
+
+
+@dataclass(frozen=True)
+class Line:
+    number: str
+    measurement: str
+    ours: str
+    baseline: str
+    figure: str
+    target: str
+    passed: Optional[bool]  # None: shown for information, no target
+
+
+def run_measurements(
+    sizes: Sizes, only: Sequence[str], workdir: str, log: Callable[[str], None] = print
+) -> dict[str, dict]:
+    """Run the chosen measurements; returns their figures by name."""
+    results: dict[str, dict] = {}
+    for name in MEASUREMENTS:
+        if name not in only:
+            continue
+        log(f"[{name}]")
+        folder = os.path.join(workdir, name)
+        os.makedirs(folder, exist_ok=True)
+        started = time.perf_counter()
+        if name == "ingest":
+            results[name] = measure_ingest(
+                folder, sizes.ingest_rows, sizes.ingest_large_rows, repeats=sizes.ingest_repeats, log=log
+            )
+        elif name == "qualification":
+            results[name] = measure_qualification(
+                folder,
+                sizes.qualification_objects,
+                sizes.qualification_baseline_objects,
+                sizes.concurrency,
+                latency_seconds=sizes.store_latency,
+                log=log,
+            )
+        elif name == "incremental":
+            results[name] = measure_incremental(folder, sizes.incremental_objects, log=log)
+        else:
+            results[name] = measure_rate(
+                folder,
+                sizes.rate_objects,
+                sizes.rate_baseline_objects,
+                sizes.rate,
+                gateway_latency=sizes.gateway_latency,
+                log=log,
+            )
+        log(f"  done in {time.perf_counter() - started:.0f}s")
+    return results
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:,.0f} MB"
+
+
+def _rows(n: int) -> str:
+    return f"{n / 1e6:g}M" if n >= 1_000_000 and n % 100_000 == 0 else f"{n:,}"
+
+
+def build_lines(results: dict[str, dict]) -> list[Line]:
+    """One table line per figure, each with its target and PASS/FAIL."""
+    lines = []
+    if "ingest" in results:
+        r = results["ingest"]
+        speedup = r["ours_rows_per_s"] / r["baseline_rows_per_s"]
+        lines.append(Line(
+            "1", f"ingest rows/s, {_rows(r['rows'])} rows (best of {r['repeats']})",
+            f"{r['ours_rows_per_s']:,.0f}/s", f"{r['baseline_rows_per_s']:,.0f}/s",
+            f"{speedup:.2f}x", f">= {INGEST_SPEEDUP:g}x baseline", speedup >= INGEST_SPEEDUP,
+        ))  # fmt: skip
+        lines.append(Line(
+            "1", f"wrong keys vs unquote_plus, of {r['ours_checked']:,}",
+            f"{r['ours_wrong_keys']:,}", f"{r['baseline_wrong_keys']:,}",
+            f"{100 * r['baseline_wrong_keys'] / max(1, r['baseline_checked']):.1f}% wrong in baseline",
+            "ours 0 wrong", r["ours_wrong_keys"] == 0 and r["ours_checked"] == r["rows"],
+        ))  # fmt: skip
+        growth = r["ours_large_rss"] / r["ours_rss"]
+        lines.append(Line(
+            "1", f"peak RSS at {_rows(r['rows'])} / {_rows(r['large_rows'])} rows (startup)",
+            f"{_mb(r['ours_rss'])} / {_mb(r['ours_large_rss'])} ({_mb(r['ours_startup_rss'])})",
+            f"{_mb(r['baseline_rss'])} at {_rows(r['rows'])} ({_mb(r['baseline_startup_rss'])})",
+            f"{growth:.2f}x", f"{_rows(r['large_rows'])} <= {RSS_GROWTH:g}x {_rows(r['rows'])}", growth <= RSS_GROWTH,
+        ))  # fmt: skip
+        lines.append(Line(
+            "1", f"ingest rows/s, {_rows(r['large_rows'])} rows (info)",
+            f"{r['ours_large_rows_per_s']:,.0f}/s", "-", "-", "-", None,
+        ))  # fmt: skip
+    if "qualification" in results:
+        r = results["qualification"]
+        speedup = r["ours_per_s"] / r["baseline_per_s"]
+        lines.append(Line(
+            "2", f"qualification objects/s, {r['latency_ms']:g} ms per store call",
+            f"{r['ours_per_s']:,.0f}/s ({r['objects']:,} obj, {r['concurrency']} workers)",
+            f"{r['baseline_per_s']:,.1f}/s ({r['baseline_objects']:,} obj, sequential)",
+            f"{speedup:,.0f}x", f">= {QUALIFICATION_SPEEDUP:g}x baseline", speedup >= QUALIFICATION_SPEEDUP,
+        ))  # fmt: skip
+        lines.append(Line(
+            "2", "tag reads per object (info)",
+            f"{r['ours_tag_reads'] / r['objects']:.2f}", f"{r['baseline_tag_reads'] / r['baseline_objects']:.2f}",
+            "-", "-", None,
+        ))  # fmt: skip
+    if "incremental" in results:
+        r = results["incremental"]
+        lines.append(Line(
+            "3", f"tag reads, day 2 of {r['objects']:,} obj ({r['new_objects']:,} new)",
+            f"{r['ours_tag_reads']:,} ({r['ours_reads_pct']:.2f}%)",
+            f"{r['baseline_tag_reads']:,} ({r['baseline_reads_pct']:.0f}%)",
+            f"{r['ours_reads_pct']:.2f}% of objects", f"<= {INCREMENTAL_READS_PCT:g}% of objects",
+            r["ours_reads_pct"] <= INCREMENTAL_READS_PCT,
+        ))  # fmt: skip
+    if "rate" in results:
+        r = results["rate"]
+        pct = 100 * r["ours_achieved"] / r["rate"]
+        ok = RATE_LOW_PCT <= pct <= RATE_HIGH_PCT and r["ours_max_window"] <= r["rate"]
+        lines.append(Line(
+            "4", f"registrations/s vs {r['rate']:g}/s, gateway {r['gateway_latency_ms']:g} ms",
+            f"{r['ours_achieved']:.2f}/s ({r['objects']:,} obj, {r['concurrency']} workers)",
+            f"{r['baseline_achieved']:.2f}/s ({r['baseline_objects']:,} obj, unthrottled)",
+            f"{pct:.1f}% of configured", f"{RATE_LOW_PCT:g}-{RATE_HIGH_PCT:g}% of configured", ok,
+        ))  # fmt: skip
+        lines.append(Line(
+            "4", "most calls in any 1-second window",
+            f"{r['ours_max_window']}", f"{r['baseline_max_window']} (bounded only by latency)",
+            "-", f"<= {r['rate']:g}", r["ours_max_window"] <= r["rate"],
+        ))  # fmt: skip
+    return lines
+
+
+def _verdict(passed: Optional[bool]) -> str:
+    return "info" if passed is None else "PASS" if passed else "FAIL"
+
+
+def format_table(lines: Sequence[Line]) -> str:
+    header = Line("#", "measurement", "OURS", "BASELINE", "figure", "target", True)
+    cells = [
+        [l.number, l.measurement, l.ours, l.baseline, l.figure, l.target, _verdict(l.passed) if l is not header else "result"]
+        for l in [header, *lines]
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    text = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
+    text.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(text)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (a minute or so)")
+    parser.add_argument("--only", action="append", choices=MEASUREMENTS, metavar="NAME",
+                        help=f"run only this measurement (repeatable): {', '.join(MEASUREMENTS)}")  # fmt: skip
+    parser.add_argument("--concurrency", type=int, help="qualification workers (default 128)")
+    parser.add_argument("--rate", type=float, help="configured registrations per second (default 20)")
+    parser.add_argument("--workdir", help="generate data here and keep it (default: a temp dir, removed)")
+    args = parser.parse_args(argv)
+
+    sizes = QUICK if args.quick else FULL
+    if args.concurrency:
+        sizes = replace(sizes, concurrency=args.concurrency)
+    if args.rate:
+        sizes = replace(sizes, rate=args.rate)
+    only = args.only or list(MEASUREMENTS)
+    workdir = args.workdir or tempfile.mkdtemp(prefix="rivbulk-bench-")
+    os.makedirs(workdir, exist_ok=True)
+    load = os.getloadavg()[0]
+    print(
+        f"rivbulk benchmark{' (quick)' if args.quick else ''}: {os.cpu_count()} CPUs, load average {load:.2f} at start, "
+        f"Python {platform.python_version()}, pyarrow {pa.__version__}; data in {workdir}",
+        flush=True,
+    )
+    started = time.perf_counter()
+    try:
+        results = run_measurements(sizes, only, workdir, log=lambda message: print(message, flush=True))
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    lines = build_lines(results)
+    print()
+    print(format_table(lines))
+    print(f"\ntotal {time.perf_counter() - started:.0f}s; load average {os.getloadavg()[0]:.2f} at the end")
+    return 0 if all(line.passed is not False for line in lines) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
