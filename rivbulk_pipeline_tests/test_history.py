@@ -114,9 +114,9 @@ def test_a_transient_failure_may_be_claimed_again(history: ImportHistoryResource
 
 def test_an_expired_lease_can_be_taken_over_and_the_stale_run_cannot_record(history: ImportHistoryResource) -> None:
     obj = ref("users/erin.jpg")
-    assert history.claim(obj, "e1", "run-old", 0.2)
+    assert history.claim(obj, "e1", "run-old", 3.0)  # long enough that a loaded CI machine still sees it held
     assert not history.claim(obj, "e1", "run-new", 60)
-    time.sleep(0.35)
+    time.sleep(3.2)
     assert history.claim(obj, "e1", "run-new", 60)
     history.record(outcome(obj, HistoryStatus.INDEXED, "run-new", user_id="erin-secret-id"))
     with pytest.raises(ClaimLost) as lost:

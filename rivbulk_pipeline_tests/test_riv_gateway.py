@@ -25,6 +25,8 @@ from .gateway_server import Answer, FakeRivGateway, SigV4Expectation
 
 PROPS = {"name": "Private Person", "employee": "E-1234"}
 
+DENIED = "HTTP 403: the gateway refused our credentials (check RIVBULK_GATEWAY_AUTH)"
+
 
 def face(seed: int = 0, size: tuple[int, int] = (96, 96)) -> bytes:
     buf = io.BytesIO()
@@ -128,7 +130,15 @@ def test_throttling_and_server_errors_are_transient(riv: FakeRivGateway, status:
     assert gateway(riv).register("hank", face(10), {}) == GatewayResult.transient(f"HTTP {status}")
 
 
-@pytest.mark.parametrize("status", [400, 403, 404, 413])
+@pytest.mark.parametrize("status", [401, 403])
+def test_auth_refusals_are_transient_not_the_users_fault(riv: FakeRivGateway, status: int) -> None:
+    riv.script(Answer.http(status, {"message": "detail the gateway gave"}))
+    result = gateway(riv).register("ivan", face(11), {})
+    assert result.outcome is Outcome.FAILED_TRANSIENT and result.reason.startswith(f"HTTP {status}: the gateway refused")
+    assert "detail the gateway gave" not in result.reason
+
+
+@pytest.mark.parametrize("status", [400, 404, 413])
 def test_other_4xx_are_permanent(riv: FakeRivGateway, status: int) -> None:
     riv.script(Answer.http(status, {"message": "detail the gateway gave"}))
     assert gateway(riv).register("ivan", face(11), {}) == GatewayResult.permanent(f"HTTP {status}")
@@ -218,9 +228,9 @@ def test_api_key_right_and_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
         good = RivHttpGateway(url=riv.url, auth="api_key", api_key="k-right-0123", api_key_header="x-riv-key")
         assert good.register("rita", face(20), {}).outcome is Outcome.INDEXED
         bad = RivHttpGateway(url=riv.url, auth="api_key", api_key="k-wrong-9999", api_key_header="x-riv-key")
-        assert bad.register("sam", face(21), {}) == GatewayResult.permanent("HTTP 403")
+        assert bad.register("sam", face(21), {}) == GatewayResult.transient(DENIED)
         none = RivHttpGateway(url=riv.url)
-        assert none.register("sam", face(21), {}) == GatewayResult.permanent("HTTP 403")
+        assert none.register("sam", face(21), {}) == GatewayResult.transient(DENIED)
         assert [r.authorized for r in riv.requests] == [True, False, False]
         assert riv.registrations == {"rita": 1}
         assert "k-right-0123" not in repr(good)
@@ -233,7 +243,7 @@ def test_secrets_and_personal_data_never_reach_the_logs(riv: FakeRivGateway, cap
     riv.script(Answer.succeeded(), Answer.http(403), Answer.drop(), Answer.failed("pose"))
     results = [gw.register("tom", image, PROPS) for _ in range(4)]
     assert [r.outcome for r in results] == [
-        Outcome.INDEXED, Outcome.FAILED_PERMANENT, Outcome.FAILED_TRANSIENT, Outcome.FAILED_PERMANENT]
+        Outcome.INDEXED, Outcome.FAILED_TRANSIENT, Outcome.FAILED_TRANSIENT, Outcome.FAILED_PERMANENT]
     text = caplog.text + " ".join(r.reason for r in results)
     assert caplog.records  # urllib3 did log at DEBUG: the check below is not vacuous
     for secret in ("very-secret-key-777", "Private Person", "E-1234", base64.b64encode(image).decode()[:40]):
@@ -255,10 +265,10 @@ def test_sigv4_verified_by_the_server(aws_env: Path, monkeypatch: pytest.MonkeyP
 
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
         wrong = RivHttpGateway(url=riv.url, auth="sigv4", region_name="eu-west-1")
-        assert wrong.register("uma", face(23), PROPS) == GatewayResult.permanent("HTTP 403")
+        assert wrong.register("uma", face(23), PROPS) == GatewayResult.transient(DENIED)
         other_region = RivHttpGateway(url=riv.url, auth="sigv4", region_name="us-east-1")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "right-secret")
-        assert other_region.register("uma", face(23), PROPS) == GatewayResult.permanent("HTTP 403")
+        assert other_region.register("uma", face(23), PROPS) == GatewayResult.transient(DENIED)
         assert [r.authorized for r in riv.requests] == [True, False, False]
 
 

@@ -127,7 +127,6 @@ def batch_manifest(
         dg.AssetCheckSpec(
             "every_candidate_decided_once",
             asset="qualified_objects",
-            partitions_def=inventory_dates,
             description="One decision per candidate: as many rows as the batch manifest, none lost or doubled.",
         )
     ],
@@ -188,7 +187,6 @@ def qualified_objects(
         dg.AssetCheckSpec(
             "every_qualified_object_has_one_outcome",
             asset="indexed_users",
-            partitions_def=inventory_dates,
             description="One recorded outcome per qualified object: none lost, none doubled.",
         )
     ],

@@ -1,11 +1,9 @@
 import dagster as dg
 
 from .assets import bulk_load_assets
-from .partitions import inventory_dates
 
 bulk_load_job = dg.define_asset_job(
     "bulk_load_job",
     selection=dg.AssetSelection.assets(*bulk_load_assets),
-    partitions_def=inventory_dates,
     description="Load one inventory date: read the report, pick candidates, qualify, register.",
 )

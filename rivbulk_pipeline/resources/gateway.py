@@ -317,8 +317,11 @@ def _interpret(response: requests.Response) -> GatewayResult:
         return GatewayResult.transient("HTTP 200 with an unreadable body (no SUCCEEDED/FAILED status)")
     if code == 429 or code >= 500:
         return GatewayResult.transient(f"HTTP {code}")
-    if 400 <= code < 500:
+    if code in (401, 403):
+        # Our credentials or the gateway's policy, not this user: never burn the object as failed.
         # No body text: API Gateway's auth errors can quote the Authorization header.
+        return GatewayResult.transient(f"HTTP {code}: the gateway refused our credentials (check RIVBULK_GATEWAY_AUTH)")
+    if 400 <= code < 500:
         return GatewayResult.permanent(f"HTTP {code}")
     # 1xx/2xx/3xx other than 200: not the contract (e.g. a redirect from a wrong URL); a later run retries.
     return GatewayResult.transient(f"HTTP {code}: unexpected answer")
