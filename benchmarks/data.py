@@ -6,6 +6,8 @@ millions of them around. A third of the keys need decoding, in four flavours: a 
 """
 from __future__ import annotations
 
+import csv
+import functools
 import gzip
 import hashlib
 import json
@@ -14,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterator
-from urllib.parse import quote_plus
+from urllib.parse import quote_plus, unquote_plus
 
 import numpy as np
 import pyarrow as pa
@@ -65,12 +67,10 @@ def encoded_key(i: int) -> str:
     return quote_plus(original_key(i), safe="/")
 
 
+@functools.lru_cache(maxsize=None)
 def _hex_table(n: int, salt: str) -> pa.Array:
+    """n distinct 16-hex-digit strings: two of them make an ETag-like value."""
     return pa.array([hashlib.md5(f"{salt}{k}".encode()).hexdigest()[:16] for k in range(n)])
-
-
-_ETAG_LOW = _hex_table(1 << 16, "low")
-_ETAG_HIGH = _hex_table(1 << 10, "high")
 
 
 def _csv_rows(start: int, stop: int) -> pa.RecordBatch:
@@ -80,9 +80,8 @@ def _csv_rows(start: int, stop: int) -> pa.RecordBatch:
     digits = pc.utf8_lpad(pa.array(i).cast(pa.string()), 8, "0")
     keys = pc.binary_join_element_wise("users/", digits, pa.array(_ENCODED).take(pa.array(flavour)), "")
     stamps = pa.array(np.datetime64("2026-02-27T00:00:00", "s") + (i * 7) % 86_400, pa.timestamp("s"))
-    etags = pc.binary_join_element_wise(
-        _ETAG_HIGH.take(pa.array((i >> 16) % len(_ETAG_HIGH))), _ETAG_LOW.take(pa.array(i & 0xFFFF)), ""
-    )
+    high, low = _hex_table(1 << 10, "high"), _hex_table(1 << 16, "low")
+    etags = pc.binary_join_element_wise(high.take(pa.array((i >> 16) % len(high))), low.take(pa.array(i & 0xFFFF)), "")
 
     def const(value: str) -> pa.Array:
         return pa.repeat(pa.scalar(value, pa.string()), len(i))
@@ -116,19 +115,21 @@ class InventoryReport:
     rows: int
 
 
-def write_csv_report(store_root: str, rows: int, rows_per_file: int = 0, tag: str = "") -> InventoryReport:
+def write_csv_report(store_root: str, rows: int, rows_per_file: int = 0) -> InventoryReport:
     """Write a `rows`-row CSV report into the local store at `store_root`.
 
     Data files go in as plain files (the local store accepts files copied in by hand), so
     generating millions of rows costs no per-object fsync; the manifest and its checksum
     go through the store, checksum last as AWS does. `rows_per_file` 0: one data file.
     """
+    if rows < 1:
+        raise ValueError("a benchmark report needs at least one row")
     store = LocalObjectStore(root=store_root)
     store.create_bucket(INVENTORY_BUCKET)
-    root = report_root(f"{INVENTORY_PREFIX}{tag}", SOURCE_BUCKET, CONFIG_ID)
+    root = report_root(INVENTORY_PREFIX, SOURCE_BUCKET, CONFIG_ID)
     per_file = rows_per_file or rows
     files, data_keys = [], []
-    for start in range(0, max(rows, 1), per_file):
+    for start in range(0, rows, per_file):
         key = f"{root}/data/{uuid.uuid4()}.csv.gz"
         path = os.path.join(store_root, INVENTORY_BUCKET, *key.split("/"))
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -139,6 +140,7 @@ def write_csv_report(store_root: str, rows: int, rows_per_file: int = 0, tag: st
                 text = pa.BufferOutputStream()
                 pcsv.write_csv(_csv_rows(chunk, min(chunk + _CHUNK_ROWS, stop)), text, _CSV_OPTIONS)
                 out.write(text.getvalue())
+            out.write(b"\n")  # reports may end with a blank line
         with open(path, "rb") as f:
             md5 = hashlib.file_digest(f, "md5").hexdigest()
         files.append({"key": key, "size": os.path.getsize(path), "MD5checksum": md5})
@@ -161,9 +163,6 @@ def write_csv_report(store_root: str, rows: int, rows_per_file: int = 0, tag: st
 
 def truth_keys(report: InventoryReport) -> Iterator[str]:
     """Every key of the report decoded by the stdlib's `unquote_plus`, in file order: the truth."""
-    import csv
-    from urllib.parse import unquote_plus
-
     for key in report.data_keys:
         path = os.path.join(report.store_root, report.bucket, *key.split("/"))
         with gzip.open(path, "rt", encoding="utf-8", newline="") as text:

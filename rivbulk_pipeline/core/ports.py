@@ -5,7 +5,7 @@ Each has a production adapter (boto3 / HTTP) and an embedded one (files / SQLite
 """
 from __future__ import annotations
 
-from typing import BinaryIO, ContextManager, Iterable, Iterator, Mapping, Optional, Protocol, Sequence
+from typing import BinaryIO, ContextManager, Iterator, Mapping, Optional, Protocol, Sequence
 
 from .model import GatewayResult, HistoryRecord, ObjectInfo, ObjectRef, RegistrationInfo
 

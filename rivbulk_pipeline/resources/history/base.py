@@ -1,0 +1,172 @@
+"""The import history interface and what both backends share: keys, sizes, the claim rule."""
+from __future__ import annotations
+
+import abc
+import json
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+import dagster as dg
+
+from ...core.errors import HistoryError
+from ...core.limits import DYNAMODB_ITEM_LIMIT, dynamodb_item_size
+from ...core.model import HistoryRecord, HistoryStatus, ObjectRef
+
+
+
+MAX_ITEM_BYTES = DYNAMODB_ITEM_LIMIT
+MAX_PARTITION_KEY_BYTES = 2048
+MAX_SORT_KEY_BYTES = 1024
+NULL_VERSION = "null"  # S3's own name for the null version; DynamoDB keys cannot be empty
+
+_FINAL_STATUSES = (HistoryStatus.INDEXED, HistoryStatus.FAILED_PERMANENT, HistoryStatus.FAILED_TRANSIENT)
+
+
+class ClaimLost(HistoryError):
+    """`record`/outcome refused: the caller no longer owns the record (another run claimed it)."""
+
+    def __init__(self, ref: ObjectRef, owner: str, holder: Optional[str]) -> None:
+        held = f"it is held by run {holder!r}" if holder else "there is no claim on it"
+        super().__init__(
+            f"{ref}: outcome of run {owner!r} not recorded: only the claim's owner may record an outcome, and {held}"
+        )
+        self.ref = ref
+        self.owner = owner
+        self.holder = holder
+
+
+
+def _version_key(ref: ObjectRef) -> str:
+    return ref.version_id or NULL_VERSION
+
+
+def _ref_from_key(object_uri: str, version_id: str) -> ObjectRef:
+    bucket, _, key = object_uri.removeprefix("s3://").partition("/")  # bucket names hold no "/"
+    return ObjectRef(bucket, key, None if version_id == NULL_VERSION else version_id)
+
+
+def _utf8_len(value: str) -> int:
+    return len(value.encode("utf-8"))
+
+
+item_size = dynamodb_item_size  # DynamoDB's rule, shared with the registry's user record
+
+
+def record_item_size(record: HistoryRecord) -> int:
+    """The size `record()` will count for this outcome (e.g. to trim a long reason beforehand)."""
+    return item_size(_outcome_attrs(record, record.updated_at or 1.0))
+
+
+def _check_item(ref: ObjectRef, attrs: Mapping[str, Any]) -> None:
+    """Raise HistoryError, before anything is written, when DynamoDB would refuse the item."""
+    if _utf8_len(attrs["object_uri"]) > MAX_PARTITION_KEY_BYTES:
+        raise HistoryError(f"{ref}: object_uri exceeds DynamoDB's {MAX_PARTITION_KEY_BYTES}-byte partition key limit")
+    if _utf8_len(attrs["version_id"]) > MAX_SORT_KEY_BYTES:
+        raise HistoryError(f"{ref}: version_id exceeds DynamoDB's {MAX_SORT_KEY_BYTES}-byte sort key limit")
+    size = item_size(attrs)
+    if size > MAX_ITEM_BYTES:
+        raise HistoryError(
+            f"{ref}: history record of {size} bytes exceeds DynamoDB's item limit of {MAX_ITEM_BYTES} bytes"
+            " (attribute names and values, UTF-8)"
+        )
+
+
+def _key_attrs(ref: ObjectRef) -> dict[str, Any]:
+    return {"object_uri": ref.uri, "version_id": _version_key(ref)}
+
+
+def _claim_attrs(ref: ObjectRef, etag: str, owner: str, now: float, expires: float) -> dict[str, Any]:
+    return {
+        **_key_attrs(ref),
+        "etag": etag,
+        "status": HistoryStatus.CLAIMED.value,
+        "owner": owner,
+        "updated_at": now,
+        "claim_expires_at": expires,
+        "attempts": 1,
+    }
+
+
+def _outcome_attrs(record: HistoryRecord, now: float) -> dict[str, Any]:
+    given = getattr(record.status, "value", record.status)
+    try:
+        status = HistoryStatus(given)
+    except ValueError:
+        status = None
+    if status not in _FINAL_STATUSES:
+        raise HistoryError(f"{record.ref}: record() takes an outcome (indexed/failed_*), not {given!r}")
+    extra = dict(record.extra)
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
+        raise HistoryError(f"{record.ref}: record extra must map strings to strings")
+    return {
+        **_key_attrs(record.ref),
+        "etag": record.etag,
+        "status": status.value,
+        "user_id": record.user_id,
+        "reason": record.reason,
+        "owner": record.owner,
+        "updated_at": record.updated_at or now,
+        "claim_expires_at": 0,
+        "attempts": record.attempts,
+        "extra": extra,
+    }
+
+
+def _claim_allowed(row: Mapping[str, Any], etag: str, owner: str, now: float) -> bool:
+    """The claim rule, for SQLite (DynamoDB states the same rule as a ConditionExpression)."""
+    status = row["status"]
+    return (
+        status == HistoryStatus.FAILED_TRANSIENT.value
+        or row["etag"] != etag
+        or (status == HistoryStatus.CLAIMED.value and (row["claim_expires_at"] < now or row["owner"] == owner))
+    )
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _unique_keys(refs: Sequence[ObjectRef]) -> dict[tuple[str, str], ObjectRef]:
+    """(object_uri, version_id) -> the caller's ref; duplicates collapse (BatchGetItem refuses them)."""
+    return {(ref.uri, _version_key(ref)): ref for ref in refs}
+
+
+def _record_from_row(row: Mapping[str, Any], ref: Optional[ObjectRef] = None) -> HistoryRecord:
+    extra = row["extra"]
+    return HistoryRecord(
+        ref=ref or _ref_from_key(row["object_uri"], row["version_id"]),
+        etag=row["etag"],
+        status=HistoryStatus(row["status"]),
+        user_id=row["user_id"],
+        reason=row["reason"] or "",
+        attempts=int(row["attempts"] or 0),
+        owner=row["owner"] or "",
+        updated_at=float(row["updated_at"] or 0),
+        claim_expires_at=float(row["claim_expires_at"] or 0),
+        extra=json.loads(extra) if isinstance(extra, str) else dict(extra or {}),
+    )
+
+
+class ImportHistoryResource(dg.ConfigurableResource, abc.ABC):
+    """The import history as a Dagster resource: annotate with this, bind SQLite or DynamoDB."""
+
+    @abc.abstractmethod
+    def lookup(self, refs: Sequence[ObjectRef]) -> dict[ObjectRef, HistoryRecord]:
+        """Batch read; refs with no record are absent from the result."""
+
+    @abc.abstractmethod
+    def claim(self, ref: ObjectRef, etag: str, owner: str, lease_seconds: float) -> bool:
+        """Atomically take the object for `owner` for `lease_seconds`; False when another run
+        holds it or its outcome for this ETag is final (indexed / failed_permanent)."""
+
+    @abc.abstractmethod
+    def record(self, record: HistoryRecord) -> None:
+        """Write the outcome of `record.owner`'s claim; ClaimLost when it no longer owns it."""
+
+    @abc.abstractmethod
+    def release(self, ref: ObjectRef, owner: str) -> bool:
+        """End `owner`'s lease without an outcome; False when it held no claim."""
+
+    @abc.abstractmethod
+    def scan(self) -> Iterator[HistoryRecord]:
+        """Every record."""

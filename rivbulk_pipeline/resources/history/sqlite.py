@@ -1,0 +1,205 @@
+"""The embedded import history: SQLite in WAL mode, a connection per thread."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import sqlite3
+import threading
+import time
+from typing import Any, Iterator, Sequence
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+from ...core.errors import HistoryError
+from ...core.model import HistoryRecord, HistoryStatus, ObjectRef
+
+from .base import (
+    ClaimLost,
+    ImportHistoryResource,
+    _check_item,
+    _chunks,
+    _claim_allowed,
+    _claim_attrs,
+    _outcome_attrs,
+    _record_from_row,
+    _unique_keys,
+    _version_key,
+)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS import_history (
+    object_uri TEXT NOT NULL,
+    version_id TEXT NOT NULL,
+    etag TEXT NOT NULL,
+    status TEXT NOT NULL,
+    user_id TEXT,
+    reason TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    owner TEXT NOT NULL DEFAULT '',
+    updated_at REAL NOT NULL DEFAULT 0,
+    claim_expires_at REAL NOT NULL DEFAULT 0,
+    extra TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (object_uri, version_id)
+) WITHOUT ROWID
+"""
+_COLUMNS = "object_uri, version_id, etag, status, user_id, reason, attempts, owner, updated_at, claim_expires_at, extra"
+_SQLITE_LOOKUP_CHUNK = 500  # 1000 bound parameters per query, far below SQLite's limit
+
+
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    name = getattr(error, "sqlite_errorname", "")  # Python >= 3.11
+    return name in ("SQLITE_BUSY", "SQLITE_LOCKED") or "locked" in str(error) or "busy" in str(error)
+
+
+
+
+class SqliteImportHistory(ImportHistoryResource):
+    """The embedded import history: one SQLite file (WAL), shared by threads and processes."""
+
+    db_path: str = Field(description="Path of the SQLite file; created with its schema on first use.")
+    busy_timeout_ms: int = Field(default=30_000, description="How long a writer waits for another's lock.")
+
+    _local: Any = PrivateAttr(default_factory=threading.local)
+    _connections: list = PrivateAttr(default_factory=list)
+    _guard: Any = PrivateAttr(default_factory=threading.Lock)
+
+    def _conn(self) -> sqlite3.Connection:
+        # One connection per thread: sqlite3 connections must not be shared across threads.
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            directory = os.path.dirname(os.path.abspath(self.db_path))
+            os.makedirs(directory, exist_ok=True)
+            # isolation_level=None: we issue BEGIN ourselves; check_same_thread=False only so
+            # close() may run from another thread at teardown.
+            conn = sqlite3.connect(
+                self.db_path, timeout=self.busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+            )
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            self._prepare(conn)
+            self._local.conn = conn
+            with self._guard:
+                self._connections.append(conn)
+        return conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        """Switch the file to WAL and create the schema. Switching the journal mode does not wait
+        on the busy handler (processes opening a new file together get SQLITE_BUSY at once), so
+        retry that step ourselves, within the same busy timeout."""
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute(_SCHEMA)
+                return
+            except sqlite3.OperationalError as error:
+                if not _is_busy(error) or time.monotonic() > deadline:
+                    raise HistoryError(f"{self.db_path}: cannot prepare the import history ({error})") from error
+                time.sleep(random.uniform(0.01, 0.05))
+
+    def close(self) -> None:
+        """Close every connection this resource opened (any thread)."""
+        with self._guard:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+            self._local = threading.local()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self.close()
+
+    def lookup(self, refs: Sequence[ObjectRef]) -> dict[ObjectRef, HistoryRecord]:
+        wanted = _unique_keys(refs)
+        keys = list(wanted)
+        found: dict[ObjectRef, HistoryRecord] = {}
+        conn = self._conn()
+        for chunk in _chunks(keys, _SQLITE_LOOKUP_CHUNK):
+            placeholders = ",".join("(?, ?)" for _ in chunk)
+            params = [part for key in chunk for part in key]
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM import_history WHERE (object_uri, version_id) IN (VALUES {placeholders})",
+                params,
+            )
+            for row in rows:
+                ref = wanted[(row["object_uri"], row["version_id"])]
+                found[ref] = _record_from_row(row, ref)
+        return found
+
+    def claim(self, ref: ObjectRef, etag: str, owner: str, lease_seconds: float) -> bool:
+        now = time.time()
+        attrs = _claim_attrs(ref, etag, owner, now, now + lease_seconds)
+        _check_item(ref, attrs)
+        conn = self._conn()
+        # BEGIN IMMEDIATE takes the write lock before the read: the check and the write are one step.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM import_history WHERE object_uri = ? AND version_id = ?",
+                (attrs["object_uri"], attrs["version_id"]),
+            ).fetchone()
+            if row is not None and not _claim_allowed(row, etag, owner, now):
+                conn.execute("ROLLBACK")
+                return False
+            conn.execute(
+                """INSERT INTO import_history
+                       (object_uri, version_id, etag, status, owner, updated_at, claim_expires_at, attempts)
+                   VALUES (:object_uri, :version_id, :etag, :status, :owner, :updated_at, :claim_expires_at, 1)
+                   ON CONFLICT (object_uri, version_id) DO UPDATE SET
+                       etag = excluded.etag, status = excluded.status, owner = excluded.owner,
+                       updated_at = excluded.updated_at, claim_expires_at = excluded.claim_expires_at,
+                       attempts = import_history.attempts + 1""",
+                attrs,
+            )
+            conn.execute("COMMIT")
+            return True
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def record(self, record: HistoryRecord) -> None:
+        attrs = _outcome_attrs(record, time.time())
+        _check_item(record.ref, attrs)
+        conn = self._conn()
+        # One conditional UPDATE: written only while this owner still holds the record.
+        cursor = conn.execute(
+            """UPDATE import_history SET etag = :etag, status = :status, user_id = :user_id, reason = :reason,
+                   updated_at = :updated_at, claim_expires_at = 0, extra = :extra
+               WHERE object_uri = :object_uri AND version_id = :version_id AND owner = :owner""",
+            {**attrs, "extra": json.dumps(attrs["extra"])},
+        )
+        if cursor.rowcount == 1:
+            return
+        row = conn.execute(
+            "SELECT owner FROM import_history WHERE object_uri = ? AND version_id = ?",
+            (attrs["object_uri"], attrs["version_id"]),
+        ).fetchone()
+        raise ClaimLost(record.ref, record.owner, row["owner"] if row else None)
+
+    def release(self, ref: ObjectRef, owner: str) -> bool:
+        cursor = self._conn().execute(
+            """UPDATE import_history SET claim_expires_at = 0, updated_at = ?
+               WHERE object_uri = ? AND version_id = ? AND owner = ? AND status = ?""",
+            (time.time(), ref.uri, _version_key(ref), owner, HistoryStatus.CLAIMED.value),
+        )
+        return cursor.rowcount == 1
+
+    def scan(self) -> Iterator[HistoryRecord]:
+        # Materialise per page so no read transaction stays open while the caller works.
+        conn = self._conn()
+        last: tuple[str, str] = ("", "")
+        while True:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM import_history WHERE (object_uri, version_id) > (?, ?)"
+                " ORDER BY object_uri, version_id LIMIT 1000",
+                last,
+            ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield _record_from_row(row)
+            last = (rows[-1]["object_uri"], rows[-1]["version_id"])

@@ -1,0 +1,309 @@
+"""S3 through boto3: paginated listings, retries by botocore, errors mapped by code."""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import threading
+from datetime import timezone
+from typing import Any, BinaryIO, ContextManager, Iterator, Mapping, Optional
+
+import boto3
+import botocore.session
+from boto3.exceptions import S3UploadFailedError
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.loaders import Loader, create_loader
+from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import (
+    FlexibleChecksumError,
+    HTTPClientError,
+    IncompleteReadError,
+    NoCredentialsError,
+)
+from pydantic import Field, PrivateAttr
+
+from ...core.errors import (
+    AccessDenied,
+    ObjectNotFound,
+    StoreError,
+    TagLimitError,
+    TransientStoreError,
+)
+from ...core.model import ObjectInfo, ObjectRef
+from ...core.tags import validate_tag_set
+
+from .base import CHUNK_BYTES, ObjectStoreResource
+
+_NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchVersion", "NotFound", "404"}
+_DENIED_CODES = {
+    "AccessDenied", "403", "Forbidden", "AllAccessDisabled", "InvalidAccessKeyId",
+    "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "AccountProblem",
+}  # fmt: skip
+_TRANSIENT_CODES = {
+    "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeTooSkewed",
+    "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
+    "BandwidthLimitExceeded", "RequestThrottled", "PriorRequestNotComplete", "OperationAborted",
+    "500", "502", "503", "504",
+}  # fmt: skip
+# Connection failures, timeouts and cut or corrupted response bodies: a later try may work.
+_TRANSIENT_EXCEPTIONS = (BotoConnectionError, HTTPClientError, IncompleteReadError, FlexibleChecksumError)
+
+
+def _map_error(exc: Exception, bucket: str, key: str) -> StoreError:
+    """Translate a boto3/botocore failure into our errors, by S3 error code first."""
+    if isinstance(exc, S3UploadFailedError) and isinstance(exc.__context__, (ClientError, BotoCoreError)):
+        exc = exc.__context__  # the managed transfer wraps the real error
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        request_id = exc.response.get("ResponseMetadata", {}).get("RequestId", "")
+        text = f"{exc.operation_name}: {code or 'error'} (HTTP {status}) {error.get('Message', '')}".rstrip()
+        if request_id:
+            text += f" [request id {request_id}]"
+        if code in _NOT_FOUND_CODES:
+            return ObjectNotFound(bucket, key, text)
+        if code in _DENIED_CODES:
+            return AccessDenied(bucket, key, text)
+        if code in _TRANSIENT_CODES:
+            return TransientStoreError(bucket, key, text + ", still failing after the client's retries")
+        if code == "InvalidTag":
+            return TagLimitError(bucket, key, text)
+        if status == 404:
+            return ObjectNotFound(bucket, key, text)
+        if status == 403:
+            return AccessDenied(bucket, key, text)
+        if status == 429 or (isinstance(status, int) and status >= 500):
+            return TransientStoreError(bucket, key, text + ", still failing after the client's retries")
+        return StoreError(bucket, key, text)
+    if isinstance(exc, _TRANSIENT_EXCEPTIONS):
+        return TransientStoreError(bucket, key, f"{type(exc).__name__}, still failing after retries: {exc}")
+    if isinstance(exc, NoCredentialsError):
+        return StoreError(bucket, key, "no AWS credentials found in the standard credential chain")
+    # Other botocore errors (e.g. parameter validation) may quote the request: name the type only.
+    return StoreError(bucket, key, f"{type(exc).__name__} from botocore")
+
+
+@contextlib.contextmanager
+def _s3_errors(bucket: str, key: str) -> Iterator[None]:
+    try:
+        yield
+    except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
+        mapped = _map_error(exc, bucket, key)
+        # Keep the cause for debugging, except where botocore's text may quote the request.
+        raise mapped from (exc if isinstance(exc, (ClientError, *_TRANSIENT_EXCEPTIONS)) else None)
+
+
+def _strip_etag(etag: str) -> str:
+    return etag.strip('"')
+
+
+def _version(version_id: Optional[str]) -> Optional[str]:
+    return None if version_id in (None, "", "null") else version_id
+
+
+class _S3BodyReader(io.RawIOBase):
+    """An object's body as a raw stream that resumes where it stopped when the connection
+    breaks (ranged GET, If-Match on the ETag so a changed object fails instead of mixing)."""
+
+    def __init__(
+        self, client: Any, bucket: str, key: str, version_id: Optional[str], response: dict, max_attempts: int
+    ) -> None:
+        super().__init__()
+        self._client, self._bucket, self._key, self._version_id = client, bucket, key, version_id
+        self._body = response["Body"]
+        self._etag = response.get("ETag", "")
+        self._size = int(response.get("ContentLength", 0))
+        self._pos = 0
+        self._max_attempts = max(1, max_attempts)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        failures = 0
+        while True:
+            try:
+                n = self._body.readinto(buffer)
+                if n == 0 and len(buffer) and self._pos < self._size:
+                    raise IncompleteReadError(actual_bytes=self._pos, expected_bytes=self._size)
+                self._pos += n
+                return n
+            except _TRANSIENT_EXCEPTIONS as exc:
+                failures += 1
+                # A checksum mismatch is found at the end, after the bytes were handed out:
+                # resuming cannot repair it, only a fresh read can.
+                cannot_resume = isinstance(exc, FlexibleChecksumError) or (self._size and self._pos >= self._size)
+                if cannot_resume or failures >= self._max_attempts:
+                    raise _map_error(exc, self._bucket, self._key) from exc
+                self._reopen()
+
+    def _reopen(self) -> None:
+        with contextlib.suppress(Exception):
+            self._body.close()
+        params = {"Bucket": self._bucket, "Key": self._key, "Range": f"bytes={self._pos}-", "IfMatch": self._etag}
+        if self._version_id:
+            params["VersionId"] = self._version_id
+        with _s3_errors(self._bucket, self._key):
+            self._body = self._client.get_object(**params)["Body"]
+
+    def close(self) -> None:
+        if not self.closed:
+            with contextlib.suppress(Exception):
+                self._body.close()
+        super().close()
+
+
+_LOADER_LOCK = threading.Lock()
+_LOADER: Optional[Loader] = None
+
+
+def _shared_loader() -> Loader:
+    """One botocore data loader per process: it caches the parsed S3 service model, which
+    otherwise every new session reads and parses again (a noticeable pause per client)."""
+    global _LOADER
+    with _LOADER_LOCK:
+        if _LOADER is None:
+            _LOADER = create_loader()
+        return _LOADER
+
+
+class S3ObjectStore(ObjectStoreResource):
+    """Amazon S3 (or an S3-compatible endpoint) through boto3. Credentials come from the
+    standard chain only (environment, profile, instance/task role)."""
+
+    region_name: Optional[str] = Field(default=None, description="AWS region; None: the standard chain's.")
+    endpoint_url: Optional[str] = Field(
+        default=None, description="Custom endpoint (MinIO, LocalStack); path-style addressing is used with it."
+    )
+    max_attempts: int = Field(default=8, description="Attempts per call, first included (botocore standard retries).")
+    connect_timeout: float = Field(default=5, description="Seconds to open a connection.")
+    read_timeout: float = Field(default=60, description="Seconds to wait for data on an open connection.")
+    max_pool_connections: int = Field(default=32, description="HTTP connections kept per client.")
+
+    _client: Any = PrivateAttr(default=None)
+    _lock: Any = PrivateAttr(default_factory=threading.Lock)
+
+    def _s3(self) -> Any:
+        """The boto3 client, made on first use (clients are thread-safe, sessions are not)."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    options: dict[str, Any] = dict(
+                        # total_max_attempts counts the first try; botocore's "max_attempts" key would not.
+                        retries={"mode": "standard", "total_max_attempts": self.max_attempts},
+                        connect_timeout=self.connect_timeout,
+                        read_timeout=self.read_timeout,
+                        max_pool_connections=self.max_pool_connections,
+                    )
+                    if self.endpoint_url:
+                        options["s3"] = {"addressing_style": "path"}
+                    core_session = botocore.session.get_session()  # own credentials, shared models
+                    core_session.register_component("data_loader", _shared_loader())
+                    self._client = boto3.session.Session(botocore_session=core_session).client(
+                        "s3", region_name=self.region_name, endpoint_url=self.endpoint_url, config=Config(**options)
+                    )
+        return self._client
+
+    @staticmethod
+    def _params(bucket: str, key: str, version_id: Optional[str] = None, **extra: Any) -> dict[str, Any]:
+        params: dict[str, Any] = {"Bucket": bucket, "Key": key, **extra}
+        if version_id is not None:
+            params["VersionId"] = version_id
+        return params
+
+    def _open(self, bucket: str, key: str, version_id: Optional[str]) -> io.BufferedReader:
+        with _s3_errors(bucket, key):
+            response = self._s3().get_object(**self._params(bucket, key, version_id))
+        raw = _S3BodyReader(self._s3(), bucket, key, version_id, response, self.max_attempts)
+        return io.BufferedReader(raw, buffer_size=CHUNK_BYTES)
+
+    def create_bucket(self, bucket: str) -> None:
+        client = self._s3()
+        params: dict[str, Any] = {"Bucket": bucket}
+        region = client.meta.region_name
+        if region and region != "us-east-1":
+            params["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        with _s3_errors(bucket, ""):
+            try:
+                client.create_bucket(**params)
+            except client.exceptions.BucketAlreadyOwnedByYou:
+                pass
+
+    def get_bytes(self, bucket: str, key: str, version_id: Optional[str] = None) -> bytes:
+        with self._open(bucket, key, version_id) as f:
+            return f.read()
+
+    def open_read(self, bucket: str, key: str, version_id: Optional[str] = None) -> ContextManager[BinaryIO]:
+        return self._open(bucket, key, version_id)
+
+    def head(self, bucket: str, key: str, version_id: Optional[str] = None) -> ObjectInfo:
+        with _s3_errors(bucket, key):
+            r = self._s3().head_object(**self._params(bucket, key, version_id))
+        return ObjectInfo(
+            bucket=bucket,
+            key=key,
+            size=int(r["ContentLength"]),
+            etag=_strip_etag(r["ETag"]),
+            last_modified=r["LastModified"].astimezone(timezone.utc),
+            version_id=_version(r.get("VersionId")),
+            storage_class=r.get("StorageClass") or "STANDARD",
+        )
+
+    def put_bytes(self, bucket: str, key: str, body: bytes, content_type: Optional[str] = None) -> str:
+        extra = {"ContentType": content_type} if content_type else {}
+        with _s3_errors(bucket, key):
+            r = self._s3().put_object(**self._params(bucket, key, Body=body, **extra))
+        return _strip_etag(r["ETag"])
+
+    def upload_file(self, bucket: str, key: str, path: str) -> str:
+        """Managed transfer (multipart above 8 MiB). The ETag is read back with a HEAD, since
+        the transfer does not return it; a multipart ETag is `<md5 of part md5s>-<parts>`."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such file to upload to s3://{bucket}/{key}")
+        transfer = TransferConfig(max_concurrency=max(1, min(10, self.max_pool_connections)))
+        with _s3_errors(bucket, key):
+            self._s3().upload_file(path, bucket, key, Config=transfer)
+        return self.head(bucket, key).etag
+
+    def list_objects(self, bucket: str, prefix: str = "", start_after: str = "") -> Iterator[ObjectInfo]:
+        paginator = self._s3().get_paginator("list_objects_v2")
+        with _s3_errors(bucket, prefix):
+            extra = {"StartAfter": start_after} if start_after else {}
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix, **extra):
+                for obj in page.get("Contents", ()):
+                    yield ObjectInfo(
+                        bucket=bucket,
+                        key=obj["Key"],
+                        size=int(obj["Size"]),
+                        etag=_strip_etag(obj.get("ETag", "")),
+                        last_modified=obj["LastModified"].astimezone(timezone.utc),
+                        storage_class=obj.get("StorageClass") or "STANDARD",
+                    )
+
+    def list_prefixes(self, bucket: str, prefix: str = "") -> Iterator[str]:
+        paginator = self._s3().get_paginator("list_objects_v2")
+        with _s3_errors(bucket, prefix):
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+                for common in page.get("CommonPrefixes", ()):
+                    yield common["Prefix"]
+
+    def get_tags(self, bucket: str, key: str, version_id: Optional[str] = None) -> dict[str, str]:
+        with _s3_errors(bucket, key):
+            r = self._s3().get_object_tagging(**self._params(bucket, key, version_id))
+        return {tag["Key"]: tag["Value"] for tag in r.get("TagSet", ())}
+
+    def put_tags(self, bucket: str, key: str, tags: Mapping[str, str], version_id: Optional[str] = None) -> None:
+        validate_tag_set(tags, str(ObjectRef(bucket, key, version_id)))
+        tagging = {"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]}
+        with _s3_errors(bucket, key):
+            if tags:
+                self._s3().put_object_tagging(**self._params(bucket, key, version_id, Tagging=tagging))
+            else:  # the same empty set; some S3 look-alikes (moto) reject an empty TagSet
+                self._s3().delete_object_tagging(**self._params(bucket, key, version_id))
+
+    def delete(self, bucket: str, key: str) -> None:
+        with _s3_errors(bucket, key):
+            self._s3().delete_object(Bucket=bucket, Key=key)
