@@ -63,8 +63,12 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     dagster_home = os.environ.get("DAGSTER_HOME") or str(settings.home_path / "dagster_home")
     os.makedirs(dagster_home, exist_ok=True)
     env = dict(os.environ, DAGSTER_HOME=dagster_home, RIVBULK_HOME=str(settings.home_path))
+    # A workspace file of our own, so the code location is called `rivbulk` wherever this runs from.
+    workspace = os.path.join(dagster_home, "workspace.yaml")
+    with open(workspace, "w") as out:
+        out.write("load_from:\n  - python_module:\n      module_name: rivbulk_pipeline.definitions\n      location_name: rivbulk\n")
     dagster = shutil.which("dagster", path=os.path.dirname(sys.executable)) or shutil.which("dagster") or "dagster"
-    command = [dagster, "dev", "-m", "rivbulk_pipeline.definitions", "-h", args.host, "-p", str(args.port)]
+    command = [dagster, "dev", "-w", workspace, "-h", args.host, "-p", str(args.port)]
     print(f"DAGSTER_HOME={dagster_home}; open http://{args.host}:{args.port}")
     os.execvpe(command[0], command, env)
     return 0  # not reached

@@ -88,7 +88,7 @@ def test_reports_are_returned_oldest_first_and_once(store):
     first = scan(store, SensorCursor())
     assert names(first) == [older, newer]
     assert [f.inventory_date for f in first.complete] == ["2026-11-21", "2026-11-22"]
-    assert first.cursor == SensorCursor(high_water=newer, pending=[])
+    assert first.cursor == SensorCursor(high_water=newer, pending=[], recent=[older, newer])
 
     assert names(scan(store, first.cursor)) == []
 
@@ -174,7 +174,7 @@ def test_folders_that_are_not_timestamps_are_ignored(store):
     assert [f.name for f in report_folders(store, BUCKET, ROOT)] == [real]
     result = scan(store, SensorCursor())
     assert names(result) == [real]
-    assert result.cursor == SensorCursor(high_water=real, pending=[])
+    assert result.cursor == SensorCursor(high_water=real, pending=[], recent=[real])
 
 
 def test_three_hundred_reports_one_scan_returns_all_the_next_only_lists(store):
@@ -197,3 +197,21 @@ def test_sensor_cursor_text_round_trips_and_empty_means_fresh():
     assert SensorCursor.parse(None) == SensorCursor() == SensorCursor.parse("")
     cursor = SensorCursor(high_water="2026-11-22T01-00Z", pending=["2026-11-21T01-00Z"])
     assert SensorCursor.parse(cursor.dump()) == cursor
+
+
+def test_a_report_delivered_late_with_an_older_name_is_still_found(tmp_path):
+    from rivbulk_pipeline.core.reports import SensorCursor, scan_for_new_reports
+
+    store = LocalObjectStore(root=str(tmp_path / "late"))
+    store.create_bucket("inventory")
+    root = "inv/images/daily"
+    now = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+    for folder in ("2026-11-20T01-00Z", "2026-11-22T01-00Z"):
+        store.put_bytes("inventory", f"{root}/{folder}/manifest.checksum", b"x")
+    first = scan_for_new_reports(store, "inventory", root, SensorCursor(), now=now)
+    assert [f.name for f in first.complete] == ["2026-11-20T01-00Z", "2026-11-22T01-00Z"]
+
+    store.put_bytes("inventory", f"{root}/2026-11-21T01-00Z/manifest.checksum", b"x")  # arrives late
+    late = scan_for_new_reports(store, "inventory", root, SensorCursor.parse(first.cursor.dump()), now=now)
+    assert [f.name for f in late.complete] == ["2026-11-21T01-00Z"]
+    assert scan_for_new_reports(store, "inventory", root, late.cursor, now=now).complete == []

@@ -49,20 +49,23 @@ def newest_complete_report(store: ObjectStore, bucket: str, root: str, inventory
 
 @dataclass
 class SensorCursor:
-    """Every folder up to `high_water` was seen; `pending` were seen incomplete and are checked again."""
+    """Every folder up to `high_water` was seen; `pending` were seen incomplete and are checked
+    again; `recent` are the complete ones of the last week, so that a folder delivered late with
+    an older name than `high_water` is still noticed."""
 
     high_water: str = ""
     pending: list[str] = field(default_factory=list)
+    recent: list[str] = field(default_factory=list)
 
     @classmethod
     def parse(cls, text: Optional[str]) -> "SensorCursor":
         if not text:
             return cls()
         value = json.loads(text)
-        return cls(value.get("high_water", ""), list(value.get("pending", [])))
+        return cls(value.get("high_water", ""), list(value.get("pending", [])), list(value.get("recent", [])))
 
     def dump(self) -> str:
-        return json.dumps({"high_water": self.high_water, "pending": self.pending}, sort_keys=True)
+        return json.dumps({"high_water": self.high_water, "pending": self.pending, "recent": self.recent}, sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -83,15 +86,29 @@ def scan_for_new_reports(
     are checked, so a tick costs one listing however many reports exist. Names, not positions,
     are remembered, so deleted or rewritten keys never shift the cursor."""
     now = now or datetime.now(timezone.utc)
-    candidates = [f for f in report_folders(store, bucket, root) if f.name > cursor.high_water or f.name in cursor.pending]
+    recent = set(cursor.recent)
+
+    def in_window(folder: ReportFolder) -> bool:
+        return now - folder.started_at < give_up_after
+
+    candidates = [
+        f
+        for f in report_folders(store, bucket, root)
+        if f.name > cursor.high_water or f.name in cursor.pending or (in_window(f) and f.name not in recent)
+    ]
     complete, pending = [], []
     for folder in candidates:
         if is_complete(store, bucket, root, folder):
             complete.append(folder)
-        elif now - folder.started_at < give_up_after:
+        elif in_window(folder):
             pending.append(folder.name)
     high_water = max([cursor.high_water] + [f.name for f in candidates])
-    return ScanResult(complete, SensorCursor(high_water, sorted(pending)))
+    still_recent = sorted(
+        name
+        for name in recent | {f.name for f in complete}
+        if (started := parse_report_folder(name)) is not None and now - started < give_up_after
+    )
+    return ScanResult(complete, SensorCursor(high_water, sorted(pending), still_recent))
 
 
 def date_key(value: date) -> str:
