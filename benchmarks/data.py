@@ -24,9 +24,11 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from rivbulk_pipeline.core.inventory import REPORT_FOLDER_FORMAT, report_root
+from rivbulk_pipeline.core.model import CANDIDATE_SCHEMA
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 
 SOURCE_BUCKET = "bench-images"
+FACES_BUCKET = "bench-faces"  # the image objects of measurements 2-4
 INVENTORY_BUCKET = "bench-inventory"
 INVENTORY_PREFIX = "inventories"
 CONFIG_ID = "daily-all"
@@ -191,3 +193,14 @@ def make_image_objects(store: LocalObjectStore, bucket: str, start: int, count: 
         store.put_tags(bucket, key, {"UserId": f"user-{n}"})
         keys.append(key)
     return keys
+
+
+def candidate_batch(store: LocalObjectStore, bucket: str, keys: list[str]) -> pa.RecordBatch:
+    """The objects as a batch_manifest table (CANDIDATE_SCHEMA). ETags are hashed here:
+    listing would make the store cache each one in its own committed (fsynced) write."""
+    rows = []
+    for key in keys:
+        with open(os.path.join(store.root, bucket, *key.split("/")), "rb") as f:
+            body = f.read()
+        rows.append({"bucket": bucket, "key": key, "version_id": None, "size": len(body), "e_tag": hashlib.md5(body).hexdigest()})
+    return pa.RecordBatch.from_pylist(rows, schema=CANDIDATE_SCHEMA)

@@ -1,8 +1,8 @@
 """Measurement 1: reading an inventory report, ours vs the baseline, each in a fresh process.
 
-The parent runs `python -m benchmarks.ingest <mode> ...` once per figure and reads the
-child's peak RSS from `os.wait4` (the kernel's own account of that one child); the child
-prints what it measured as one JSON line. Modes: `ours` and `baseline` time one pass over
+The parent runs `python -m benchmarks.ingest <mode> ...` once per figure, through the light
+`benchmarks._launch`, which reports the child's own peak RSS; the child prints what it
+measured as one JSON line. Modes: `ours` and `baseline` time one pass over
 the report; `check-ours` and `check-baseline` compare every key with `unquote_plus` (untimed,
 in their own process so the timed ones stay clean).
 """

@@ -3,46 +3,36 @@ an incremental day. Both run `qualify_candidates` against a real LocalObjectStor
 by `LatencyStore` (sleeps per call, counts calls) and a real SqliteImportHistory."""
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from typing import Callable
 
 import pyarrow as pa
 
-from rivbulk_pipeline.core.model import CANDIDATE_SCHEMA, HistoryRecord, HistoryStatus, ObjectRef, Reason
+from rivbulk_pipeline.core.model import QUALIFIED_SCHEMA, HistoryRecord, HistoryStatus, ObjectRef, Reason
 from rivbulk_pipeline.core.qualify import qualify_candidates
 from rivbulk_pipeline.resources.history import SqliteImportHistory
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 from rivbulk_pipeline.resources.registration import S3TagRegistrationProvider
 
 from .baseline import baseline_qualify
-from .data import make_image_objects
+from .data import FACES_BUCKET, candidate_batch, make_image_objects
 from .emulated import LatencyStore
 
-BUCKET = "bench-faces"
 
-
-def _candidates(store: LocalObjectStore, keys: list[str]) -> pa.RecordBatch:
-    """The keys as a batch_manifest table; ETags hashed here (listing would make the
-    store cache each one in its own committed write)."""
-    rows = []
-    for key in keys:
-        with open(os.path.join(store.root, BUCKET, *key.split("/")), "rb") as f:
-            body = f.read()
-        rows.append({"bucket": BUCKET, "key": key, "version_id": None, "size": len(body), "e_tag": hashlib.md5(body).hexdigest()})
-    return pa.RecordBatch.from_pylist(rows, schema=CANDIDATE_SCHEMA)
-
-
-def _ours(batch: pa.RecordBatch, store: LatencyStore, history: SqliteImportHistory, concurrency: int) -> pa.Table:
-    provider = S3TagRegistrationProvider(store=store._inner, allowed_property_buckets=[BUCKET])
-    return pa.Table.from_batches(
-        list(qualify_candidates([batch], store=store, provider=provider, history=history, concurrency=concurrency)),
-    )
+def _ours(
+    batch: pa.RecordBatch, store: LocalObjectStore, history: SqliteImportHistory, concurrency: int, latency: float
+) -> tuple[pa.Table, LatencyStore]:
+    """`qualify_candidates` over the batch with the store behind `latency`; the table and the
+    wrapper (whose counts say how many calls were made)."""
+    slow = LatencyStore(store, latency)
+    provider = S3TagRegistrationProvider(store=store, allowed_property_buckets=[FACES_BUCKET])
+    batches = qualify_candidates([batch], store=slow, provider=provider, history=history, concurrency=concurrency)
+    return pa.Table.from_batches(list(batches), schema=QUALIFIED_SCHEMA), slow
 
 
 def _refs(batch: pa.RecordBatch) -> list[ObjectRef]:
-    return [ObjectRef(BUCKET, key) for key in batch.column("key").to_pylist()]
+    return [ObjectRef(FACES_BUCKET, key) for key in batch.column("key").to_pylist()]
 
 
 def measure_qualification(
@@ -56,13 +46,12 @@ def measure_qualification(
     """Objects qualified per second: ours over `objects`, the baseline over `baseline_objects`."""
     store = LocalObjectStore(root=os.path.join(workdir, "qualification-store"))
     log(f"  creating {objects:,} tagged objects ...")
-    batch = _candidates(store, make_image_objects(store, BUCKET, 0, objects))
+    batch = candidate_batch(store, FACES_BUCKET, make_image_objects(store, FACES_BUCKET, 0, objects))
     history = SqliteImportHistory(db_path=os.path.join(workdir, "qualification-history.sqlite"))
 
-    slow = LatencyStore(store, latency_seconds)
     log(f"  ours: {objects:,} objects, concurrency {concurrency} ...")
     started = time.perf_counter()
-    table = _ours(batch, slow, history, concurrency)
+    table, slow = _ours(batch, store, history, concurrency, latency_seconds)
     ours_seconds = time.perf_counter() - started
     qualified = table.column("qualified").to_pylist().count(True)
     if qualified != objects:
@@ -95,19 +84,18 @@ def measure_incremental(workdir: str, day1_objects: int, new_fraction: float = 0
     new_objects = max(1, round(day1_objects * new_fraction))
     store = LocalObjectStore(root=os.path.join(workdir, "incremental-store"))
     log(f"  day 1: {day1_objects:,} objects, all indexed in the import history ...")
-    day1 = _candidates(store, make_image_objects(store, BUCKET, 0, day1_objects))
+    day1 = candidate_batch(store, FACES_BUCKET, make_image_objects(store, FACES_BUCKET, 0, day1_objects))
     history = SqliteImportHistory(db_path=os.path.join(workdir, "incremental-history.sqlite"))
-    for ref, etag in zip(_refs(day1), day1.column("e_tag").to_pylist()):
+    for ref, etag in zip(_refs(day1), day1.column("e_tag").to_pylist(), strict=True):
         if not history.claim(ref, etag, "day-1-run", 600):
             raise RuntimeError(f"{ref}: could not claim a fresh object")
         history.record(HistoryRecord(ref, etag, HistoryStatus.INDEXED, user_id="-", owner="day-1-run"))
 
     log(f"  day 2: {new_objects:,} new objects ({new_fraction:.0%}) ...")
-    new = _candidates(store, make_image_objects(store, BUCKET, day1_objects, new_objects))
-    day2 = pa.Table.from_batches([day1, new]).combine_chunks().to_batches()[0]
+    new = candidate_batch(store, FACES_BUCKET, make_image_objects(store, FACES_BUCKET, day1_objects, new_objects))
+    day2 = pa.concat_batches([day1, new])
 
-    counted = LatencyStore(store, 0.0)  # only the count matters here
-    table = _ours(day2, counted, history, concurrency=32)
+    table, counted = _ours(day2, store, history, concurrency=32, latency=0.0)  # only the count matters here
     reasons = table.column("reason").to_pylist()
     if reasons.count(Reason.ALREADY_INDEXED.value) != day1_objects or reasons.count(Reason.QUALIFIED.value) != new_objects:
         raise RuntimeError("ours did not tell the indexed day-1 objects from the new ones")

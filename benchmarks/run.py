@@ -204,7 +204,7 @@ def format_table(lines: Sequence[Line]) -> str:
         for l in [header, *lines]
     ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-    text = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
+    text = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in cells]
     text.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(text)
 

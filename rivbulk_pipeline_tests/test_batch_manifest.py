@@ -23,11 +23,8 @@ from rivbulk_pipeline.core.batch_manifest import (
 from rivbulk_pipeline.core.keys import quote_array
 from rivbulk_pipeline.core.model import CANDIDATE_SCHEMA, INVENTORY_SCHEMA
 
-try:
-    import hypothesis
-    from hypothesis import strategies as st
-except ImportError:  # not installed in every environment: the seeded test below still runs
-    hypothesis = None
+import hypothesis
+from hypothesis import strategies as st
 
 
 def refs(keys: list[str], versions: Optional[list[Optional[str]]] = None, bucket: str = "photos") -> pa.RecordBatch:
@@ -106,18 +103,11 @@ def test_quote_array_matches_the_stdlib_on_random_keys():
             assert quote_array(sliced).to_pylist() == [None if k is None else quote(k, safe="/") for k in keys[2:]]
 
 
-if hypothesis is not None:
 
-    @hypothesis.settings(max_examples=200, deadline=None)
-    @hypothesis.given(st.lists(st.text(st.characters(codec="utf-8"), max_size=12), max_size=20))
-    def test_quote_array_property(keys: list[str]):
-        assert quote_array(pa.array(keys, pa.string())).to_pylist() == [quote(k, safe="/") for k in keys]
-
-else:
-
-    @pytest.mark.skip(reason="hypothesis is not installed; the seeded random test covers the property")
-    def test_quote_array_property():
-        pass
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(st.lists(st.text(st.characters(codec="utf-8"), max_size=12), max_size=20))
+def test_quote_array_property(keys: list[str]):
+    assert quote_array(pa.array(keys, pa.string())).to_pylist() == [quote(k, safe="/") for k in keys]
 
 
 # ---------------------------------------------------------------- the writer

@@ -32,11 +32,8 @@ from rivbulk_pipeline.core.inventory import (
 from rivbulk_pipeline.core.keys import unquote_plus_array
 from rivbulk_pipeline.core.model import INVENTORY_SCHEMA, ObjectInfo
 
-try:
-    import hypothesis
-    from hypothesis import strategies as st
-except ImportError:  # not installed in every environment: the seeded test below still runs
-    hypothesis = None
+import hypothesis
+from hypothesis import strategies as st
 
 
 class FolderStore:
@@ -640,25 +637,18 @@ def test_unquote_plus_array_known_cases():
     assert unquote_plus_array(pa.chunked_array([["a+b"], ["%41"]])).to_pylist() == ["a b", "A"]
 
 
-if hypothesis is not None:
 
-    # any Unicode text (no lone surrogates: S3 keys are UTF-8), percent-encoded the way
-    # AWS writes keys or raw, mixed with the tricky pieces and with random byte escapes
-    _text = st.text(st.characters(codec="utf-8"), max_size=8)
-    _piece = st.one_of(
-        _text,
-        _text.map(lambda s: quote(s, safe="/ ")),
-        st.sampled_from(PIECES),
-        st.binary(max_size=4).map(lambda b: "".join(f"%{x:02X}" for x in b)),
-    )
+# any Unicode text (no lone surrogates: S3 keys are UTF-8), percent-encoded the way
+# AWS writes keys or raw, mixed with the tricky pieces and with random byte escapes
+_text = st.text(st.characters(codec="utf-8"), max_size=8)
+_piece = st.one_of(
+    _text,
+    _text.map(lambda s: quote(s, safe="/ ")),
+    st.sampled_from(PIECES),
+    st.binary(max_size=4).map(lambda b: "".join(f"%{x:02X}" for x in b)),
+)
 
-    @hypothesis.settings(max_examples=200, deadline=None)
-    @hypothesis.given(st.lists(st.lists(_piece, max_size=6).map("".join), max_size=20))
-    def test_unquote_plus_array_property(keys: list[str]):
-        check_unquote(keys)
-
-else:
-
-    @pytest.mark.skip(reason="hypothesis is not installed; the seeded random test covers the property")
-    def test_unquote_plus_array_property():
-        pass
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(st.lists(st.lists(_piece, max_size=6).map("".join), max_size=20))
+def test_unquote_plus_array_property(keys: list[str]):
+    check_unquote(keys)
