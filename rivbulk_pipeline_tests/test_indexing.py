@@ -124,3 +124,19 @@ def test_missing_image_and_bad_properties_fail_alone(parts):
     assert out["ben"]["outcome"] == "failed_permanent" and "bad_properties" in out["ben"]["reason"]
     assert out["cat"]["outcome"] == "indexed"
     assert riv.registrations == {"cat": 1}
+
+
+class BrokenGateway:
+    """A gateway with a configuration error: it raises instead of answering."""
+
+    def register(self, user_id, image, properties):
+        raise ValueError("RIVBULK_GATEWAY_AUTH=sigv4 needs a region")
+
+
+def test_a_configuration_error_stops_the_run_and_frees_the_claim(parts):
+    store, history, provider, _ = parts
+    batch = _qualified(store, ["ann"])
+    with pytest.raises(ValueError, match="needs a region"):
+        list(index_qualified([batch], store=store, provider=provider, gateway=BrokenGateway(), history=history,
+                             limiter=RateLimiter(100), policy=IndexingPolicy(owner="run-1", concurrency=1)))
+    assert history.claim(ObjectRef(BUCKET, "people/ann.png"), batch.column("e_tag")[0].as_py(), "run-2", 60)

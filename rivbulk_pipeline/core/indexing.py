@@ -79,7 +79,13 @@ class _Indexer:
                 return result(Outcome.SKIPPED, "claimed by another run"), record.claim_expires_at
             return result(Outcome.SKIPPED, f"not claimable (history: {record.status.value if record else 'none'})"), None
 
-        final = self._register(ref, row)
+        try:
+            final = self._register(ref, row)
+        except BaseException:
+            # A bug or a configuration error, not this object's fault: free it for the next run now
+            # rather than after the lease, then let the error stop the run.
+            self.history.release(ref, self.policy.owner)
+            raise
         try:
             self._record(ref, etag, row["user_id"], final)
         except HistoryError as exc:

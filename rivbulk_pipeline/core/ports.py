@@ -97,6 +97,10 @@ class ImportHistory(Protocol):
         """Write the final outcome (INDEXED / FAILED_*) of a claim."""
         ...
 
+    def release(self, ref: ObjectRef, owner: str) -> bool:
+        """End this owner's claim without an outcome: the object is claimable again at once."""
+        ...
+
     def scan(self) -> Iterator[HistoryRecord]:
         """Every record (for reports and tests)."""
         ...
