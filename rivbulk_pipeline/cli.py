@@ -63,6 +63,10 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     dagster_home = os.environ.get("DAGSTER_HOME") or str(settings.home_path / "dagster_home")
     os.makedirs(dagster_home, exist_ok=True)
     env = dict(os.environ, DAGSTER_HOME=dagster_home, RIVBULK_HOME=str(settings.home_path))
+    instance_config = os.path.join(dagster_home, "dagster.yaml")
+    if not os.path.exists(instance_config):  # keep an operator's own settings if they wrote some
+        with open(instance_config, "w") as out:
+            out.write("telemetry:\n  enabled: false\n")
     # A workspace file of our own, so the code location is called `rivbulk` wherever this runs from.
     workspace = os.path.join(dagster_home, "workspace.yaml")
     with open(workspace, "w") as out:
