@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import random
+import threading
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Iterator, Optional
@@ -652,3 +653,74 @@ _piece = st.one_of(
 @hypothesis.given(st.lists(st.lists(_piece, max_size=6).map("".join), max_size=20))
 def test_unquote_plus_array_property(keys: list[str]):
     check_unquote(keys)
+
+
+def test_unquote_plus_array_keeps_nulls_and_honours_slices_of_every_shape():
+    keys = ["a+b", None, "%41%zz", "%FF+x", None, "caf%C3%A9", "", "100%"]
+    expected = [None if k is None else unquote_plus(k) for k in keys]
+    arr = pa.array(keys, pa.string())
+    for start in range(len(keys)):  # every offset, so null bitmaps not aligned on a byte too
+        for stop in range(start, len(keys) + 1):
+            got = unquote_plus_array(arr.slice(start, stop - start))
+            assert got.type == pa.string()
+            assert got.to_pylist() == expected[start:stop]
+    chunked = pa.chunked_array([arr.slice(1, 3), arr.slice(5), pa.array([], pa.string())])
+    assert unquote_plus_array(chunked).to_pylist() == expected[1:4] + expected[5:]
+    assert unquote_plus_array(pa.array(keys, pa.large_string()).slice(2)).to_pylist() == expected[2:]
+
+
+def test_unquote_plus_array_on_empty_and_all_null_arrays():
+    assert unquote_plus_array(pa.array([], pa.string())).to_pylist() == []
+    assert unquote_plus_array(pa.chunked_array([], pa.string())).to_pylist() == []
+    assert unquote_plus_array(pa.array([None, None], pa.string())).to_pylist() == [None, None]
+    assert unquote_plus_array(pa.array(["", None, ""], pa.string())).to_pylist() == ["", None, ""]
+
+
+def test_unquote_plus_array_repairs_only_the_invalid_rows():
+    # one invalid row among many: the others keep the vectorised result, nulls stay null
+    keys = [f"k{i}+%C3%A9" for i in range(1000)] + [None, "bad%C3+%28", "%E2%82", None, "%F0%9F%98%80"]
+    check_unquote(keys)
+    check_unquote(keys[::-1])
+
+
+def _csv_parse_threads() -> list:
+    return [t for t in threading.enumerate() if t.name == "rivbulk-csv-parse"]
+
+
+def big_csv(rows: int, bad_row: Optional[int] = None) -> bytes:
+    """A CSV data file of several Arrow blocks (1 MB each); `bad_row` has a field missing."""
+    lines = [row("src", f"people/{i:09d}+x.jpg", str(i)) if i != bad_row else row("src", f"secret-{i}.jpg")
+             for i in range(rows)]
+    return csv_gz(lines)
+
+
+def test_csv_parsing_ahead_stops_when_the_consumer_stops_early(store: FolderStore, tmp_path: Path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    manifest = put_report(store, {"inv/data/a.csv.gz": big_csv(200_000)}, schema="Bucket, Key, Size")
+    batches = iter_inventory_batches(store, manifest, spool_dir=str(spool))
+    first = next(batches)
+    assert first.column(1)[0].as_py() == "people/000000000 x.jpg"
+    batches.close()  # the parser is ahead, blocked on its full queue: it must still end
+    assert _csv_parse_threads() == []
+    assert os.listdir(spool) == []
+
+
+def test_csv_parsing_ahead_reads_every_block_in_order(store: FolderStore):
+    manifest = put_report(store, {"inv/data/a.csv.gz": big_csv(200_000)}, schema="Bucket, Key, Size")
+    table = read_all(store, manifest, batch_rows=50_000)
+    assert table.column("size").to_pylist() == list(range(200_000))
+    assert _csv_parse_threads() == []
+
+
+def test_csv_error_in_a_later_block_is_named_and_the_parser_stopped(store: FolderStore):
+    manifest = put_report(store, {"inv/data/a.csv.gz": big_csv(200_000, bad_row=150_000)}, schema="Bucket, Key, Size")
+    batches = iter_inventory_batches(store, manifest)
+    assert next(batches).num_rows > 0  # rows before the bad block come through
+    with pytest.raises(InventoryError) as err:
+        for _ in batches:
+            pass
+    assert err.value.location == f"s3://{DEST}/inv/data/a.csv.gz"
+    assert "a row has 2 fields, the fileSchema has 3" in err.value.rule
+    assert "secret" not in str(err.value)
+    assert _csv_parse_threads() == []

@@ -12,8 +12,10 @@ import contextlib
 import hashlib
 import json
 import os
+import queue
 import re
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, Optional
@@ -34,6 +36,7 @@ REPORT_FOLDER_FORMAT = "%Y-%m-%dT%H-%MZ"
 _REPORT_FOLDER_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}-\d{2}Z")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _SPOOL_CHUNK = 1 << 20
+_CSV_PREFETCH = 2  # parsed CSV blocks that may wait for the consumer: overlap, bounded memory
 
 
 def canonical_column(name: str) -> str:
@@ -312,11 +315,53 @@ def _read_csv(path: str, manifest: InventoryManifest, location: str, batch_rows:
                 return
             raise
         row = 0
-        for batch in reader:
-            for piece in _slices(batch, batch_rows):
-                columns = {canonical_column(n): piece.column(n) for n in piece.schema.names}
-                yield _normalise(columns, location, row, decode_keys=True)
-                row += piece.num_rows
+        # closing(): the parsing thread is joined before the stream under it is closed
+        with contextlib.closing(_prefetched(reader)) as blocks:
+            for batch in blocks:
+                for piece in _slices(batch, batch_rows):
+                    columns = {canonical_column(n): piece.column(n) for n in piece.schema.names}
+                    yield _normalise(columns, location, row, decode_keys=True)
+                    row += piece.num_rows
+
+
+_END = object()
+
+
+def _prefetched(reader: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """`reader`'s batches, the next ones parsed in a background thread meanwhile.
+
+    Arrow parses with the GIL released, so parsing block n+1 overlaps normalising
+    block n. At most `_CSV_PREFETCH` parsed blocks wait in the queue. An exception
+    from the reader is re-raised here, in the caller's thread. However the caller
+    stops (end, error, generator closed early), the thread is stopped and joined.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=_CSV_PREFETCH)
+    stop = threading.Event()
+
+    def parse() -> None:
+        try:
+            for batch in reader:
+                if stop.is_set():
+                    return
+                ready.put(batch)
+            ready.put(_END)
+        except BaseException as exc:  # handed to the caller, who decides
+            ready.put(exc)
+
+    thread = threading.Thread(target=parse, name="rivbulk-csv-parse", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # empty the queue so a blocked put() returns and sees `stop`
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    ready.get_nowait()
+            thread.join(timeout=0.05)
 
 
 def _read_parquet(

@@ -58,68 +58,77 @@ def _from_buffers(offsets: np.ndarray, data: np.ndarray, typ: pa.DataType = pa.s
     )
 
 
-def _percent_decode(arr: pa.StringArray) -> pa.Array:
-    """Replace every valid %XX escape by its byte. `arr` has no nulls.
-
-    Returns a *binary* array: the bytes may not be valid UTF-8. Valid escapes never
-    overlap (one is followed by two hex digits, never by a '%'), so each '%' is judged
-    on its own, all at once.
-    """
-    offsets, data = string_buffers(arr)
-    pct = np.flatnonzero(data == 0x25)
-    row = np.searchsorted(offsets, pct, side="right") - 1
-    in_row = pct + 2 < offsets[row + 1]
-    pct = pct[in_row]
-    hi = _HEX_VALUE[data[pct + 1]]
-    lo = _HEX_VALUE[data[pct + 2]]
-    ok = (hi >= 0) & (lo >= 0)
-    pct, value = pct[ok], (hi[ok] * 16 + lo[ok]).astype(np.uint8)
-
-    out = data.copy()
-    out[pct] = value
-    keep = np.ones(len(data), dtype=bool)
-    keep[pct + 1] = False
-    keep[pct + 2] = False
-    removed_before = np.concatenate(([0], np.cumsum(~keep)))
-    new_offsets = offsets - removed_before[offsets]
-    return _from_buffers(new_offsets, out[keep], pa.binary())
-
-
 def unquote_plus_array(arr: pa.Array | pa.ChunkedArray) -> pa.StringArray:
     """`urllib.parse.unquote_plus` applied to every string of `arr` (nulls stay null).
 
-    '+' becomes a space first, then each '%' followed by two hex digits becomes that
-    byte; anything else ('%zz', a lone '%') is left as is. Rows whose decoded bytes are
-    not valid UTF-8 get exactly what `unquote_plus` gives them (U+FFFD replacements).
+    '+' becomes a space, then each '%' followed by two hex digits becomes that byte;
+    anything else ('%zz', a lone '%') is left as is. Rows whose decoded bytes are not
+    valid UTF-8 get exactly what `unquote_plus` gives them (U+FFFD replacements).
     """
     arr = _as_string_array(arr)
-    arr = pc.replace_substring(arr, "+", " ")
-    has_pct = pc.fill_null(pc.match_substring(arr, "%"), False)
-    if not pc.any(has_pct).as_py():
-        return arr
-    original = arr.filter(has_pct)
-    decoded = _percent_decode(original)
+    offsets, data = string_buffers(arr)
+    plus = data == 0x2B
+    row, pct, value = _percent_escapes(offsets, data)
+    if not len(pct) and not plus.any():
+        return arr  # nothing to decode: most keys of most inventories
+    out = np.where(plus, np.uint8(0x20), data)
+    if len(pct):
+        out[pct] = value
+        # drop each escape's two hex digits; every row shrinks by 2 bytes per escape
+        keep = np.ones(len(out), dtype=bool)
+        keep[pct + 1] = False
+        keep[pct + 2] = False
+        out = out[keep]
+        shrink = np.bincount(row, minlength=len(offsets) - 1) * 2
+        offsets = offsets - np.concatenate(([0], np.cumsum(shrink)))
+    # nulls stay null: is_valid() is a fresh bitmap at offset 0, like the rebased offsets
+    validity = arr.is_valid().buffers()[1] if arr.null_count else None
+    decoded = pa.Array.from_buffers(
+        pa.binary(), len(arr), [validity, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(out)], arr.null_count
+    )
     try:
-        decoded = decoded.cast(pa.string())  # validates UTF-8 for the whole batch at once
+        return decoded.cast(pa.string())  # one UTF-8 check for the whole array
     except pa.ArrowInvalid:
-        decoded = _repair_utf8(decoded, original)
-    return pc.replace_with_mask(arr, has_pct, decoded)
+        return _repair_utf8(decoded, arr, np.unique(row[value >= 0x80]))
 
 
-def _repair_utf8(decoded: pa.Array, original: pa.StringArray) -> pa.StringArray:
-    """The rare path: a batch holds a key whose escapes decode to invalid UTF-8.
+def _percent_escapes(offsets: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, position of the '%', byte value) of every valid %XX escape in `data`.
 
-    Rows that are valid keep the vectorised result (whole-row UTF-8 validity implies
-    `unquote`'s per-run decoding gives the same text); the others get the stdlib's answer.
-    `original` already has '+' turned into spaces, which `unquote_plus` leaves alone.
+    Valid escapes never overlap (a '%' is followed by two hex digits, never by a
+    '%'), so each '%' is judged on its own, all at once.
     """
-    values = []
-    for raw, text in zip(decoded.to_pylist(), original.to_pylist()):
+    pct = np.flatnonzero(data == 0x25)
+    row = np.searchsorted(offsets, pct, side="right") - 1
+    inside = pct + 2 < offsets[row + 1]  # both digits in the same row
+    pct, row = pct[inside], row[inside]
+    hi = _HEX_VALUE[data[pct + 1]]
+    lo = _HEX_VALUE[data[pct + 2]]
+    ok = (hi >= 0) & (lo >= 0)
+    return row[ok], pct[ok], (hi[ok] * 16 + lo[ok]).astype(np.uint8)
+
+
+def _repair_utf8(decoded: pa.BinaryArray, original: pa.StringArray, suspects: np.ndarray) -> pa.StringArray:
+    """The rare path: some row's escapes decode to invalid UTF-8.
+
+    Only a row with an escaped byte >= 0x80 can be invalid (the unescaped text is
+    UTF-8 already); those alone are checked one by one. A row that is valid as a whole
+    decodes exactly as `unquote`'s per-run decoding would; the others get the stdlib's
+    answer.
+    """
+    bad, fixed = [], []
+    raw_rows = decoded.take(suspects).to_pylist()
+    for i, raw, text in zip(suspects.tolist(), raw_rows, original.take(suspects).to_pylist()):
+        if raw is None:
+            continue
         try:
-            values.append(raw.decode("utf-8"))
+            raw.decode("utf-8")
         except UnicodeDecodeError:
-            values.append(unquote_plus(text))
-    return pa.array(values, pa.string())
+            bad.append(i)
+            fixed.append(unquote_plus(text).encode("utf-8"))
+    mask = np.zeros(len(decoded), dtype=bool)
+    mask[bad] = True
+    return pc.replace_with_mask(decoded, pa.array(mask), pa.array(fixed, pa.binary())).cast(pa.string())
 
 
 def quote_array(arr: pa.Array | pa.ChunkedArray) -> pa.StringArray:
