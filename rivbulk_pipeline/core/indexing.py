@@ -8,7 +8,6 @@ expired-able claim (retried by the next run), or a final outcome.
 """
 from __future__ import annotations
 
-import hashlib
 import random
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -99,14 +98,15 @@ class _Indexer:
             return IndexResult(ref, row["size"], row["e_tag"], outcome, reason, attempts)
 
         try:
+            # Compare ETags, not an MD5 of the bytes: SSE-KMS and multipart ETags are no MD5.
+            current = self.store.head(ref.bucket, ref.key, ref.version_id)
+            if row["e_tag"] and current.etag != row["e_tag"]:
+                return result(Outcome.FAILED_TRANSIENT, "the image changed since the inventory; the next inventory carries it")
             image = self.store.get_bytes(ref.bucket, ref.key, ref.version_id)
         except ObjectNotFound:
             return result(Outcome.FAILED_PERMANENT, "object_not_found: the image is gone")
         except StoreError as exc:
             return result(Outcome.FAILED_TRANSIENT, f"reading the image failed ({type(exc).__name__})")
-        etag = row["e_tag"] or ""
-        if etag and "-" not in etag and hashlib.md5(image).hexdigest() != etag:
-            return result(Outcome.FAILED_TRANSIENT, "the image changed since the inventory; the next inventory carries it")
         try:
             properties = self.provider.load_properties(row["properties_ref"]) if row["properties_ref"] else {}
         except RegistrationRejected as rejected:
