@@ -354,3 +354,13 @@ def test_binds_as_the_base_gateway_resource_in_dagster(riv: FakeRivGateway, monk
     assert result.success
     assert result.output_for_node("registered") == "indexed"
     assert riv.registrations == {"yara": 1}
+
+
+def test_an_env_var_key_is_read_from_the_environment_outside_dagster(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dagster as dg
+
+    monkeypatch.setenv("RIV_TEST_KEY", "k-from-env-42")
+    with FakeRivGateway(api_key="k-from-env-42") as riv:
+        gw = RivHttpGateway(url=riv.url, auth="api_key", api_key=dg.EnvVar("RIV_TEST_KEY"))
+        assert gw.register("vera", face(24), {}).outcome is Outcome.INDEXED
+        assert riv.requests[0].authorized

@@ -154,7 +154,12 @@ class RivHttpGateway(GatewayResource):
         if mode == "api_key":
             if not self.api_key:
                 raise ValueError("RivHttpGateway: auth='api_key' needs api_key (set it from an environment variable)")
-            return _ApiKeyAuth(self.api_key_header, self.api_key)
+            # Built outside a Dagster run, the field still holds the EnvVar itself: read its value,
+            # never send the variable's name as the key.
+            key = self.api_key.get_value() if isinstance(self.api_key, dg.EnvVar) else self.api_key
+            if not key:
+                raise ValueError("RivHttpGateway: auth='api_key' needs api_key (its environment variable is empty)")
+            return _ApiKeyAuth(self.api_key_header, key)
         if mode == "sigv4":
             session = boto3.Session(region_name=self.region_name)
             credentials = session.get_credentials()
