@@ -163,10 +163,8 @@ def _run_pipeline(endpoint: str, riv: FakeRivGateway, scratch: Path) -> AwsRun:
     store = resources["store"]
     store.create_bucket(settings.output_bucket_name)  # in production the output bucket exists
     populate_images(store, settings, datetime.now(timezone.utc))  # S3 sets Last-Modified itself: no backdating
-    # The resource holds dg.EnvVar("RIVBULK_GATEWAY_API_KEY"); outside a run it must be initialised
-    # as Dagster does, or it would send the variable's name as the key.
-    with resources["gateway"].process_config_and_initialize_cm() as gateway:
-        preregister(gateway)
+    # The resource holds dg.EnvVar("RIVBULK_GATEWAY_API_KEY") and reads its value itself outside a run.
+    preregister(resources["gateway"])
     registrations_before = len(riv.requests)
 
     assert main(["inventory", "--format", "CSV"]) == 0
