@@ -23,7 +23,6 @@ from rivbulk_pipeline.core.inventory import (
     InventoryFile,
     InventoryManifest,
     iter_inventory_batches,
-    list_report_folders,
     load_manifest,
     parse_file_schema,
     parse_manifest,
@@ -300,7 +299,9 @@ def test_parse_report_folder():
         assert parse_report_folder(name) is None, name
 
 
-def test_list_report_folders_keeps_only_timestamp_folders_in_order(store: FolderStore):
+def test_report_folders_keeps_only_timestamp_folders_in_order(store: FolderStore):
+    from rivbulk_pipeline.core.reports import report_folders
+
     for key in (
         "inv/src/cfg/2026-11-21T08-15Z/manifest.json",
         "inv/src/cfg/2026-11-20T08-15Z/manifest.json",
@@ -308,9 +309,9 @@ def test_list_report_folders_keeps_only_timestamp_folders_in_order(store: Folder
         "inv/src/cfg/data/a.csv.gz",
     ):
         store.put_bytes(DEST, key, b"x")
-    found = list_report_folders(store, DEST, "inv/src/cfg")
-    assert [prefix for _, prefix in found] == ["inv/src/cfg/2026-11-20T08-15Z/", "inv/src/cfg/2026-11-21T08-15Z/"]
-    assert found[0][0] == datetime(2026, 11, 20, 8, 15, tzinfo=timezone.utc)
+    found = report_folders(store, DEST, "inv/src/cfg")
+    assert [f.name for f in found] == ["2026-11-20T08-15Z", "2026-11-21T08-15Z"]
+    assert found[0].started_at == datetime(2026, 11, 20, 8, 15, tzinfo=timezone.utc)
 
 
 def test_load_manifest_reads_a_complete_report(store: FolderStore):

@@ -13,7 +13,8 @@ import pyarrow.orc as porc
 import pyarrow.parquet as pq
 import pytest
 
-from rivbulk_pipeline.core.inventory import iter_inventory_batches, list_report_folders, load_manifest
+from rivbulk_pipeline.core.inventory import iter_inventory_batches, load_manifest
+from rivbulk_pipeline.core.reports import ReportFolder, report_folders
 from rivbulk_pipeline.core.inventory_writer import write_inventory_report
 from rivbulk_pipeline.core.model import ObjectInfo
 
@@ -131,8 +132,9 @@ def test_layout_and_write_order(store: FolderStore):
     assert doc["files"][0]["size"] == len(store.get_bytes(DEST, data_keys[0]))
     symlink = store.get_bytes(DEST, f"{root}/hive/dt=2026-11-20-08-15/symlink.txt").decode()
     assert symlink == f"s3://{DEST}/{data_keys[0]}\n"
-    found = list_report_folders(store, DEST, root)
-    assert found == [(datetime(2026, 11, 20, 8, 15, tzinfo=timezone.utc), f"{root}/2026-11-20T08-15Z/")]
+    assert report_folders(store, DEST, root) == [
+        ReportFolder("2026-11-20T08-15Z", datetime(2026, 11, 20, 8, 15, tzinfo=timezone.utc))
+    ]
 
 
 def test_empty_prefix_has_no_leading_slash(store: FolderStore):

@@ -1,7 +1,6 @@
 """The four assets end to end on the local default, through Dagster's `materialize`."""
 from __future__ import annotations
 
-import sqlite3
 from datetime import datetime, timezone
 
 import dagster as dg

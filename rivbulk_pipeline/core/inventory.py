@@ -183,17 +183,6 @@ def parse_report_folder(name: str) -> Optional[datetime]:
         return None
 
 
-def list_report_folders(store: ObjectStore, bucket: str, root: str) -> list[tuple[datetime, str]]:
-    """Every report folder under `root` as (scan time, folder prefix), oldest first.
-
-    Folders without a manifest.checksum are listed too: `load_manifest` tells them apart.
-    """
-    found = []
-    for prefix in store.list_prefixes(bucket, root.strip("/") + "/" if root.strip("/") else ""):
-        when = parse_report_folder(prefix)
-        if when is not None:
-            found.append((when, prefix))
-    return sorted(found)
 
 
 def load_manifest(store: ObjectStore, bucket: str, folder_prefix: str) -> InventoryManifest:

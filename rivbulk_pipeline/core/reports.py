@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Optional
 
 from .errors import InventoryError
@@ -109,7 +109,3 @@ def scan_for_new_reports(
         if (started := parse_report_folder(name)) is not None and now - started < give_up_after
     )
     return ScanResult(complete, SensorCursor(high_water, sorted(pending), still_recent))
-
-
-def date_key(value: date) -> str:
-    return value.isoformat()
