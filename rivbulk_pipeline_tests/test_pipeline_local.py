@@ -105,7 +105,6 @@ def test_no_property_values_or_image_bytes_in_dagster_storage(demo, tmp_path):
     with dg.instance_for_test(temp_dir=str(instance_home)) as instance:
         instance.add_dynamic_partitions(inventory_dates.name, ["2026-11-22"])
         assert _load(instance, resources, "2026-11-22").success
-        records = instance.get_records_for_run  # noqa: F841  (the storage is checked on disk below)
     blob = b"".join(p.read_bytes() for p in instance_home.rglob("*") if p.is_file())
     for secret in (b"Alice", b"Blue", b"Carol", b"Judy"):  # property values in the demo
         assert secret not in blob

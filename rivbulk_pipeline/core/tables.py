@@ -63,12 +63,8 @@ def local_copy(store: ObjectStore, bucket: str, key: str, suffix: str = "") -> I
         yield path
 
 
-def read_table(store: ObjectStore, location: TableLocation, batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
-    """Yield a stored table's batches without loading the whole table."""
+@contextmanager
+def open_table(store: ObjectStore, location: TableLocation) -> Iterator[pq.ParquetFile]:
+    """A stored table, fetched once, to count and read batch by batch (`iter_batches`)."""
     with local_copy(store, location.bucket, location.key, ".parquet") as path:
-        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
-
-
-def count_rows(store: ObjectStore, location: TableLocation) -> int:
-    with local_copy(store, location.bucket, location.key, ".parquet") as path:
-        return pq.ParquetFile(path).metadata.num_rows
+        yield pq.ParquetFile(path)

@@ -22,7 +22,7 @@ from ..core.progress import Progress
 from ..core.qualify import qualify_candidates
 from ..core.ratelimit import RateLimiter
 from ..core.reports import newest_complete_report
-from ..core.tables import TableLocation, count_rows, read_table, table_location, write_table
+from ..core.tables import TableLocation, open_table, table_location, write_table
 from ..resources.gateway import GatewayResource
 from ..resources.history import ImportHistoryResource
 from ..resources.object_store import ObjectStoreResource
@@ -31,6 +31,7 @@ from ..resources.registration import RegistrationProviderResource
 from .partitions import inventory_dates
 
 GROUP = "rivbulk"
+BATCH_ROWS = 65_536  # rows per batch read back from a stored table: bounds memory
 
 
 def _location(settings: PipelineSettings, asset: str, partition: str) -> TableLocation:
@@ -91,10 +92,12 @@ def batch_manifest(
     manifest_key = "/".join(p for p in (settings.output_prefix.strip("/"), "batch_manifest", f"dt={partition}", "manifest.csv") if p)
     with tempfile.TemporaryDirectory(prefix="rivbulk-manifest-") as folder:
         csv_path = os.path.join(folder, "manifest.csv")
-        with BatchManifestWriter(csv_path) as csv_writer:
+        with BatchManifestWriter(csv_path) as csv_writer, open_table(
+            store, _location(settings, "inventory_report", partition)
+        ) as inventory:
 
             def candidates() -> Iterator[pa.RecordBatch]:
-                for batch in read_table(store, _location(settings, "inventory_report", partition)):
+                for batch in inventory.iter_batches(batch_size=BATCH_ROWS):
                     mask = candidate_mask(batch)
                     reasons = exclusion_reasons(batch)
                     for item in pc.value_counts(reasons.filter(pc.invert(mask))).to_pylist():
@@ -140,22 +143,22 @@ def qualified_objects(
 ) -> dg.MaterializeResult:
     """Every candidate with a decision: qualified (with its user) or not, and why."""
     partition = context.partition_key
-    source = _location(settings, "batch_manifest", partition)
-    candidates = count_rows(store, source)
-    progress = Progress("qualified", candidates, context.log.info)
     reasons: collections.Counter = collections.Counter()
     started = time.monotonic()
-    decisions = qualify_candidates(
-        read_table(store, source),
-        store=store,
-        provider=registration,
-        history=history,
-        concurrency=settings.qualify_concurrency,
-        progress=progress,
-    )
-    table = write_table(
-        store, _location(settings, "qualified_objects", partition), QUALIFIED_SCHEMA, _counted(decisions, "reason", reasons)
-    )
+    with open_table(store, _location(settings, "batch_manifest", partition)) as candidate_table:
+        candidates = candidate_table.metadata.num_rows
+        progress = Progress("qualified", candidates, context.log.info)
+        decisions = qualify_candidates(
+            candidate_table.iter_batches(batch_size=BATCH_ROWS),
+            store=store,
+            provider=registration,
+            history=history,
+            concurrency=settings.qualify_concurrency,
+            progress=progress,
+        )
+        table = write_table(
+            store, _location(settings, "qualified_objects", partition), QUALIFIED_SCHEMA, _counted(decisions, "reason", reasons)
+        )
     elapsed = time.monotonic() - started
     context.log.info(progress.summary())
     return dg.MaterializeResult(
@@ -199,33 +202,35 @@ def indexed_users(
     gateway: GatewayResource,
     history: ImportHistoryResource,
 ) -> dg.MaterializeResult:
-    """Each qualified object registered through the gateway at a bounded rate; every outcome is
-    in the import history before the next object starts, so a rerun resumes where this stopped."""
+    """Each qualified object registered through the gateway at a bounded rate; each outcome is in
+    the import history as soon as it is known, so a rerun resumes where this one stopped."""
     partition = context.partition_key
-    source = _location(settings, "qualified_objects", partition)
-    qualified_total = sum(pc.sum(b.column("qualified")).as_py() or 0 for b in read_table(store, source))
-    progress = Progress("registered", qualified_total, context.log.info)
     outcomes: collections.Counter = collections.Counter()
     started = time.monotonic()
-    results = index_qualified(
-        read_table(store, source),
-        store=store,
-        provider=registration,
-        gateway=gateway,
-        history=history,
-        limiter=RateLimiter(settings.index_rate_per_second),
-        policy=IndexingPolicy(
-            owner=context.run.run_id,
-            concurrency=settings.index_concurrency,
-            max_attempts=settings.index_max_attempts,
-            lease_seconds=settings.claim_lease_seconds,
-        ),
-        log=context.log.warning,
-        progress=progress,
-    )
-    table = write_table(
-        store, _location(settings, "indexed_users", partition), INDEXED_SCHEMA, _counted(results, "outcome", outcomes)
-    )
+    with open_table(store, _location(settings, "qualified_objects", partition)) as qualified_table:
+        qualified_total = sum(
+            pc.sum(b.column("qualified")).as_py() or 0 for b in qualified_table.iter_batches(columns=["qualified"])
+        )
+        progress = Progress("registered", qualified_total, context.log.info)
+        results = index_qualified(
+            qualified_table.iter_batches(batch_size=BATCH_ROWS),
+            store=store,
+            provider=registration,
+            gateway=gateway,
+            history=history,
+            limiter=RateLimiter(settings.index_rate_per_second),
+            policy=IndexingPolicy(
+                owner=context.run.run_id,
+                concurrency=settings.index_concurrency,
+                max_attempts=settings.index_max_attempts,
+                lease_seconds=settings.claim_lease_seconds,
+            ),
+            log=context.log.warning,
+            progress=progress,
+        )
+        table = write_table(
+            store, _location(settings, "indexed_users", partition), INDEXED_SCHEMA, _counted(results, "outcome", outcomes)
+        )
     elapsed = time.monotonic() - started
     context.log.info(progress.summary())
     return dg.MaterializeResult(

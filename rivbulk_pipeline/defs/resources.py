@@ -14,20 +14,9 @@ from ..settings import Settings
 
 
 def pipeline_settings(settings: Settings) -> PipelineSettings:
-    return PipelineSettings(
-        image_bucket=settings.image_bucket,
-        inventory_bucket=settings.inventory_bucket,
-        inventory_prefix=settings.inventory_prefix,
-        inventory_config_id=settings.inventory_config_id,
-        output_bucket=settings.output_bucket_name,
-        output_prefix=settings.output_prefix,
-        qualify_concurrency=settings.qualify_concurrency,
-        index_rate_per_second=settings.index_rate_per_second,
-        index_concurrency=settings.index_concurrency,
-        index_max_attempts=settings.index_max_attempts,
-        claim_lease_seconds=settings.claim_lease_seconds,
-        columnar_keys_url_encoded=settings.columnar_keys_url_encoded,
-    )
+    """The resource takes the settings of the same names; only the output bucket has a default to resolve."""
+    values = {name: getattr(settings, name) for name in PipelineSettings.model_fields if name != "output_bucket"}
+    return PipelineSettings(output_bucket=settings.output_bucket_name, **values)
 
 
 def build_resources(settings: Settings) -> dict[str, Any]:
