@@ -6,13 +6,15 @@ import json
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import dagster as dg
+import pyarrow as pa
 
 from ...core.errors import HistoryError
 from ...core.limits import DYNAMODB_ITEM_LIMIT, dynamodb_item_size
-from ...core.model import HistoryRecord, HistoryStatus, ObjectRef
+from ...core.model import HISTORY_LOOKUP_SCHEMA, HistoryRecord, HistoryStatus, ObjectRef
 
 
 
+LOOKUP_SCHEMA = HISTORY_LOOKUP_SCHEMA
 MAX_ITEM_BYTES = DYNAMODB_ITEM_LIMIT
 MAX_PARTITION_KEY_BYTES = 2048
 MAX_SORT_KEY_BYTES = 1024
@@ -153,6 +155,22 @@ class ImportHistoryResource(dg.ConfigurableResource, abc.ABC):
     @abc.abstractmethod
     def lookup(self, refs: Sequence[ObjectRef]) -> dict[ObjectRef, HistoryRecord]:
         """Batch read; refs with no record are absent from the result."""
+
+    def lookup_table(self, keys: pa.Table) -> pa.Table:
+        """Batch read in columns: `keys` has object_uri and version_id ("null" for none); the
+        answer has LOOKUP_SCHEMA's columns, one row per key that has a record."""
+        refs = [_ref_from_key(uri, vid) for uri, vid in zip(keys.column("object_uri").to_pylist(), keys.column("version_id").to_pylist())]
+        records = self.lookup(refs).values()
+        return pa.Table.from_pydict(
+            {
+                "object_uri": [r.ref.uri for r in records],
+                "version_id": [_version_key(r.ref) for r in records],
+                "etag": [r.etag for r in records],
+                "status": [r.status.value for r in records],
+                "reason": [r.reason for r in records],
+            },
+            schema=LOOKUP_SCHEMA,
+        )
 
     @abc.abstractmethod
     def claim(self, ref: ObjectRef, etag: str, owner: str, lease_seconds: float) -> bool:
