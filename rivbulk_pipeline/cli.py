@@ -8,7 +8,8 @@ import sys
 from datetime import datetime, timezone
 from typing import Optional, Sequence
 
-from .settings import Settings
+from .defs.pools import GATEWAY_POOL_LIMIT
+from .settings import Settings, SettingsError
 
 
 def _store(settings: Settings):
@@ -52,7 +53,7 @@ def cmd_inventory(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_create_history_table(args: argparse.Namespace, settings: Settings) -> int:
     from .resources.history import create_history_table
 
-    arn = create_history_table(settings.history_table, region_name=settings.region_name, endpoint_url=settings.endpoint_url)
+    arn = create_history_table(settings.history_table, region_name=settings.region, endpoint_url=settings.endpoint_url)
     print(f"history table ready: {arn}")
     return 0
 
@@ -63,10 +64,7 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     dagster_home = os.environ.get("DAGSTER_HOME") or str(settings.home_path / "dagster_home")
     os.makedirs(dagster_home, exist_ok=True)
     env = dict(os.environ, DAGSTER_HOME=dagster_home, RIVBULK_HOME=str(settings.home_path))
-    instance_config = os.path.join(dagster_home, "dagster.yaml")
-    if not os.path.exists(instance_config):  # keep an operator's own settings if they wrote some
-        with open(instance_config, "w") as out:
-            out.write("telemetry:\n  enabled: false\n")
+    write_instance_config(os.path.join(dagster_home, "dagster.yaml"))
     # A workspace file of our own, so the code location is called `rivbulk` wherever this runs from.
     workspace = os.path.join(dagster_home, "workspace.yaml")
     with open(workspace, "w") as out:
@@ -76,6 +74,26 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     print(f"DAGSTER_HOME={dagster_home}; open http://{args.host}:{args.port}")
     os.execvpe(command[0], command, env)
     return 0  # not reached
+
+
+def write_instance_config(path: str) -> None:
+    """Telemetry off and the gateway pool's limit, kept alongside an operator's own settings."""
+    import yaml
+
+    config = {}
+    if os.path.exists(path):
+        with open(path) as existing:
+            config = yaml.safe_load(existing) or {}
+    config.setdefault("telemetry", {"enabled": False})
+    pools = config.setdefault("concurrency", {}).setdefault("pools", {})
+    pools.setdefault("default_limit", GATEWAY_POOL_LIMIT)
+    with open(path, "w") as out:
+        yaml.safe_dump(config, out, sort_keys=False)
+
+
+def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
+    print(Settings.markdown_table())
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -101,8 +119,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dev.add_argument("--port", type=int, default=3000)
     dev.set_defaults(run=cmd_dev)
 
+    shown = commands.add_parser("settings", help="print every RIVBULK_* setting as the README's table")
+    shown.set_defaults(run=cmd_settings)
+
     args = parser.parse_args(argv)
-    return args.run(args, Settings.from_env())
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        print(error, file=sys.stderr)
+        return 2
+    return args.run(args, settings)
 
 
 if __name__ == "__main__":

@@ -1,47 +1,118 @@
-"""Every setting, read from the environment once (documented in the README's table)."""
+"""Every setting, declared once: its variable, default, check and README line follow from here.
+
+`Settings` is also the Dagster resource the assets and the sensor take, so the launchpad shows
+the values in force. A field `x` is read from `RIVBULK_X`; `Settings.from_env()` validates them
+all when Dagster loads the code and names the variable, the value and the rule in every error.
+Secrets are not settings: the gateway's API key is read from the environment by the gateway.
+"""
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Any, Literal, Mapping, Optional
+
+import dagster as dg
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "RIVBULK_"
+_REGION_FALLBACKS = ("AWS_REGION", "AWS_DEFAULT_REGION")
 
 
-def _flag(value: str) -> Optional[bool]:
-    """'true'/'false' force a reading, anything else (e.g. 'auto') leaves it to detection."""
-    lowered = value.strip().lower()
-    return {"true": True, "false": False}.get(lowered)
+class SettingsError(ValueError):
+    """One or more RIVBULK_* variables are not valid; the message names each one."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    deployment: str = "local"  # local | aws
-    home: str = ".rivbulk"  # local default: store, SQLite files, DAGSTER_HOME
-    image_bucket: str = "rivbulk-images"
-    inventory_bucket: str = "rivbulk-inventory"
-    inventory_prefix: str = "inventory"
-    inventory_config_id: str = "daily"
-    output_bucket: str = ""  # where asset tables and Batch manifests go; default: the inventory bucket
-    output_prefix: str = "rivbulk"
-    region_name: Optional[str] = None
-    endpoint_url: Optional[str] = None
-    history_table: str = "rivbulk-import-history"
-    gateway_url: str = ""
-    gateway_auth: str = "none"  # none | api_key | sigv4
-    gateway_api_key_header: str = "x-api-key"
-    gateway_timeout_seconds: float = 30.0
-    gateway_max_payload_bytes: int = 262_144
-    index_rate_per_second: float = 5.0
-    index_concurrency: int = 8
-    index_max_attempts: int = 4
-    claim_lease_seconds: float = 600.0
-    qualify_concurrency: int = 32
-    allowed_property_buckets: tuple[str, ...] = ()  # default: the image bucket
-    max_properties_bytes: int = 64 * 1024
-    provider: str = "s3_tags"  # s3_tags | package.module:ClassName
-    provider_options: Mapping[str, str] = field(default_factory=dict)
-    columnar_keys_url_encoded: Optional[bool] = None  # None: detect per report
+def _setting(default: Any, description: str, *, may_be_empty: bool = False, **checks: Any) -> Any:
+    """A field of `Settings`. An empty variable means the default unless `may_be_empty`."""
+    return Field(default=default, description=description, json_schema_extra={"may_be_empty": may_be_empty}, **checks)
+
+
+class Settings(dg.ConfigurableResource):
+    """Where the pipeline reads and writes, and how hard it may push."""
+
+    deployment: Literal["local", "aws"] = _setting(
+        "local", "`local`: folder store, SQLite history, embedded registry. `aws`: S3, DynamoDB, the RIV gateway over HTTP"
+    )
+    home: str = _setting(".rivbulk", "local only: where the store, the SQLite files and `dagster_home` live")
+    image_bucket: str = _setting("rivbulk-images", "the bucket the images are in (the inventory's source bucket)", min_length=1)
+    inventory_bucket: str = _setting(
+        "rivbulk-inventory", "the inventory's destination bucket (a name, not an ARN)", min_length=1
+    )
+    inventory_prefix: str = _setting(
+        "inventory", "the inventory configuration's destination prefix (empty: reports at the bucket's root)", may_be_empty=True
+    )
+    inventory_config_id: str = _setting("daily", "the inventory configuration id", min_length=1)
+    output_bucket: str = _setting("", "where asset tables and Batch manifests are written (empty: the inventory bucket)")
+    output_prefix: str = _setting(
+        "rivbulk", "prefix for asset tables and Batch manifests (empty: the bucket's root)", may_be_empty=True
+    )
+    region: Optional[str] = _setting(None, "AWS region for S3, DynamoDB and SigV4 (unset: `AWS_REGION`, then `AWS_DEFAULT_REGION`)")
+    endpoint_url: Optional[str] = _setting(None, "endpoint for S3 and DynamoDB (MinIO, LocalStack, moto)")
+    history_table: str = _setting("rivbulk-import-history", "the DynamoDB import history table", min_length=3, max_length=255)
+    gateway_url: str = _setting("", "the RIV UserPortal gateway (required for `aws`); rivbulk posts to `<url>/register`")
+    gateway_auth: Literal["none", "api_key", "sigv4"] = _setting(
+        "none", "`none`, `api_key` (the key in `RIVBULK_GATEWAY_API_KEY`, environment only) or `sigv4` (IAM, service `execute-api`)"
+    )
+    gateway_api_key_header: str = _setting("x-api-key", "the header the API key goes in", min_length=1)
+    gateway_timeout_seconds: float = _setting(30.0, "timeout of every gateway call (connect and read), > 0", gt=0)
+    gateway_max_payload_bytes: int = _setting(
+        262_144, "largest request body; the gateway's Express workflow takes 256 KB. A larger image is refused before sending", gt=0
+    )
+    index_rate: float = _setting(
+        5.0, "registrations per second across the whole deployment (fractions allowed), > 0; see *One rate for the deployment*", gt=0
+    )
+    index_concurrency: int = _setting(8, "registrations in flight at once, >= 1", ge=1, le=256)
+    index_max_attempts: int = _setting(
+        4, "gateway attempts per object for transient failures (exponential backoff, full jitter), >= 1", ge=1, le=20
+    )
+    claim_lease_seconds: float = _setting(
+        600.0, "how long a run's claim on an object lasts; a killed run's claims are retried after it, > 0", gt=0
+    )
+    qualify_concurrency: int = _setting(32, "tag reads in flight at once during qualification, >= 1", ge=1, le=1024)
+    allowed_property_buckets: str = _setting(
+        "", "comma-separated buckets a `Properties` tag may point into (empty: the image bucket); any other is refused"
+    )
+    max_properties_bytes: int = _setting(65_536, "size bound of a properties.json, > 0", gt=0)
+    provider: str = _setting(
+        "s3_tags", "the registration provider: `s3_tags`, or `package.module:ClassName` of your own", min_length=1
+    )
+    provider_options: str = _setting("{}", "JSON object of keyword arguments for your provider class")
+    columnar_keys_url_encoded: Literal["auto", "true", "false"] = _setting(
+        "auto", "whether keys in ORC/Parquet reports are URL-encoded (`true`/`false`); `auto` decides per report"
+    )
+
+    @field_validator("deployment", "gateway_auth", "columnar_keys_url_encoded", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("provider_options")
+    @classmethod
+    def _json_object(cls, value: str) -> str:
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"not JSON ({error.msg} at character {error.pos})") from None
+        if not isinstance(parsed, dict):
+            raise ValueError("must be a JSON object of keyword arguments, e.g. {\"path\": \"roster.csv\"}")
+        return value
+
+    @field_validator("provider")
+    @classmethod
+    def _provider_path(cls, value: str) -> str:
+        module, _, name = value.partition(":")
+        if value != "s3_tags" and not (module and name.isidentifier() and all(p.isidentifier() for p in module.split("."))):
+            raise ValueError("must be `s3_tags` or an import path like `package.module:ClassName`")
+        return value
+
+    @model_validator(mode="after")
+    def _deployment_needs(self) -> "Settings":
+        if self.deployment == "aws" and not self.gateway_url:
+            raise ValueError(f"{ENV_PREFIX}GATEWAY_URL must be set for the aws deployment")
+        return self
+
+    # ---- derived values (no settings of their own) ----
 
     @property
     def output_bucket_name(self) -> str:
@@ -49,45 +120,70 @@ class Settings:
 
     @property
     def property_buckets(self) -> list[str]:
-        return list(self.allowed_property_buckets) or [self.image_bucket]
+        named = [bucket.strip() for bucket in self.allowed_property_buckets.split(",") if bucket.strip()]
+        return named or [self.image_bucket]
+
+    @property
+    def provider_kwargs(self) -> dict[str, Any]:
+        return json.loads(self.provider_options)
+
+    @property
+    def columnar_keys_flag(self) -> Optional[bool]:
+        """None: detect per report."""
+        return {"true": True, "false": False}.get(self.columnar_keys_url_encoded)
 
     @property
     def home_path(self) -> Path:
         return Path(self.home).expanduser().resolve()
 
+    @property
+    def report_root(self) -> str:
+        """<dest-prefix>/<source-bucket>/<config-id>, as S3 Inventory delivers."""
+        return "/".join(p for p in (self.inventory_prefix.strip("/"), self.image_bucket, self.inventory_config_id) if p)
+
+    # ---- reading the environment ----
+
+    @classmethod
+    def variable(cls, name: str) -> str:
+        return f"{ENV_PREFIX}{name.upper()}"
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
-        def get(name: str, default):
-            return environ.get(f"RIVBULK_{name}", "") or default
+        values: dict[str, Any] = {}
+        for name, field in cls.model_fields.items():
+            raw = environ.get(cls.variable(name))
+            if raw is None or (raw == "" and not (field.json_schema_extra or {}).get("may_be_empty")):
+                continue
+            values[name] = raw
+        if "region" not in values:
+            values["region"] = next((environ[n] for n in _REGION_FALLBACKS if environ.get(n)), None)
+        try:
+            return cls(**values)
+        except ValidationError as error:
+            raise SettingsError(_explain(error, values)) from None
 
-        defaults = cls()
-        return cls(
-            deployment=get("DEPLOYMENT", defaults.deployment).lower(),
-            home=get("HOME", defaults.home),
-            image_bucket=get("IMAGE_BUCKET", defaults.image_bucket),
-            inventory_bucket=get("INVENTORY_BUCKET", defaults.inventory_bucket),
-            inventory_prefix=get("INVENTORY_PREFIX", defaults.inventory_prefix),
-            inventory_config_id=get("INVENTORY_CONFIG_ID", defaults.inventory_config_id),
-            output_bucket=get("OUTPUT_BUCKET", defaults.output_bucket),
-            output_prefix=get("OUTPUT_PREFIX", defaults.output_prefix),
-            region_name=get("REGION", None) or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION"),
-            endpoint_url=get("ENDPOINT_URL", None),
-            history_table=get("HISTORY_TABLE", defaults.history_table),
-            gateway_url=get("GATEWAY_URL", defaults.gateway_url),
-            gateway_auth=get("GATEWAY_AUTH", defaults.gateway_auth).lower(),
-            gateway_api_key_header=get("GATEWAY_API_KEY_HEADER", defaults.gateway_api_key_header),
-            gateway_timeout_seconds=float(get("GATEWAY_TIMEOUT_SECONDS", defaults.gateway_timeout_seconds)),
-            gateway_max_payload_bytes=int(get("GATEWAY_MAX_PAYLOAD_BYTES", defaults.gateway_max_payload_bytes)),
-            index_rate_per_second=float(get("INDEX_RATE", defaults.index_rate_per_second)),
-            index_concurrency=int(get("INDEX_CONCURRENCY", defaults.index_concurrency)),
-            index_max_attempts=int(get("INDEX_MAX_ATTEMPTS", defaults.index_max_attempts)),
-            claim_lease_seconds=float(get("CLAIM_LEASE_SECONDS", defaults.claim_lease_seconds)),
-            qualify_concurrency=int(get("QUALIFY_CONCURRENCY", defaults.qualify_concurrency)),
-            allowed_property_buckets=tuple(
-                b.strip() for b in get("ALLOWED_PROPERTY_BUCKETS", "").split(",") if b.strip()
-            ),
-            max_properties_bytes=int(get("MAX_PROPERTIES_BYTES", defaults.max_properties_bytes)),
-            provider=get("PROVIDER", defaults.provider),
-            provider_options=json.loads(get("PROVIDER_OPTIONS", "{}")),
-            columnar_keys_url_encoded=_flag(get("COLUMNAR_KEYS_URL_ENCODED", "auto")),
-        )
+    @classmethod
+    def markdown_table(cls) -> str:
+        """The README's settings table."""
+        lines = ["| variable | default | meaning |", "|---|---|---|"]
+        for name, field in cls.model_fields.items():
+            default = field.default
+            shown = "none" if default is None else ("empty" if default == "" else f"`{default}`")
+            lines.append(f"| `{cls.variable(name)}` | {shown} | {field.description} |")
+        return "\n".join(lines)
+
+
+def _explain(error: ValidationError, values: Mapping[str, Any]) -> str:
+    problems = []
+    for item in error.errors():
+        name = str(item["loc"][0]) if item["loc"] else ""
+        message = item["msg"].removeprefix("Value error, ")
+        if name in Settings.model_fields:
+            field = Settings.model_fields[name]
+            problems.append(
+                f"{Settings.variable(name)}={values.get(name)!r} is not valid: {message}."
+                f" Expected: {field.description}."
+            )
+        else:
+            problems.append(message)
+    return "invalid rivbulk settings:\n  " + "\n  ".join(problems)

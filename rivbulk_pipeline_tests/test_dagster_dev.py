@@ -21,7 +21,6 @@ import requests
 
 from rivbulk_pipeline.core.reports import report_folders
 from rivbulk_pipeline.defs.assets import bulk_load_assets
-from rivbulk_pipeline.defs.resources import pipeline_settings
 from rivbulk_pipeline.demo import DEMO_CASES, PREREGISTERED
 from rivbulk_pipeline.resources.gateway import LocalRegistryGateway
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
@@ -210,7 +209,7 @@ def test_rivbulk_dev_sensor_then_backfill_register_each_user_once(tmp_path: Path
         assert "dagster_webserver_version" in info
 
         # demo data written by the CLI itself before it started dagster
-        settings = pipeline_settings(Settings.from_env({"RIVBULK_HOME": str(home)}))
+        settings = Settings.from_env({"RIVBULK_HOME": str(home)})
         store = LocalObjectStore(root=str(home / "store"))
         folders = report_folders(store, settings.inventory_bucket, settings.report_root)
         dates = sorted({f.inventory_date for f in folders})

@@ -208,9 +208,9 @@ def _run_pipeline(endpoint: str, riv: FakeRivGateway, scratch: Path) -> AwsRun:
 
 def test_settings_came_from_the_environment(aws_run: AwsRun) -> None:
     s = aws_run.settings
-    assert (s.deployment, s.region_name, s.endpoint_url) == ("aws", REGION, aws_run.endpoint)
+    assert (s.deployment, s.region, s.endpoint_url) == ("aws", REGION, aws_run.endpoint)
     assert (s.output_bucket_name, s.history_table, s.gateway_auth) == ("riv-aws-output", "riv-aws-import-history", "api_key")
-    assert s.index_rate_per_second == 50
+    assert s.index_rate == 50
     metadata = aws_run.first.asset_materializations_for_node("indexed_users")[0].metadata
     assert metadata["configured_rate_per_second"].value == 50
     assert metadata["table_uri"].value == f"s3://riv-aws-output/{OUTPUT_PREFIX}/indexed_users/dt={aws_run.partition}/indexed_users.parquet"

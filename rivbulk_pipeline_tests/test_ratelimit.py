@@ -1,9 +1,15 @@
+import math
 import random
 import threading
 
 import pytest
 
-from rivbulk_pipeline.core.ratelimit import RateLimiter, backoff_delay, max_calls_in_any_window
+from rivbulk_pipeline.core.ratelimit import (
+    RateLimiter,
+    backoff_delay,
+    max_calls_in_any_window,
+    whole_seconds_for_whole_calls,
+)
 
 
 class FakeClock:
@@ -19,14 +25,22 @@ class FakeClock:
         self.now += seconds
 
 
-@pytest.mark.parametrize("rate", [0.5, 1, 2.5, 10, 20, 37.5])
-def test_no_one_second_window_exceeds_the_rate(rate):
+@pytest.mark.parametrize("rate", [0.25, 0.5, 1, 1.5, 2.5, 10, 20, 37.5])
+def test_the_rate_holds_in_every_window_and_fractions_are_not_rounded_down(rate):
     clock = FakeClock()
     limiter = RateLimiter(rate, clock=clock.time, sleep=clock.sleep)
     starts = [limiter.acquire() for _ in range(200)]
-    assert max_calls_in_any_window(starts) <= max(1, int(rate))
+    seconds = whole_seconds_for_whole_calls(rate)
+    assert max_calls_in_any_window(starts, seconds) <= round(rate * seconds)
+    assert max_calls_in_any_window(starts) <= math.ceil(rate)
+    if rate == int(rate):
+        assert max_calls_in_any_window(starts) <= rate
     achieved = (len(starts) - 1) / (starts[-1] - starts[0])
-    assert achieved >= 0.95 * min(rate, max(1, int(rate)) / 1.02)
+    assert 0.97 * rate <= achieved <= rate  # 1.5/s runs at 1.5/s (less the margin), not at 1/s
+
+
+def test_whole_seconds_for_whole_calls():
+    assert [whole_seconds_for_whole_calls(r) for r in (5, 1.5, 0.25, 2.5, 0.3)] == [1, 2, 4, 2, 10]
 
 
 def test_limiter_is_thread_safe_on_real_time():

@@ -10,12 +10,15 @@ from typing import Callable
 
 
 class RateLimiter:
-    """Thread-safe limiter: never more than `rate_per_second` starts in any one-second window.
+    """Thread-safe limiter: at most `rate_per_second` starts per second, fractions included.
 
     Two rules on the *actual* start times: starts are spaced at least 1/rate apart (smooth,
-    no bursts), and the last `floor(rate)` starts span at least `1 + margin` seconds (exact
-    for fractional rates, and it absorbs the few milliseconds between `acquire` returning and
-    the request reaching the gateway).
+    no bursts), and any `calls` consecutive starts span at least `calls / rate + margin`
+    seconds, where `calls / rate` is the shortest whole number of seconds holding a whole
+    number of calls (5/s: 5 calls in 1 s; 1.5/s: 3 calls in 2 s). So no one-second window
+    sees more than `rate` calls for a whole rate, and a fractional rate is kept exactly on
+    average instead of being rounded down. The margin absorbs the few milliseconds between
+    `acquire` returning and the request reaching the gateway.
     """
 
     def __init__(
@@ -29,8 +32,9 @@ class RateLimiter:
             raise ValueError(f"rate_per_second must be > 0, got {rate_per_second}")
         self.rate = rate_per_second
         self._spacing = 1.0 / rate_per_second
-        self._window = 1.0 + margin_seconds
-        self._starts: collections.deque[float] = collections.deque(maxlen=max(1, math.floor(rate_per_second)))
+        seconds = whole_seconds_for_whole_calls(rate_per_second)
+        self._window = seconds + margin_seconds
+        self._starts: collections.deque[float] = collections.deque(maxlen=max(1, round(rate_per_second * seconds)))
         self._next_start = 0.0
         self._lock = threading.Lock()
         self._clock = clock
@@ -49,6 +53,16 @@ class RateLimiter:
                     self._next_start = now + self._spacing
                     return now
             self._sleep(wait)
+
+
+def whole_seconds_for_whole_calls(rate_per_second: float, longest: int = 60) -> int:
+    """The fewest whole seconds in which `rate_per_second` makes a whole number of calls
+    (1 for 5/s, 2 for 1.5/s, 4 for 0.25/s); `longest` when there is none that short."""
+    for seconds in range(1, longest + 1):
+        calls = rate_per_second * seconds
+        if calls >= 1 and abs(calls - round(calls)) < 1e-9:
+            return seconds
+    return longest
 
 
 def backoff_delay(attempt: int, base_seconds: float = 0.5, cap_seconds: float = 30.0, rng: random.Random | None = None) -> float:

@@ -26,16 +26,17 @@ from ..core.tables import TableLocation, open_table, table_location, write_table
 from ..resources.gateway import GatewayResource
 from ..resources.history import ImportHistoryResource
 from ..resources.object_store import ObjectStoreResource
-from ..resources.pipeline_settings import PipelineSettings
+from ..settings import Settings
 from ..resources.registration import RegistrationProviderResource
 from .partitions import inventory_dates
+from .pools import GATEWAY_POOL
 
 GROUP = "rivbulk"
 BATCH_ROWS = 65_536  # rows per batch read back from a stored table: bounds memory
 
 
-def _location(settings: PipelineSettings, asset: str, partition: str) -> TableLocation:
-    return table_location(settings.output_bucket, settings.output_prefix, asset, partition)
+def _location(settings: Settings, asset: str, partition: str) -> TableLocation:
+    return table_location(settings.output_bucket_name, settings.output_prefix, asset, partition)
 
 
 def _counted(batches: Iterable[pa.RecordBatch], column: str, counts: collections.Counter) -> Iterator[pa.RecordBatch]:
@@ -48,7 +49,7 @@ def _counted(batches: Iterable[pa.RecordBatch], column: str, counts: collections
 
 @dg.asset(partitions_def=inventory_dates, group_name=GROUP, kinds={"s3", "parquet"})
 def inventory_report(
-    context: dg.AssetExecutionContext, settings: PipelineSettings, store: ObjectStoreResource
+    context: dg.AssetExecutionContext, settings: Settings, store: ObjectStoreResource
 ) -> dg.MaterializeResult:
     """The inventory date's newest complete S3 Inventory report, checksums verified, keys decoded."""
     started = time.monotonic()
@@ -59,7 +60,7 @@ def inventory_report(
 
     def batches() -> Iterator[pa.RecordBatch]:
         for batch in iter_inventory_batches(
-            store, manifest, columnar_keys_url_encoded=settings.columnar_keys_url_encoded
+            store, manifest, columnar_keys_url_encoded=settings.columnar_keys_flag
         ):
             progress.advance(batch.num_rows)
             yield batch
@@ -83,7 +84,7 @@ def inventory_report(
 
 @dg.asset(partitions_def=inventory_dates, group_name=GROUP, kinds={"s3", "csv"}, deps=[inventory_report])
 def batch_manifest(
-    context: dg.AssetExecutionContext, settings: PipelineSettings, store: ObjectStoreResource
+    context: dg.AssetExecutionContext, settings: Settings, store: ObjectStoreResource
 ) -> dg.MaterializeResult:
     """Candidate images (PNG/JPEG by name, current versions, no delete markers), also written as an
     S3BatchOperations_CSV_20180820 manifest so that an S3 Batch Operations job can run on it."""
@@ -107,13 +108,13 @@ def batch_manifest(
                     yield chosen
 
             table = write_table(store, _location(settings, "batch_manifest", partition), CANDIDATE_SCHEMA, candidates())
-        manifest_etag = store.upload_file(settings.output_bucket, manifest_key, csv_path)
+        manifest_etag = store.upload_file(settings.output_bucket_name, manifest_key, csv_path)
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": table.rows,
             "candidates": table.rows,
             **{f"excluded_{reason}": count for reason, count in sorted(excluded.items())},
-            "manifest_uri": dg.MetadataValue.path(f"s3://{settings.output_bucket}/{manifest_key}"),
+            "manifest_uri": dg.MetadataValue.path(f"s3://{settings.output_bucket_name}/{manifest_key}"),
             "manifest_etag": manifest_etag,
             "manifest_spec": dg.MetadataValue.json(batch_manifest_spec(csv_writer.has_versions)),
             "table_uri": dg.MetadataValue.path(table.location.uri),
@@ -136,7 +137,7 @@ def batch_manifest(
 )
 def qualified_objects(
     context: dg.AssetExecutionContext,
-    settings: PipelineSettings,
+    settings: Settings,
     store: ObjectStoreResource,
     registration: RegistrationProviderResource,
     history: ImportHistoryResource,
@@ -186,6 +187,7 @@ def qualified_objects(
     group_name=GROUP,
     kinds={"s3", "parquet"},
     deps=[qualified_objects],
+    pool=GATEWAY_POOL,  # one indexing step at a time across all runs: one gateway rate for the deployment
     check_specs=[
         dg.AssetCheckSpec(
             "every_qualified_object_has_one_outcome",
@@ -196,7 +198,7 @@ def qualified_objects(
 )
 def indexed_users(
     context: dg.AssetExecutionContext,
-    settings: PipelineSettings,
+    settings: Settings,
     store: ObjectStoreResource,
     registration: RegistrationProviderResource,
     gateway: GatewayResource,
@@ -218,7 +220,7 @@ def indexed_users(
             provider=registration,
             gateway=gateway,
             history=history,
-            limiter=RateLimiter(settings.index_rate_per_second),
+            limiter=RateLimiter(settings.index_rate),
             policy=IndexingPolicy(
                 owner=context.run.run_id,
                 concurrency=settings.index_concurrency,
@@ -240,7 +242,7 @@ def indexed_users(
             "table_uri": dg.MetadataValue.path(table.location.uri),
             "duration_seconds": round(elapsed, 3),
             "registrations_per_second": round(outcomes.get("indexed", 0) / elapsed, 2) if elapsed else 0.0,
-            "configured_rate_per_second": settings.index_rate_per_second,
+            "configured_rate_per_second": settings.index_rate,
         },
         check_results=[
             dg.AssetCheckResult(

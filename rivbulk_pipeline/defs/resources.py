@@ -8,15 +8,8 @@ import dagster as dg
 from ..resources.gateway import LocalRegistryGateway, RivHttpGateway
 from ..resources.history import DynamoImportHistory, SqliteImportHistory
 from ..resources.object_store import LocalObjectStore, S3ObjectStore
-from ..resources.pipeline_settings import PipelineSettings
 from ..resources.registration import CustomRegistrationProvider, S3TagRegistrationProvider
 from ..settings import Settings
-
-
-def pipeline_settings(settings: Settings) -> PipelineSettings:
-    """The resource takes the settings of the same names; only the output bucket has a default to resolve."""
-    values = {name: getattr(settings, name) for name in PipelineSettings.model_fields if name != "output_bucket"}
-    return PipelineSettings(output_bucket=settings.output_bucket_name, **values)
 
 
 def build_resources(settings: Settings) -> dict[str, Any]:
@@ -26,24 +19,20 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         history = SqliteImportHistory(db_path=str(home / "import_history.sqlite"))
         gateway = LocalRegistryGateway(db_path=str(home / "registry.sqlite"))
     elif settings.deployment == "aws":
-        store = S3ObjectStore(region_name=settings.region_name, endpoint_url=settings.endpoint_url)
+        store = S3ObjectStore(region_name=settings.region, endpoint_url=settings.endpoint_url)
         history = DynamoImportHistory(
-            table_name=settings.history_table, region_name=settings.region_name, endpoint_url=settings.endpoint_url
+            table_name=settings.history_table, region_name=settings.region, endpoint_url=settings.endpoint_url
         )
-        if not settings.gateway_url:
-            raise ValueError("RIVBULK_GATEWAY_URL must be set for the aws deployment")
         gateway = RivHttpGateway(
             url=settings.gateway_url,
             auth=settings.gateway_auth,
             # The key stays in the environment: Dagster stores the variable's name, not its value.
             api_key=dg.EnvVar("RIVBULK_GATEWAY_API_KEY") if settings.gateway_auth == "api_key" else None,
             api_key_header=settings.gateway_api_key_header,
-            region_name=settings.region_name,
+            region_name=settings.region,
             timeout_seconds=settings.gateway_timeout_seconds,
             max_payload_bytes=settings.gateway_max_payload_bytes,
         )
-    else:
-        raise ValueError(f"RIVBULK_DEPLOYMENT must be 'local' or 'aws', not {settings.deployment!r}")
 
     if settings.provider == "s3_tags":
         registration = S3TagRegistrationProvider(
@@ -53,10 +42,10 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         )
     else:
         registration = CustomRegistrationProvider(
-            class_path=settings.provider, options=dict(settings.provider_options), store=store
+            class_path=settings.provider, options=settings.provider_kwargs, store=store
         )
     return {
-        "settings": pipeline_settings(settings),
+        "settings": settings,
         "store": store,
         "history": history,
         "gateway": gateway,

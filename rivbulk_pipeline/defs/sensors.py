@@ -4,7 +4,7 @@ import dagster as dg
 
 from ..core.reports import SensorCursor, scan_for_new_reports
 from ..resources.object_store import ObjectStoreResource
-from ..resources.pipeline_settings import PipelineSettings
+from ..settings import Settings
 from .jobs import bulk_load_job
 from .partitions import inventory_dates
 
@@ -18,7 +18,7 @@ from .partitions import inventory_dates
     "older dates are there to backfill.",
 )
 def inventory_report_sensor(
-    context: dg.SensorEvaluationContext, settings: PipelineSettings, store: ObjectStoreResource
+    context: dg.SensorEvaluationContext, settings: Settings, store: ObjectStoreResource
 ) -> dg.SensorResult:
     cursor = SensorCursor.parse(context.cursor)
     first_tick = not context.cursor

@@ -62,7 +62,7 @@ class CustomRegistrationProvider(RegistrationProviderResource):
     """
 
     class_path: str
-    options: dict[str, str] = {}
+    options: dict[str, Any] = {}
     store: ObjectStoreResource
     _instance: Any = PrivateAttr(default=None)
 
