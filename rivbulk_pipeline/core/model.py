@@ -90,6 +90,8 @@ INDEXED_SCHEMA = pa.schema(
     ]
 )
 
+NULL_VERSION = "null"  # S3's own name for the null version; the history's keys cannot be empty
+
 # The import history's answer for a batch of keys, read in columns (ImportHistory.lookup_table).
 HISTORY_KEY_SCHEMA = pa.schema([("object_uri", pa.string()), ("version_id", pa.string())])  # "null": no version
 HISTORY_LOOKUP_SCHEMA = pa.schema(

@@ -1,7 +1,9 @@
 """Qualification: decide, for every candidate image, whether it is registered and why not.
 
-One history lookup per batch (an object already indexed with the same ETag costs no other
-call), then at most one tag read per remaining object, in a bounded pool of workers.
+Per batch, in columns: objects whose final outcome for this ETag is known from the previous
+loaded date need no call; one history lookup for the rest (an object already indexed with the
+same ETag costs no other call); then at most one tag read per remaining object, in a bounded
+pool of workers.
 """
 from __future__ import annotations
 
@@ -9,11 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping, Optional
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import AccessDenied, ObjectNotFound, RegistrationRejected, StoreError
 from .images import validate_user_id
-from .model import QUALIFIED_SCHEMA, HistoryRecord, HistoryStatus, ObjectRef, Reason
+from .known_outcomes import Known, KnownOutcomes
+from .model import NULL_VERSION, QUALIFIED_SCHEMA, HistoryStatus, ObjectRef, Reason
 from .ports import ImportHistory, ObjectStore, RegistrationProvider
 from .progress import Progress
 from .tags import is_true_marker, tag_lookup
@@ -26,19 +31,6 @@ class Decision:
     detail: str
     user_id: Optional[str] = None
     properties_ref: Optional[str] = None
-
-
-def decide_from_history(ref: ObjectRef, etag: Optional[str], record: Optional[HistoryRecord]) -> Optional[Decision]:
-    """A decision the import history alone can make, or None when the tags must be read."""
-    if record is None or record.etag != etag:
-        return None  # never seen, or a new image under the same key
-    if record.status == HistoryStatus.INDEXED:
-        return Decision(False, Reason.ALREADY_INDEXED, f"{ref}: already indexed (import history, same ETag)")
-    if record.status == HistoryStatus.FAILED_PERMANENT:
-        return Decision(
-            False, Reason.PREVIOUSLY_FAILED, f"{ref}: failed permanently before with this ETag ({record.reason})"
-        )
-    return None
 
 
 def decide_from_tags(ref: ObjectRef, tags: Mapping[str, str], provider: RegistrationProvider) -> Decision:
@@ -93,31 +85,137 @@ def qualify_candidates(
     history: ImportHistory,
     concurrency: int = 32,
     progress: Optional[Progress] = None,
+    known: Optional[KnownOutcomes] = None,
+    stats: Optional[QualifyStats] = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Yield one QUALIFIED_SCHEMA batch per candidate batch, rows in the same order."""
+    """Yield one QUALIFIED_SCHEMA batch per candidate batch, rows in the same order.
+
+    Rows are decided in columns where the previous date (`known`) or the import history says
+    the outcome for this ETag is final; only the others are looked at one by one (a tag read).
+    """
+    stats = stats if stats is not None else QualifyStats()
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="qualify") as pool:
         for batch in candidate_batches:
-            rows = batch.to_pylist()
-            refs = [ObjectRef(r["bucket"], r["key"], r["version_id"]) for r in rows]
-            known = history.lookup(refs) if refs else {}
-            decisions: list[Optional[Decision]] = [
-                decide_from_history(ref, row["e_tag"], known.get(ref)) for ref, row in zip(refs, rows)
-            ]
-            pending = [i for i, decision in enumerate(decisions) if decision is None]
-            for i, decision in zip(pending, pool.map(lambda i: decide_one(refs[i], store, provider), pending)):
-                decisions[i] = decision
+            final = known.match(batch) if known is not None else np.zeros(batch.num_rows, np.uint8)
+            stats.known_before += int(np.count_nonzero(final))
+            from_history = np.zeros(batch.num_rows, dtype=bool)
+            history_reasons = pa.nulls(batch.num_rows, pa.string())
+            ask = np.flatnonzero((final == Known.UNKNOWN) & np.asarray(pc.is_valid(batch.column("e_tag"))))
+            if len(ask):
+                stats.history_calls += 1
+                stats.history_keys += len(ask)
+                final, from_history, history_reasons = _history_decisions(batch, ask, history, final)
+            pending = np.flatnonzero(final == Known.UNKNOWN)
+            stats.tag_reads += len(pending)
+            refs = _refs(batch.take(pa.array(pending, pa.int64()))) if len(pending) else []
+            decisions = list(pool.map(lambda ref: decide_one(ref, store, provider), refs))
             if progress:
-                progress.advance(len(rows))
-            yield _decisions_batch(batch, decisions)
+                progress.advance(batch.num_rows)
+            yield _decisions_batch(batch, final, from_history, history_reasons, pending, decisions)
 
 
-def _decisions_batch(batch: pa.RecordBatch, decisions: list) -> pa.RecordBatch:
-    columns = {name: batch.column(name) for name in ("bucket", "key", "version_id", "size", "e_tag")}
-    columns.update(
-        qualified=pa.array([d.qualified for d in decisions], pa.bool_()),
-        reason=pa.array([d.reason.value for d in decisions], pa.string()),
-        detail=pa.array([d.detail for d in decisions], pa.string()),
-        user_id=pa.array([d.user_id for d in decisions], pa.string()),
-        properties_ref=pa.array([d.properties_ref for d in decisions], pa.string()),
+@dataclass
+class QualifyStats:
+    """What qualification asked of whom (for asset metadata and the benchmark)."""
+
+    known_before: int = 0  # decided by the previous date's tables, no call at all
+    history_calls: int = 0  # lookup_table calls
+    history_keys: int = 0  # keys asked of the history
+    tag_reads: int = 0  # objects decided one by one (tag read)
+
+
+def _refs(batch: pa.RecordBatch) -> list[ObjectRef]:
+    columns = (batch.column(name).to_pylist() for name in ("bucket", "key", "version_id"))
+    return [ObjectRef(bucket, key, version) for bucket, key, version in zip(*columns)]
+
+
+def _uri(batch: pa.RecordBatch) -> pa.Array:
+    return pc.binary_join_element_wise("s3:/", batch.column("bucket"), batch.column("key"), "/")
+
+
+def _history_decisions(
+    batch: pa.RecordBatch, ask: np.ndarray, history: ImportHistory, final: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, pa.Array]:
+    """Ask the history about rows `ask` in one call; mark those it shows final with this ETag."""
+    asked = batch.take(pa.array(ask, pa.int64()))
+    keys = pa.table(
+        {
+            "object_uri": _uri(asked),
+            "version_id": pc.replace_substring_regex(pc.fill_null(asked.column("version_id"), ""), "^$", NULL_VERSION),
+            "row": pa.array(ask, pa.int64()),
+            "e_tag": asked.column("e_tag"),
+        }
     )
+    answer = history.lookup_table(keys.select(["object_uri", "version_id"]))
+    joined = keys.join(answer, ["object_uri", "version_id"], join_type="inner")
+    same_etag = pc.equal(joined.column("etag"), joined.column("e_tag"))
+    final = final.copy()
+    from_history = np.zeros(batch.num_rows, dtype=bool)
+    reasons: list[Optional[str]] = [None] * batch.num_rows
+    for status, value in ((HistoryStatus.INDEXED, Known.INDEXED), (HistoryStatus.FAILED_PERMANENT, Known.FAILED_PERMANENT)):
+        hits = joined.filter(pc.and_(same_etag, pc.equal(joined.column("status"), status.value)))
+        rows = hits.column("row").to_numpy()
+        final[rows] = value
+        from_history[rows] = True
+        if value == Known.FAILED_PERMANENT:
+            for row, reason in zip(rows, hits.column("reason").to_pylist()):
+                reasons[row] = reason
+    return final, from_history, pa.array(reasons, pa.string())
+
+
+def _decisions_batch(
+    batch: pa.RecordBatch,
+    final: np.ndarray,
+    from_history: np.ndarray,
+    history_reasons: pa.Array,
+    pending: np.ndarray,
+    decisions: list[Decision],
+) -> pa.RecordBatch:
+    """Columns for every row: final outcomes in columns, the `pending` rows from `decisions`."""
+    where = _uri(batch)
+    where = pc.if_else(
+        pc.is_null(batch.column("version_id")),
+        where,
+        pc.binary_join_element_wise(where, batch.column("version_id"), "?versionId="),
+    )
+    indexed = pa.array(final == Known.INDEXED)
+    failed = pa.array(final == Known.FAILED_PERMANENT)
+    said_by_history = pa.array(from_history)
+    reason = pc.if_else(indexed, Reason.ALREADY_INDEXED.value, pc.if_else(failed, Reason.PREVIOUSLY_FAILED.value, pa.scalar(None, pa.string())))
+    detail = pc.if_else(
+        indexed,
+        pc.binary_join_element_wise(
+            where,
+            pc.if_else(said_by_history, ": already indexed (import history, same ETag)",
+                       ": already indexed (the previous date's outcome, same ETag)"),
+            "",
+        ),
+        pc.binary_join_element_wise(
+            where,
+            pc.if_else(
+                said_by_history,
+                pc.binary_join_element_wise(": failed permanently before with this ETag (", pc.fill_null(history_reasons, ""), ")", ""),
+                pa.scalar(": failed permanently before with this ETag (the previous date's outcome; the reason is in the import history)"),
+            ),
+            "",
+        ),
+    )
+    qualified = pa.array(np.zeros(batch.num_rows, dtype=bool))
+    user_id = pa.nulls(batch.num_rows, pa.string())
+    properties_ref = pa.nulls(batch.num_rows, pa.string())
+    if len(pending):
+        mask = np.zeros(batch.num_rows, dtype=bool)
+        mask[pending] = True
+        mask = pa.array(mask)
+
+        def fill(column: pa.Array, values: list, kind: pa.DataType) -> pa.Array:
+            return pc.replace_with_mask(column, mask, pa.array(values, kind))
+
+        qualified = fill(qualified, [d.qualified for d in decisions], pa.bool_())
+        reason = fill(reason, [str(d.reason) for d in decisions], pa.string())
+        detail = fill(detail, [d.detail for d in decisions], pa.string())
+        user_id = fill(user_id, [d.user_id for d in decisions], pa.string())
+        properties_ref = fill(properties_ref, [d.properties_ref for d in decisions], pa.string())
+    columns = {name: batch.column(name) for name in ("bucket", "key", "version_id", "size", "e_tag")}
+    columns.update(qualified=qualified, reason=reason, detail=detail, user_id=user_id, properties_ref=properties_ref)
     return pa.RecordBatch.from_pydict(columns, schema=QUALIFIED_SCHEMA)

@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from ...core.errors import HistoryError
 from ...core.limits import DYNAMODB_ITEM_LIMIT, dynamodb_item_size
-from ...core.model import HISTORY_LOOKUP_SCHEMA, HistoryRecord, HistoryStatus, ObjectRef
+from ...core.model import HISTORY_LOOKUP_SCHEMA, NULL_VERSION, HistoryRecord, HistoryStatus, ObjectRef
 
 
 
@@ -18,7 +18,6 @@ LOOKUP_SCHEMA = HISTORY_LOOKUP_SCHEMA
 MAX_ITEM_BYTES = DYNAMODB_ITEM_LIMIT
 MAX_PARTITION_KEY_BYTES = 2048
 MAX_SORT_KEY_BYTES = 1024
-NULL_VERSION = "null"  # S3's own name for the null version; DynamoDB keys cannot be empty
 
 _FINAL_STATUSES = (HistoryStatus.INDEXED, HistoryStatus.FAILED_PERMANENT, HistoryStatus.FAILED_TRANSIENT)
 
