@@ -21,13 +21,14 @@ from .known_outcomes import Known, KnownOutcomes
 from .model import NULL_VERSION, QUALIFIED_SCHEMA, HistoryStatus, ObjectRef, Reason
 from .ports import ImportHistory, ObjectStore, RegistrationProvider
 from .progress import Progress
+from .reasons import reason_token
 from .tags import is_true_marker, tag_lookup
 
 
 @dataclass(frozen=True)
 class Decision:
     qualified: bool
-    reason: Reason
+    reason: str  # a Reason value, or a provider's own token (see core.reasons)
     detail: str
     user_id: Optional[str] = None
     properties_ref: Optional[str] = None
@@ -50,7 +51,10 @@ def decide_from_tags(ref: ObjectRef, tags: Mapping[str, str], provider: Registra
             provider.load_properties(info.properties_ref)  # validated now, loaded again when registering
     except RegistrationRejected as rejected:
         detail = rejected.detail if str(ref) in rejected.detail else f"{ref}: {rejected.detail}"
-        return Decision(False, Reason(rejected.reason), detail)
+        reason = reason_token(rejected.reason)
+        if reason != getattr(rejected.reason, "value", rejected.reason):
+            detail += " (the provider's reason was not a short lower-case token, so it is recorded as provider_error)"
+        return Decision(False, reason, detail)
     except ObjectNotFound as exc:
         return Decision(False, Reason.PROPERTIES_NOT_FOUND, f"{ref}: properties file not found: {exc}")
     except StoreError as exc:
@@ -96,6 +100,8 @@ def qualify_candidates(
     stats = stats if stats is not None else QualifyStats()
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="qualify") as pool:
         for batch in candidate_batches:
+            # S3 Inventory's ETag field is optional: without it, the object's own ETag (HEAD) decides.
+            batch, unreadable = _fill_missing_etags(batch, store, pool)
             final = known.match(batch) if known is not None else np.zeros(batch.num_rows, np.uint8)
             stats.known_before += int(np.count_nonzero(final))
             from_history = np.zeros(batch.num_rows, dtype=bool)
@@ -106,9 +112,11 @@ def qualify_candidates(
                 stats.history_keys += len(ask)
                 final, from_history, history_reasons = _history_decisions(batch, ask, history, final)
             pending = np.flatnonzero(final == Known.UNKNOWN)
-            stats.tag_reads += len(pending)
-            refs = _refs(batch.take(pa.array(pending, pa.int64()))) if len(pending) else []
-            decisions = list(pool.map(lambda ref: decide_one(ref, store, provider), refs))
+            to_read = [int(i) for i in pending if int(i) not in unreadable]
+            stats.tag_reads += len(to_read)
+            refs = _refs(batch.take(pa.array(to_read, pa.int64()))) if to_read else []
+            read = dict(zip(to_read, pool.map(lambda ref: decide_one(ref, store, provider), refs)))
+            decisions = [read.get(int(i)) or unreadable[int(i)] for i in pending]
             if progress:
                 progress.advance(batch.num_rows)
             yield _decisions_batch(batch, final, from_history, history_reasons, pending, decisions)
@@ -122,6 +130,30 @@ class QualifyStats:
     history_calls: int = 0  # lookup_table calls
     history_keys: int = 0  # keys asked of the history
     tag_reads: int = 0  # objects decided one by one (tag read)
+
+
+def current_etag(ref: ObjectRef, store: ObjectStore) -> "str | Decision":
+    """The object's ETag from a HEAD, or the decision when it cannot be read."""
+    try:
+        return store.head(ref.bucket, ref.key, ref.version_id).etag
+    except StoreError as exc:
+        return _store_error_decision(ref, exc, "reading its ETag (the report lists none)")
+
+
+def _fill_missing_etags(
+    batch: pa.RecordBatch, store: ObjectStore, pool: ThreadPoolExecutor
+) -> tuple[pa.RecordBatch, dict[int, Decision]]:
+    """The batch with every listed-without-ETag row's ETag read by a HEAD, and the decisions
+    for the rows whose HEAD failed (their ETag stays null)."""
+    etag = batch.column("e_tag")
+    missing = pc.fill_null(pc.equal(etag, ""), True)
+    unlisted = np.flatnonzero(np.asarray(missing))
+    if not len(unlisted):
+        return batch, {}
+    found = list(pool.map(lambda ref: current_etag(ref, store), _refs(batch.take(pa.array(unlisted, pa.int64())))))
+    filled = pc.replace_with_mask(etag, missing, pa.array([f if isinstance(f, str) else None for f in found], pa.string()))
+    failed = {int(i): f for i, f in zip(unlisted, found) if isinstance(f, Decision)}
+    return batch.set_column(batch.schema.get_field_index("e_tag"), "e_tag", filled), failed
 
 
 def _refs(batch: pa.RecordBatch) -> list[ObjectRef]:
