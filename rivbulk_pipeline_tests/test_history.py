@@ -466,3 +466,42 @@ def test_dynamo_throttling_is_retried_by_the_client(aws_env: None) -> None:
     finally:
         server.shutdown()
         thread.join()
+
+
+def test_dynamo_scan_and_batch_get_give_the_same_final_outcomes(aws_env: None) -> None:
+    """Qualification's question, answered key by key (BatchGetItem) or from one parallel Scan."""
+    with mock_aws():
+        create_history_table(TABLE, region_name=REGION)
+        history = DynamoImportHistory(table_name=TABLE, region_name=REGION, scan_segments=3)
+        expected = set()
+        for i in range(240):
+            obj = ref(f"users/{i:03d}.jpg", None if i % 3 else f"v{i}")
+            assert history.claim(obj, f"e{i}", "run-1", 60)
+            kind = i % 4
+            if kind == 0:
+                history.record(outcome(obj, HistoryStatus.INDEXED, "run-1", etag=f"e{i}"))
+                expected.add((obj.uri, obj.version_id or "null", f"e{i}", "indexed", ""))
+            elif kind == 1:
+                history.record(outcome(obj, HistoryStatus.FAILED_PERMANENT, "run-1", etag=f"e{i}", reason="NoFaceDetected"))
+                expected.add((obj.uri, obj.version_id or "null", f"e{i}", "failed_permanent", "NoFaceDetected"))
+            elif kind == 2:
+                history.record(outcome(obj, HistoryStatus.FAILED_TRANSIENT, "run-1", etag=f"e{i}"))
+            # kind 3: a live claim, not final
+        asked = [(ref(f"users/{i:03d}.jpg").uri, "null" if i % 3 else f"v{i}", f"e{i}") for i in range(240)]
+        asked += [(ref(f"users/{i:03d}.jpg").uri, "null" if i % 3 else f"v{i}", "another-etag") for i in range(0, 240, 4)]
+        asked += [(ref(f"absent/{i}.jpg").uri, "null", "e") for i in range(30)]
+        objects = pa.table(dict(zip(["object_uri", "version_id", "etag"], map(list, zip(*asked)))))
+
+        assert history.expect_lookups(2) == "batch_get"  # 2 keys: cheaper than reading 240 items
+        by_key = history.final_outcomes(objects)
+        gets = history.read_counts()
+        assert gets["requests"] == 3 and gets["read_units"] == 270  # 270 distinct keys, 100 a request
+
+        assert history.expect_lookups(len(asked)) == "scan"  # 330 keys cost more than 240 items of ~300 B
+        scanned = history.final_outcomes(objects)
+        scans = history.read_counts()
+        assert scans["requests"] - gets["requests"] >= 3  # a page per segment at least
+        assert 0 < scans["read_units"] - gets["read_units"] < len(asked) / 4
+
+        rows = lambda t: {tuple(r.values()) for r in t.to_pylist()}  # noqa: E731
+        assert rows(by_key) == rows(scanned) == expected

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -147,6 +146,6 @@ def test_fingerprints_tell_apart_every_field_and_treat_an_empty_version_as_null(
     assert len(set(prints.tolist())) == len(variants)
     empty = fingerprints(pa.RecordBatch.from_pylist([{**base, "version_id": ""}], schema=CANDIDATE_SCHEMA))
     assert empty[0] == prints[0]
-    known = KnownOutcomes.build([(prints[:1], np.array([Known.INDEXED], np.uint8))], "test")
+    known = KnownOutcomes.build([(prints[:1], Known.INDEXED)], "test")
     no_etag = pa.RecordBatch.from_pylist([base, {**base, "e_tag": None}], schema=CANDIDATE_SCHEMA)
     assert known.match(no_etag).tolist() == [Known.INDEXED, Known.UNKNOWN]

@@ -6,13 +6,14 @@ refuses any claim on a final outcome for the same ETag. Such objects need no loo
 Everything else (not final, a new ETag, absent from that date, or no such date) still
 consults the history.
 
-Memory stays small at any bucket size: one 64-bit fingerprint and one status byte per known
-object (about 90 MB at 10M objects), sorted once and searched per batch with numpy. A false
+Memory stays small at any bucket size: one 64-bit fingerprint per known object (80 MB at 10M
+objects), sorted once in place and searched per batch with numpy. A false
 match needs two different (bucket, key, version, ETag) rows to share a 64-bit fingerprint:
 with 10M known objects and 100k new ones a day, about one chance in 20 million per run.
 """
 from __future__ import annotations
 
+import contextlib
 import enum
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
@@ -74,51 +75,86 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+def combined_hash(columns: Iterable[pa.Array], rows: int) -> np.ndarray:
+    """One 64-bit fingerprint per row of these string columns together (null reads as empty)."""
+    with np.errstate(over="ignore"):
+        result = np.zeros(rows, dtype=np.uint64)
+        for column in columns:
+            result = _mix(result * _GOLDEN + _string_hash(column))
+    return result
+
+
 def fingerprints(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
     """One 64-bit fingerprint per row of (bucket, key, version_id, e_tag); a null version and
     an empty one are the same (S3's null version)."""
-    with np.errstate(over="ignore"):
-        result = np.zeros(batch.num_rows, dtype=np.uint64)
-        for name in _FINGERPRINT_COLUMNS:
-            result = _mix(result * _GOLDEN + _string_hash(batch.column(name)))
-    return result
+    return combined_hash((batch.column(name) for name in _FINGERPRINT_COLUMNS), batch.num_rows)
+
+
+def _search(sorted_prints: np.ndarray, prints: np.ndarray) -> np.ndarray:
+    """Which of `prints` are in `sorted_prints`. The queries are sorted first: a search in that
+    order walks the big array forwards instead of jumping about it (several times faster)."""
+    if not len(sorted_prints) or not len(prints):
+        return np.zeros(len(prints), dtype=bool)
+    order = np.argsort(prints)
+    queries = prints[order]
+    at = np.minimum(np.searchsorted(sorted_prints, queries), len(sorted_prints) - 1)
+    found = np.empty(len(prints), dtype=bool)
+    found[order] = sorted_prints[at] == queries
+    return found
 
 
 @dataclass(frozen=True)
 class KnownOutcomes:
-    """Sorted fingerprints and what is known of each; `source` says where they came from."""
+    """Sorted fingerprints of the objects known indexed and known failed permanently."""
 
-    fingerprints: np.ndarray  # uint64, sorted
-    known: np.ndarray  # uint8 Known values, aligned with fingerprints
-    source: str
+    indexed: np.ndarray  # uint64, sorted
+    failed: np.ndarray  # uint64, sorted
+    source: str  # where they came from, e.g. "dt=2026-03-01"
 
     @classmethod
-    def build(cls, parts: Iterable[tuple[np.ndarray, np.ndarray]], source: str) -> "KnownOutcomes":
-        parts = list(parts)
-        prints = np.concatenate([p for p, _ in parts]) if parts else np.zeros(0, np.uint64)
-        known = np.concatenate([k for _, k in parts]) if parts else np.zeros(0, np.uint8)
-        order = np.argsort(prints, kind="stable")
-        return cls(prints[order], known[order], source)
+    def build(cls, parts: Iterable[tuple[np.ndarray, Known]], source: str, capacity: int = 0) -> "KnownOutcomes":
+        """From (fingerprints, what they are) parts. With `capacity` (an upper bound of the
+        total) one array is filled in place, indexed from the front and failed from the back,
+        and each end sorted in place: no copies, no index arrays."""
+        parts = iter(parts)
+        if not capacity:
+            parts = list(parts)
+            capacity = sum(len(p) for p, _ in parts)
+        both = np.empty(capacity, dtype=np.uint64)
+        front, back = 0, capacity
+        for prints, known in parts:
+            if known == Known.INDEXED:
+                both[front : front + len(prints)] = prints
+                front += len(prints)
+            else:
+                both[back - len(prints) : back] = prints
+                back -= len(prints)
+        indexed, failed = both[:front], both[back:]
+        indexed.sort()
+        failed.sort()
+        return cls(indexed, failed, source)
 
     def __len__(self) -> int:
-        return len(self.fingerprints)
+        return len(self.indexed) + len(self.failed)
 
     def match(self, batch: pa.RecordBatch) -> np.ndarray:
         """Known value per row (0: ask the history). Rows without an ETag are never known."""
+        result = np.zeros(batch.num_rows, dtype=np.uint8)
         if not len(self) or not batch.num_rows:
-            return np.zeros(batch.num_rows, dtype=np.uint8)
+            return result
         prints = fingerprints(batch)
-        at = np.minimum(np.searchsorted(self.fingerprints, prints), len(self) - 1)
-        found = (self.fingerprints[at] == prints) & ~np.asarray(pc.is_null(batch.column("e_tag")))
-        return np.where(found, self.known[at], Known.UNKNOWN).astype(np.uint8)
+        has_etag = np.asarray(pc.is_valid(batch.column("e_tag")))
+        result[_search(self.indexed, prints) & has_etag] = Known.INDEXED
+        result[_search(self.failed, prints) & has_etag] = Known.FAILED_PERMANENT
+        return result
 
 
-def _final_rows(batch: pa.RecordBatch, column: str, values: dict[str, Known]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _final_rows(batch: pa.RecordBatch, column: str, values: dict[str, Known]) -> Iterator[tuple[np.ndarray, Known]]:
     decided = batch.column(column)
     for value, known in values.items():
         rows = batch.filter(pc.and_(pc.equal(decided, value), pc.is_valid(batch.column("e_tag"))))
         if rows.num_rows:
-            yield fingerprints(rows), np.full(rows.num_rows, known, dtype=np.uint8)
+            yield fingerprints(rows), known
 
 
 # Which rows of each stored table are final outcomes of the history for that ETag.
@@ -148,12 +184,18 @@ def load_previous_outcomes(
     date = previous_loaded_date(store, bucket, prefix, partition)
     if date is None:
         return None
-    parts: list[tuple[np.ndarray, np.ndarray]] = []
-    for asset, (column, values) in _FINAL_IN.items():
-        location = table_location(bucket, prefix, asset, date)
-        if not store.exists(location.bucket, location.key):
-            continue  # indexing of that date never finished: its qualified rows are not final
-        with open_table(store, location) as table:
-            for batch in table.iter_batches(batch_size=batch_rows, columns=[*_FINGERPRINT_COLUMNS, column]):
-                parts.extend(_final_rows(batch, column, values))
-    return KnownOutcomes.build(parts, source=f"dt={date}")
+    tables = [
+        (table_location(bucket, prefix, asset, date), column, values) for asset, (column, values) in _FINAL_IN.items()
+    ]
+    # A missing indexed_users means indexing of that date never finished: its qualified rows are not final.
+    tables = [t for t in tables if store.exists(t[0].bucket, t[0].key)]
+    with contextlib.ExitStack() as stack:
+        opened = [(stack.enter_context(open_table(store, location)), column, values) for location, column, values in tables]
+        capacity = sum(table.metadata.num_rows for table, _, _ in opened)
+        parts = (
+            part
+            for table, column, values in opened
+            for batch in table.iter_batches(batch_size=batch_rows, columns=[*_FINGERPRINT_COLUMNS, column])
+            for part in _final_rows(batch, column, values)
+        )
+        return KnownOutcomes.build(parts, source=f"dt={date}", capacity=capacity)

@@ -168,29 +168,30 @@ def _uri(batch: pa.RecordBatch) -> pa.Array:
 def _history_decisions(
     batch: pa.RecordBatch, ask: np.ndarray, history: ImportHistory, final: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, pa.Array]:
-    """Ask the history about rows `ask` in one call; mark those it shows final with this ETag."""
+    """Ask the history in one call which rows `ask` are final for their ETag; mark those."""
     asked = batch.take(pa.array(ask, pa.int64()))
-    keys = pa.table(
+    version = pc.fill_null(asked.column("version_id"), "")
+    objects = pa.table(
         {
             "object_uri": _uri(asked),
-            "version_id": pc.replace_substring_regex(pc.fill_null(asked.column("version_id"), ""), "^$", NULL_VERSION),
-            "row": pa.array(ask, pa.int64()),
-            "e_tag": asked.column("e_tag"),
+            "version_id": pc.if_else(pc.equal(version, ""), NULL_VERSION, version),
+            "etag": asked.column("e_tag"),
         }
     )
-    answer = history.lookup_table(keys.select(["object_uri", "version_id"]))
-    joined = keys.join(answer, ["object_uri", "version_id"], join_type="inner")
-    same_etag = pc.equal(joined.column("etag"), joined.column("e_tag"))
+    answer = history.final_outcomes(objects)
+    rows = objects.append_column("row", pa.array(ask, pa.int64())).join(
+        answer.select(["object_uri", "version_id", "status", "reason"]), ["object_uri", "version_id"], join_type="inner"
+    )
     final = final.copy()
     from_history = np.zeros(batch.num_rows, dtype=bool)
     reasons: list[Optional[str]] = [None] * batch.num_rows
     for status, value in ((HistoryStatus.INDEXED, Known.INDEXED), (HistoryStatus.FAILED_PERMANENT, Known.FAILED_PERMANENT)):
-        hits = joined.filter(pc.and_(same_etag, pc.equal(joined.column("status"), status.value)))
-        rows = hits.column("row").to_numpy()
-        final[rows] = value
-        from_history[rows] = True
+        hits = rows.filter(pc.equal(rows.column("status"), status.value))
+        at = hits.column("row").to_numpy()
+        final[at] = value
+        from_history[at] = True
         if value == Known.FAILED_PERMANENT:
-            for row, reason in zip(rows, hits.column("reason").to_pylist()):
+            for row, reason in zip(at, hits.column("reason").to_pylist()):
                 reasons[row] = reason
     return final, from_history, pa.array(reasons, pa.string())
 

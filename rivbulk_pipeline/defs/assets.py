@@ -152,6 +152,7 @@ def qualified_objects(
     stats = QualifyStats()
     with open_table(store, _location(settings, "batch_manifest", partition)) as candidate_table:
         candidates = candidate_table.metadata.num_rows
+        strategy = history.expect_lookups(max(0, candidates - (len(known) if known is not None else 0)))
         progress = Progress("qualified", candidates, context.log.info)
         decisions = qualify_candidates(
             candidate_table.iter_batches(batch_size=BATCH_ROWS),
@@ -177,6 +178,7 @@ def qualified_objects(
             "table_uri": dg.MetadataValue.path(table.location.uri),
             "previous_date": known.source if known is not None else "none",
             "decided_by_previous_date": stats.known_before,
+            "history_strategy": strategy,
             "history_lookups": stats.history_calls,
             "history_keys_asked": stats.history_keys,
             "tag_reads": stats.tag_reads,

@@ -7,6 +7,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ...core.errors import HistoryError
 from ...core.limits import DYNAMODB_ITEM_LIMIT, dynamodb_item_size
@@ -19,6 +20,7 @@ MAX_ITEM_BYTES = DYNAMODB_ITEM_LIMIT
 MAX_PARTITION_KEY_BYTES = 2048
 MAX_SORT_KEY_BYTES = 1024
 
+_FINAL_FOR_ETAG = (HistoryStatus.INDEXED, HistoryStatus.FAILED_PERMANENT)  # no claim is taken on these again
 _FINAL_STATUSES = (HistoryStatus.INDEXED, HistoryStatus.FAILED_PERMANENT, HistoryStatus.FAILED_TRANSIENT)
 
 
@@ -173,6 +175,21 @@ class ImportHistoryResource(dg.ConfigurableResource, abc.ABC):
             },
             schema=LOOKUP_SCHEMA,
         )
+
+    def expect_lookups(self, count: int) -> str:
+        """Say how many objects qualification is about to ask about; returns the strategy chosen."""
+        return "lookup"
+
+    def final_outcomes(self, objects: pa.Table) -> pa.Table:
+        """Which of these objects (object_uri, version_id, etag) have a final outcome (indexed or
+        failed_permanent) for that same ETag: LOOKUP_SCHEMA rows, one per such object."""
+        answer = self.lookup_table(objects.select(["object_uri", "version_id"]))
+        joined = objects.select(["object_uri", "version_id", "etag"]).rename_columns(
+            ["object_uri", "version_id", "asked_etag"]
+        ).join(answer, ["object_uri", "version_id"], join_type="inner")
+        final = pc.is_in(joined.column("status"), pa.array([s.value for s in _FINAL_FOR_ETAG]))
+        same = pc.and_(final, pc.equal(joined.column("etag"), joined.column("asked_etag")))
+        return joined.filter(same).select(LOOKUP_SCHEMA.names).cast(LOOKUP_SCHEMA)
 
     @abc.abstractmethod
     def claim(self, ref: ObjectRef, etag: str, owner: str, lease_seconds: float) -> bool:
