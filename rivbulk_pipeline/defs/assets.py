@@ -199,7 +199,8 @@ def indexed_users(
             provider=registration,
             gateway=gateway,
             history=history,
-            limiter=RateLimiter(settings.index_rate),
+            # One run at a time holds the pool; the one before may have called until just now.
+            limiter=RateLimiter(settings.index_rate, follows_another=True),
             policy=IndexingPolicy(
                 owner=context.run.run_id,
                 concurrency=settings.index_concurrency,
