@@ -14,4 +14,8 @@ defs = dg.Definitions(
     jobs=[bulk_load_job],
     sensors=[inventory_report_sensor],
     resources=build_resources(Settings.from_env()),
+    # The four steps are a linear chain: a process per step (the multiprocess default) only adds
+    # its start-up, measured at 32 s against 3.5 s for a 100k-object daily run. Dagster pools
+    # (riv_gateway) are enforced by the in-process executor too.
+    executor=dg.in_process_executor,
 )
