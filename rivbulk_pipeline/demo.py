@@ -24,15 +24,18 @@ OTHER_BUCKET = "rivbulk-elsewhere"
 
 
 def face_image(seed: int, image_format: str = "PNG", size: int = 160) -> bytes:
-    """A real, decodable picture of a cartoon face; `seed` makes each one distinct."""
-    image = Image.new("RGB", (size, size), ((seed * 53) % 256, (seed * 97) % 256, (seed * 151) % 256))
+    """A real, decodable picture of a cartoon face; `seed` makes each one distinct: the background
+    colour is an odd multiple of the seed modulo 2**24 (one colour per seed below 16.7M)."""
+    rgb = (seed * 0x9E3779) & 0xFFFFFF
+    background = (rgb >> 16, (rgb >> 8) & 0xFF, rgb & 0xFF)
+    image = Image.new("RGB", (size, size), background)
     draw = ImageDraw.Draw(image)
     s = size
     draw.ellipse((s * 0.2, s * 0.15, s * 0.8, s * 0.9), fill=(236, 200, 160))
     draw.ellipse((s * 0.33, s * 0.38, s * 0.43, s * 0.46), fill=(40, 40, 40))
     draw.ellipse((s * 0.57, s * 0.38, s * 0.67, s * 0.46), fill=(40, 40, 40))
     draw.arc((s * 0.35, s * 0.55, s * 0.65, s * 0.75), 20, 160, fill=(150, 40, 40), width=3)
-    draw.text((4, 4), str(seed), fill=(0, 0, 0))
+    draw.text((4, 4), str(seed), fill=(255, 255, 255) if sum(background) < 384 else (0, 0, 0))
     out = io.BytesIO()
     image.save(out, format=image_format, **({"quality": 90} if image_format == "JPEG" else {}))
     return out.getvalue()

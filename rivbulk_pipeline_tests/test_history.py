@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Iterator
 
 import boto3
+import pyarrow as pa
 import dagster as dg
 import pytest
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
 from rivbulk_pipeline.core.errors import HistoryError
-from rivbulk_pipeline.core.model import HistoryRecord, HistoryStatus, ObjectRef
+from rivbulk_pipeline.core.model import HISTORY_LOOKUP_SCHEMA, HistoryRecord, HistoryStatus, ObjectRef
 from rivbulk_pipeline.resources.history import (
     MAX_ITEM_BYTES,
     ClaimLost,
@@ -28,6 +29,7 @@ from rivbulk_pipeline.resources.history import (
     create_history_table,
     record_item_size,
 )
+from rivbulk_pipeline.resources.history.sqlite import LOOKUP_QUERY as SQLITE_LOOKUP_QUERY
 
 REGION = "us-east-1"
 TABLE = "rivbulk-history"
@@ -175,7 +177,7 @@ def test_release_ends_only_the_owners_lease(history: ImportHistoryResource) -> N
 
 
 def test_lookup_batches_many_refs_and_scan_returns_all(history: ImportHistoryResource) -> None:
-    # More than one SQLite chunk (500) and several BatchGetItem chunks (100).
+    # Several BatchGetItem chunks (100).
     count = 520 if isinstance(history, SqliteImportHistory) else 230
     stored = [ref(f"users/{i:04d}.jpg", None if i % 2 else f"v{i}") for i in range(count)]
     for obj in stored:
@@ -186,6 +188,41 @@ def test_lookup_batches_many_refs_and_scan_returns_all(history: ImportHistoryRes
     assert set(found) == set(stored)
     assert all(found[obj].ref == obj for obj in stored)
     assert sorted(r.ref for r in history.scan()) == sorted(stored)
+
+
+def test_lookup_table_answers_in_columns_once_per_key(history: ImportHistoryResource) -> None:
+    indexed, transient, absent = ref("users/a.jpg"), ref("users/b.jpg", "v7"), ref("users/c.jpg")
+    for obj in (indexed, transient):
+        assert history.claim(obj, "e1", "run-1", 60)
+    history.record(outcome(indexed, HistoryStatus.INDEXED, "run-1"))
+    history.record(outcome(transient, HistoryStatus.FAILED_TRANSIENT, "run-1", reason="HTTP 503"))
+    keys = pa.table(
+        {
+            "object_uri": [indexed.uri, transient.uri, absent.uri, indexed.uri],
+            "version_id": ["null", "v7", "null", "null"],  # a duplicate key is answered once
+        }
+    )
+    answer = history.lookup_table(keys)
+    assert answer.schema == HISTORY_LOOKUP_SCHEMA
+    assert sorted(answer.to_pylist(), key=lambda row: row["object_uri"]) == [
+        {"object_uri": indexed.uri, "version_id": "null", "etag": "e1", "status": "indexed", "reason": ""},
+        {"object_uri": transient.uri, "version_id": "v7", "etag": "e1", "status": "failed_transient", "reason": "HTTP 503"},
+    ]
+    assert history.lookup_table(keys.slice(0, 0)).num_rows == 0
+
+
+def test_sqlite_lookup_searches_the_primary_key_and_never_scans(tmp_path: Path) -> None:
+    """The day's keys are joined on the primary key: a full scan per lookup made a daily run quadratic."""
+    store = SqliteImportHistory(db_path=str(tmp_path / "h.db"))
+    for i in range(50):
+        assert store.claim(ref(f"users/{i}.jpg"), "e", "run-1", 60)
+    conn = store._conn()
+    conn.execute("ANALYZE")  # statistics must not tempt the planner into a scan either
+    assert len(store.lookup([ref("users/3.jpg"), ref("users/nobody.jpg")])) == 1  # creates the keys table
+    plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + SQLITE_LOOKUP_QUERY)]
+    assert not any(step.startswith("SCAN") and "import_history" in step or step == "SCAN h" for step in plan), plan
+    assert any(step.startswith("SEARCH h USING PRIMARY KEY (object_uri=? AND version_id=?)") for step in plan), plan
+    store.close()
 
 
 def test_item_size_is_checked_before_writing(history: ImportHistoryResource) -> None:
@@ -429,3 +466,42 @@ def test_dynamo_throttling_is_retried_by_the_client(aws_env: None) -> None:
     finally:
         server.shutdown()
         thread.join()
+
+
+def test_dynamo_scan_and_batch_get_give_the_same_final_outcomes(aws_env: None) -> None:
+    """Qualification's question, answered key by key (BatchGetItem) or from one parallel Scan."""
+    with mock_aws():
+        create_history_table(TABLE, region_name=REGION)
+        history = DynamoImportHistory(table_name=TABLE, region_name=REGION, scan_segments=3)
+        expected = set()
+        for i in range(240):
+            obj = ref(f"users/{i:03d}.jpg", None if i % 3 else f"v{i}")
+            assert history.claim(obj, f"e{i}", "run-1", 60)
+            kind = i % 4
+            if kind == 0:
+                history.record(outcome(obj, HistoryStatus.INDEXED, "run-1", etag=f"e{i}"))
+                expected.add((obj.uri, obj.version_id or "null", f"e{i}", "indexed", ""))
+            elif kind == 1:
+                history.record(outcome(obj, HistoryStatus.FAILED_PERMANENT, "run-1", etag=f"e{i}", reason="NoFaceDetected"))
+                expected.add((obj.uri, obj.version_id or "null", f"e{i}", "failed_permanent", "NoFaceDetected"))
+            elif kind == 2:
+                history.record(outcome(obj, HistoryStatus.FAILED_TRANSIENT, "run-1", etag=f"e{i}"))
+            # kind 3: a live claim, not final
+        asked = [(ref(f"users/{i:03d}.jpg").uri, "null" if i % 3 else f"v{i}", f"e{i}") for i in range(240)]
+        asked += [(ref(f"users/{i:03d}.jpg").uri, "null" if i % 3 else f"v{i}", "another-etag") for i in range(0, 240, 4)]
+        asked += [(ref(f"absent/{i}.jpg").uri, "null", "e") for i in range(30)]
+        objects = pa.table(dict(zip(["object_uri", "version_id", "etag"], map(list, zip(*asked)))))
+
+        assert history.expect_lookups(2) == "batch_get"  # 2 keys: cheaper than reading 240 items
+        by_key = history.final_outcomes(objects)
+        gets = history.read_counts()
+        assert gets["requests"] == 3 and gets["read_units"] == 270  # 270 distinct keys, 100 a request
+
+        assert history.expect_lookups(len(asked)) == "scan"  # 330 keys cost more than 240 items of ~300 B
+        scanned = history.final_outcomes(objects)
+        scans = history.read_counts()
+        assert scans["requests"] - gets["requests"] >= 3  # a page per segment at least
+        assert 0 < scans["read_units"] - gets["read_units"] < len(asked) / 4
+
+        rows = lambda t: {tuple(r.values()) for r in t.to_pylist()}  # noqa: E731
+        assert rows(by_key) == rows(scanned) == expected

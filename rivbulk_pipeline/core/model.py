@@ -90,6 +90,14 @@ INDEXED_SCHEMA = pa.schema(
     ]
 )
 
+NULL_VERSION = "null"  # S3's own name for the null version; the history's keys cannot be empty
+
+# The import history's answer for a batch of keys, read in columns (ImportHistory.lookup_table).
+HISTORY_KEY_SCHEMA = pa.schema([("object_uri", pa.string()), ("version_id", pa.string())])  # "null": no version
+HISTORY_LOOKUP_SCHEMA = pa.schema(
+    list(HISTORY_KEY_SCHEMA) + [("etag", pa.string()), ("status", pa.string()), ("reason", pa.string())]
+)
+
 
 class _Text(str, enum.Enum):
     """An enum that formats as its value (so f-strings and Parquet say `qualified`, not `Reason.QUALIFIED`)."""

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import BinaryIO, Callable, ContextManager, Iterator, Mapping, Optional, Protocol, Sequence
 
+import pyarrow as pa
+
 from .model import GatewayResult, HistoryRecord, ObjectInfo, ObjectRef, RegistrationInfo
 
 
@@ -99,6 +101,11 @@ class ImportHistory(Protocol):
 
     def lookup(self, refs: Sequence[ObjectRef]) -> dict[ObjectRef, HistoryRecord]:
         """Batch read; refs with no record are absent from the result."""
+        ...
+
+    def final_outcomes(self, objects: pa.Table) -> pa.Table:
+        """Which of these objects (object_uri, version_id, etag) are indexed or failed permanently
+        for that same ETag (HISTORY_LOOKUP_SCHEMA rows). Qualification asks this once per batch."""
         ...
 
     def claim(self, ref: ObjectRef, etag: str, owner: str, lease_seconds: float) -> bool: ...

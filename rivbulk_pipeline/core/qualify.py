@@ -1,7 +1,9 @@
 """Qualification: decide, for every candidate image, whether it is registered and why not.
 
-One history lookup per batch (an object already indexed with the same ETag costs no other
-call), then at most one tag read per remaining object, in a bounded pool of workers.
+Per batch, in columns: objects whose final outcome for this ETag is known from the previous
+loaded date need no call; one history lookup for the rest (an object already indexed with the
+same ETag costs no other call); then at most one tag read per remaining object, in a bounded
+pool of workers.
 """
 from __future__ import annotations
 
@@ -9,11 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping, Optional
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import AccessDenied, ObjectNotFound, RegistrationRejected, StoreError
 from .images import validate_user_id
-from .model import QUALIFIED_SCHEMA, HistoryRecord, HistoryStatus, ObjectRef, Reason
+from .known_outcomes import Known, KnownOutcomes
+from .model import NULL_VERSION, QUALIFIED_SCHEMA, HistoryStatus, ObjectRef, Reason
 from .ports import ImportHistory, ObjectStore, RegistrationProvider
 from .progress import Progress
 from .reasons import reason_token
@@ -27,19 +32,6 @@ class Decision:
     detail: str
     user_id: Optional[str] = None
     properties_ref: Optional[str] = None
-
-
-def decide_from_history(ref: ObjectRef, etag: Optional[str], record: Optional[HistoryRecord]) -> Optional[Decision]:
-    """A decision the import history alone can make, or None when the tags must be read."""
-    if record is None or record.etag != etag:
-        return None  # never seen, or a new image under the same key
-    if record.status == HistoryStatus.INDEXED:
-        return Decision(False, Reason.ALREADY_INDEXED, f"{ref}: already indexed (import history, same ETag)")
-    if record.status == HistoryStatus.FAILED_PERMANENT:
-        return Decision(
-            False, Reason.PREVIOUSLY_FAILED, f"{ref}: failed permanently before with this ETag ({record.reason})"
-        )
-    return None
 
 
 def decide_from_tags(ref: ObjectRef, tags: Mapping[str, str], provider: RegistrationProvider) -> Decision:
@@ -97,31 +89,47 @@ def qualify_candidates(
     history: ImportHistory,
     concurrency: int = 32,
     progress: Optional[Progress] = None,
+    known: Optional[KnownOutcomes] = None,
+    stats: Optional[QualifyStats] = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Yield one QUALIFIED_SCHEMA batch per candidate batch, rows in the same order."""
+    """Yield one QUALIFIED_SCHEMA batch per candidate batch, rows in the same order.
+
+    Rows are decided in columns where the previous date (`known`) or the import history says
+    the outcome for this ETag is final; only the others are looked at one by one (a tag read).
+    """
+    stats = stats if stats is not None else QualifyStats()
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="qualify") as pool:
         for batch in candidate_batches:
-            rows = batch.to_pylist()
-            refs = [ObjectRef(r["bucket"], r["key"], r["version_id"]) for r in rows]
-            etags: list[Optional[str]] = [r["e_tag"] for r in rows]
-            decisions: list[Optional[Decision]] = [None] * len(rows)
             # S3 Inventory's ETag field is optional: without it, the object's own ETag (HEAD) decides.
-            unlisted = [i for i, etag in enumerate(etags) if not etag]
-            for i, found in zip(unlisted, pool.map(lambda i: current_etag(refs[i], store), unlisted)):
-                if isinstance(found, Decision):
-                    decisions[i] = found
-                else:
-                    etags[i] = found
-            open_rows = [i for i, decision in enumerate(decisions) if decision is None]
-            known = history.lookup([refs[i] for i in open_rows]) if open_rows else {}
-            for i in open_rows:
-                decisions[i] = decide_from_history(refs[i], etags[i], known.get(refs[i]))
-            pending = [i for i, decision in enumerate(decisions) if decision is None]
-            for i, decision in zip(pending, pool.map(lambda i: decide_one(refs[i], store, provider), pending)):
-                decisions[i] = decision
+            batch, unreadable = _fill_missing_etags(batch, store, pool)
+            final = known.match(batch) if known is not None else np.zeros(batch.num_rows, np.uint8)
+            stats.known_before += int(np.count_nonzero(final))
+            from_history = np.zeros(batch.num_rows, dtype=bool)
+            history_reasons = pa.nulls(batch.num_rows, pa.string())
+            ask = np.flatnonzero((final == Known.UNKNOWN) & np.asarray(pc.is_valid(batch.column("e_tag"))))
+            if len(ask):
+                stats.history_calls += 1
+                stats.history_keys += len(ask)
+                final, from_history, history_reasons = _history_decisions(batch, ask, history, final)
+            pending = np.flatnonzero(final == Known.UNKNOWN)
+            to_read = [int(i) for i in pending if int(i) not in unreadable]
+            stats.tag_reads += len(to_read)
+            refs = _refs(batch.take(pa.array(to_read, pa.int64()))) if to_read else []
+            read = dict(zip(to_read, pool.map(lambda ref: decide_one(ref, store, provider), refs)))
+            decisions = [read.get(int(i)) or unreadable[int(i)] for i in pending]
             if progress:
-                progress.advance(len(rows))
-            yield _decisions_batch(batch, decisions, etags if unlisted else None)
+                progress.advance(batch.num_rows)
+            yield _decisions_batch(batch, final, from_history, history_reasons, pending, decisions)
+
+
+@dataclass
+class QualifyStats:
+    """What qualification asked of whom (for asset metadata and the benchmark)."""
+
+    known_before: int = 0  # decided by the previous date's tables, no call at all
+    history_calls: int = 0  # lookup_table calls
+    history_keys: int = 0  # keys asked of the history
+    tag_reads: int = 0  # objects decided one by one (tag read)
 
 
 def current_etag(ref: ObjectRef, store: ObjectStore) -> "str | Decision":
@@ -132,15 +140,115 @@ def current_etag(ref: ObjectRef, store: ObjectStore) -> "str | Decision":
         return _store_error_decision(ref, exc, "reading its ETag (the report lists none)")
 
 
-def _decisions_batch(batch: pa.RecordBatch, decisions: list, etags: Optional[list] = None) -> pa.RecordBatch:
-    columns = {name: batch.column(name) for name in ("bucket", "key", "version_id", "size", "e_tag")}
-    if etags is not None:
-        columns["e_tag"] = pa.array(etags, pa.string())
-    columns.update(
-        qualified=pa.array([d.qualified for d in decisions], pa.bool_()),
-        reason=pa.array([str(d.reason) for d in decisions], pa.string()),
-        detail=pa.array([d.detail for d in decisions], pa.string()),
-        user_id=pa.array([d.user_id for d in decisions], pa.string()),
-        properties_ref=pa.array([d.properties_ref for d in decisions], pa.string()),
+def _fill_missing_etags(
+    batch: pa.RecordBatch, store: ObjectStore, pool: ThreadPoolExecutor
+) -> tuple[pa.RecordBatch, dict[int, Decision]]:
+    """The batch with every listed-without-ETag row's ETag read by a HEAD, and the decisions
+    for the rows whose HEAD failed (their ETag stays null)."""
+    etag = batch.column("e_tag")
+    missing = pc.fill_null(pc.equal(etag, ""), True)
+    unlisted = np.flatnonzero(np.asarray(missing))
+    if not len(unlisted):
+        return batch, {}
+    found = list(pool.map(lambda ref: current_etag(ref, store), _refs(batch.take(pa.array(unlisted, pa.int64())))))
+    filled = pc.replace_with_mask(etag, missing, pa.array([f if isinstance(f, str) else None for f in found], pa.string()))
+    failed = {int(i): f for i, f in zip(unlisted, found) if isinstance(f, Decision)}
+    return batch.set_column(batch.schema.get_field_index("e_tag"), "e_tag", filled), failed
+
+
+def _refs(batch: pa.RecordBatch) -> list[ObjectRef]:
+    columns = (batch.column(name).to_pylist() for name in ("bucket", "key", "version_id"))
+    return [ObjectRef(bucket, key, version) for bucket, key, version in zip(*columns)]
+
+
+def _uri(batch: pa.RecordBatch) -> pa.Array:
+    return pc.binary_join_element_wise("s3:/", batch.column("bucket"), batch.column("key"), "/")
+
+
+def _history_decisions(
+    batch: pa.RecordBatch, ask: np.ndarray, history: ImportHistory, final: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, pa.Array]:
+    """Ask the history in one call which rows `ask` are final for their ETag; mark those."""
+    asked = batch.take(pa.array(ask, pa.int64()))
+    version = pc.fill_null(asked.column("version_id"), "")
+    objects = pa.table(
+        {
+            "object_uri": _uri(asked),
+            "version_id": pc.if_else(pc.equal(version, ""), NULL_VERSION, version),
+            "etag": asked.column("e_tag"),
+        }
     )
+    answer = history.final_outcomes(objects)
+    rows = objects.append_column("row", pa.array(ask, pa.int64())).join(
+        answer.select(["object_uri", "version_id", "status", "reason"]), ["object_uri", "version_id"], join_type="inner"
+    )
+    final = final.copy()
+    from_history = np.zeros(batch.num_rows, dtype=bool)
+    reasons: list[Optional[str]] = [None] * batch.num_rows
+    for status, value in ((HistoryStatus.INDEXED, Known.INDEXED), (HistoryStatus.FAILED_PERMANENT, Known.FAILED_PERMANENT)):
+        hits = rows.filter(pc.equal(rows.column("status"), status.value))
+        at = hits.column("row").to_numpy()
+        final[at] = value
+        from_history[at] = True
+        if value == Known.FAILED_PERMANENT:
+            for row, reason in zip(at, hits.column("reason").to_pylist()):
+                reasons[row] = reason
+    return final, from_history, pa.array(reasons, pa.string())
+
+
+def _decisions_batch(
+    batch: pa.RecordBatch,
+    final: np.ndarray,
+    from_history: np.ndarray,
+    history_reasons: pa.Array,
+    pending: np.ndarray,
+    decisions: list[Decision],
+) -> pa.RecordBatch:
+    """Columns for every row: final outcomes in columns, the `pending` rows from `decisions`."""
+    where = _uri(batch)
+    where = pc.if_else(
+        pc.is_null(batch.column("version_id")),
+        where,
+        pc.binary_join_element_wise(where, batch.column("version_id"), "?versionId="),
+    )
+    indexed = pa.array(final == Known.INDEXED)
+    failed = pa.array(final == Known.FAILED_PERMANENT)
+    said_by_history = pa.array(from_history)
+    reason = pc.if_else(indexed, Reason.ALREADY_INDEXED.value, pc.if_else(failed, Reason.PREVIOUSLY_FAILED.value, pa.scalar(None, pa.string())))
+    detail = pc.if_else(
+        indexed,
+        pc.binary_join_element_wise(
+            where,
+            pc.if_else(said_by_history, ": already indexed (import history, same ETag)",
+                       ": already indexed (the previous date's outcome, same ETag)"),
+            "",
+        ),
+        pc.binary_join_element_wise(
+            where,
+            pc.if_else(
+                said_by_history,
+                pc.binary_join_element_wise(": failed permanently before with this ETag (", pc.fill_null(history_reasons, ""), ")", ""),
+                pa.scalar(": failed permanently before with this ETag (the previous date's outcome; the reason is in the import history)"),
+            ),
+            "",
+        ),
+    )
+    qualified = pa.array(np.zeros(batch.num_rows, dtype=bool))
+    user_id = pa.nulls(batch.num_rows, pa.string())
+    properties_ref = pa.nulls(batch.num_rows, pa.string())
+    if len(pending):
+        mask = np.zeros(batch.num_rows, dtype=bool)
+        mask[pending] = True
+        mask = pa.array(mask)
+
+        def fill(column: pa.Array, values: list, kind: pa.DataType) -> pa.Array:
+            return pc.replace_with_mask(column, mask, pa.array(values, kind))
+
+        qualified = fill(qualified, [d.qualified for d in decisions], pa.bool_())
+        reason = fill(reason, [str(d.reason) for d in decisions], pa.string())
+        detail = fill(detail, [d.detail for d in decisions], pa.string())
+        user_id = fill(user_id, [d.user_id for d in decisions], pa.string())
+        properties_ref = fill(properties_ref, [d.properties_ref for d in decisions], pa.string())
+    columns = {name: batch.column(name) for name in ("bucket", "key", "version_id", "size", "e_tag")}
+    columns.update(qualified=qualified, reason=reason, detail=detail, user_id=user_id, properties_ref=properties_ref)
     return pa.RecordBatch.from_pydict(columns, schema=QUALIFIED_SCHEMA)

@@ -19,7 +19,8 @@ from ..core.indexing import IndexingPolicy, index_qualified
 from ..core.inventory import iter_inventory_batches, load_manifest
 from ..core.model import CANDIDATE_SCHEMA, INDEXED_SCHEMA, INVENTORY_SCHEMA, QUALIFIED_SCHEMA, Outcome
 from ..core.progress import Progress
-from ..core.qualify import qualify_candidates
+from ..core.known_outcomes import load_previous_outcomes
+from ..core.qualify import QualifyStats, qualify_candidates
 from ..core.ratelimit import RateLimiter
 from ..core.reports import newest_complete_report
 from ..core.tables import TableLocation, open_table, table_location, write_table
@@ -139,8 +140,12 @@ def qualified_objects(
     partition = context.partition_key
     reasons: collections.Counter = collections.Counter()
     started = time.monotonic()
+    # Final outcomes of the previous loaded date: those objects need no lookup when unchanged.
+    known = load_previous_outcomes(store, settings.output_bucket_name, settings.output_prefix, partition)
+    stats = QualifyStats()
     with open_table(store, _location(settings, "batch_manifest", partition)) as candidate_table:
         candidates = candidate_table.metadata.num_rows
+        strategy = history.expect_lookups(max(0, candidates - (len(known) if known is not None else 0)))
         progress = Progress("qualified", candidates, context.log.info)
         decisions = qualify_candidates(
             candidate_table.iter_batches(batch_size=BATCH_ROWS),
@@ -149,6 +154,8 @@ def qualified_objects(
             history=history,
             concurrency=settings.qualify_concurrency,
             progress=progress,
+            known=known,
+            stats=stats,
         )
         table = write_table(
             store, _location(settings, "qualified_objects", partition), QUALIFIED_SCHEMA, _counted(decisions, "reason", reasons)
@@ -162,6 +169,12 @@ def qualified_objects(
             "not_qualified": table.rows - reasons.get("qualified", 0),
             **{f"reason_{reason}": count for reason, count in sorted(reasons.items())},
             "table_uri": dg.MetadataValue.path(table.location.uri),
+            "previous_date": known.source if known is not None else "none",
+            "decided_by_previous_date": stats.known_before,
+            "history_strategy": strategy,
+            "history_lookups": stats.history_calls,
+            "history_keys_asked": stats.history_keys,
+            "tag_reads": stats.tag_reads,
             "duration_seconds": round(elapsed, 3),
             "objects_per_second": round(table.rows / elapsed, 1) if elapsed else 0.0,
         },

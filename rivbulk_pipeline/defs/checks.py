@@ -8,10 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Sequence
 
 import dagster as dg
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..core.indexing import TAG_NOT_WRITTEN
+from ..core.known_outcomes import combined_hash
 from ..core.model import HistoryStatus, ObjectRef, Outcome
 from ..core.tables import open_table, table_location
 from ..core.tags import is_true_marker, tag_lookup
@@ -23,6 +25,7 @@ from .partitions import inventory_dates
 _IDENTITY = ["bucket", "key", "version_id"]
 _EXAMPLES = 10  # object keys shown in a failed check: locations only, never content
 _LOOKUP_CHUNK = 1_000
+_BATCH_ROWS = 65_536
 _STATUS_OF_OUTCOME = {
     Outcome.INDEXED.value: HistoryStatus.INDEXED,
     Outcome.FAILED_PERMANENT.value: HistoryStatus.FAILED_PERMANENT,
@@ -77,14 +80,62 @@ def qualified_objects_one_decision_per_candidate(
     context: dg.AssetCheckExecutionContext, settings: Settings, store: ObjectStoreResource
 ) -> dg.AssetCheckResult:
     partition = context.partition_key
-    decisions = _read(settings, store, "qualified_objects", partition, _IDENTITY)
-    candidates = _read(settings, store, "batch_manifest", partition, _IDENTITY)
+    # Streamed as 64-bit fingerprints of the identities (8 bytes a row), so a bucket of 10M
+    # objects is checked in about 160 MB; keys are read again only to name a problem's examples.
+    decisions = _identity_prints(settings, store, "qualified_objects", partition)
+    candidates = _identity_prints(settings, store, "batch_manifest", partition)
+    ordered = np.sort(decisions)
+    problems = {
+        "doubled": np.unique(ordered[1:][ordered[1:] == ordered[:-1]]),
+        "undecided": candidates[~_contained(ordered, candidates)],
+        "unlisted": decisions[~_contained(np.sort(candidates), decisions)],
+    }
     return _result(
         partition,
-        {"doubled": _doubled(decisions), "undecided": _missing(candidates, decisions), "unlisted": _missing(decisions, candidates)},
-        candidates=candidates.num_rows,
-        decisions=decisions.num_rows,
+        {name: _keys_of(settings, store, table, partition, prints) for name, (table, prints) in {
+            "doubled": ("qualified_objects", problems["doubled"]),
+            "undecided": ("batch_manifest", problems["undecided"]),
+            "unlisted": ("qualified_objects", problems["unlisted"]),
+        }.items()},  # fmt: skip
+        candidates=len(candidates),
+        decisions=len(decisions),
     )
+
+
+def _identity_batches(
+    settings: Settings, store: ObjectStoreResource, asset: str, partition: str, columns: list[str]
+) -> Iterator[pa.RecordBatch]:
+    location = table_location(settings.output_bucket_name, settings.output_prefix, asset, partition)
+    with open_table(store, location) as table:
+        yield from table.iter_batches(batch_size=_BATCH_ROWS, columns=columns)
+
+
+def _prints(batch: pa.RecordBatch) -> np.ndarray:
+    return combined_hash((batch.column(name) for name in _IDENTITY), batch.num_rows)
+
+
+def _identity_prints(settings: Settings, store: ObjectStoreResource, asset: str, partition: str) -> np.ndarray:
+    parts = [_prints(b) for b in _identity_batches(settings, store, asset, partition, _IDENTITY)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+
+
+def _contained(sorted_prints: np.ndarray, prints: np.ndarray) -> np.ndarray:
+    if not len(sorted_prints):
+        return np.zeros(len(prints), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_prints, prints), len(sorted_prints) - 1)
+    return sorted_prints[at] == prints
+
+
+def _keys_of(settings: Settings, store: ObjectStoreResource, asset: str, partition: str, prints: np.ndarray) -> list[str]:
+    """The keys of the identities with one of these fingerprints, each identity once."""
+    if not len(prints):
+        return []
+    wanted = np.sort(prints)
+    found: dict[tuple, str] = {}
+    for batch in _identity_batches(settings, store, asset, partition, _IDENTITY):
+        for row in batch.filter(pa.array(_contained(wanted, _prints(batch)))).to_pylist():
+            found[(row["bucket"], row["key"], row["version_id"] or "")] = row["key"]
+    return list(found.values())
 
 
 @dg.asset_check(
@@ -96,8 +147,11 @@ def indexed_users_one_outcome_per_qualified_object(
     context: dg.AssetCheckExecutionContext, settings: Settings, store: ObjectStoreResource
 ) -> dg.AssetCheckResult:
     partition = context.partition_key
-    decided = _read(settings, store, "qualified_objects", partition, [*_IDENTITY, "qualified"])
-    qualified = decided.filter(pc.fill_null(decided["qualified"], False)).select(_IDENTITY)
+    qualified_batches = [
+        b.filter(pc.fill_null(b.column("qualified"), False)).select(_IDENTITY)
+        for b in _identity_batches(settings, store, "qualified_objects", partition, [*_IDENTITY, "qualified"])
+    ]  # only the qualified rows are kept: a few of millions on a daily run
+    qualified = pa.Table.from_batches(qualified_batches, schema=pa.schema([(n, pa.string()) for n in _IDENTITY]))
     outcomes = _read(settings, store, "indexed_users", partition, _IDENTITY)
     return _result(
         partition,

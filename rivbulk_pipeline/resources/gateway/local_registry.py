@@ -5,11 +5,12 @@ import hashlib
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Mapping
-from contextlib import closing
 from datetime import datetime, timezone
 from typing import Any, Optional
 
+import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from ...core.images import external_image_id, validate_user_id
@@ -42,6 +43,8 @@ CREATE TABLE IF NOT EXISTS stats (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
 INSERT OR IGNORE INTO stats (name, value) VALUES ('register_calls', 0);
 """
 
+_INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
+
 
 class LocalRegistryGateway(GatewayResource):
     """The embedded identity registry: users in SQLite (WAL), safe from threads and processes.
@@ -55,24 +58,46 @@ class LocalRegistryGateway(GatewayResource):
         default=30.0, description="How long a call waits for another writer before answering transient"
     )
 
-    _schema_ready: bool = PrivateAttr(default=False)
+    _local: Any = PrivateAttr(default_factory=threading.local)
+    _connections: list = PrivateAttr(default_factory=list)
+    _guard: Any = PrivateAttr(default_factory=threading.Lock)
 
     def _connect(self) -> sqlite3.Connection:
-        # A connection per call: sqlite3 connections are per thread, and this is cheap next to
-        # decoding the image. `timeout` is SQLite's busy_timeout; isolation_level=None lets us
-        # take the write lock up front with BEGIN IMMEDIATE.
+        """This thread's connection, opened once (sqlite3 connections must not cross threads or
+        forks). `timeout` is SQLite's busy_timeout; isolation_level=None lets us take the write
+        lock up front with BEGIN IMMEDIATE."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            if self._local.pid == os.getpid():
+                return conn
+            _INHERITED_CONNECTIONS.append(conn)  # a forked child must never use or close it
         parent = os.path.dirname(os.path.abspath(self.db_path))
         os.makedirs(parent, exist_ok=True)
-        conn = sqlite3.connect(self.db_path, timeout=self.busy_timeout_seconds, isolation_level=None)
+        conn = sqlite3.connect(self.db_path, timeout=self.busy_timeout_seconds, isolation_level=None, check_same_thread=False)
         try:
-            if not self._schema_ready:
-                conn.execute("PRAGMA journal_mode=WAL")  # persistent: readers never block the writer
-                conn.executescript(_SCHEMA)  # idempotent; concurrent creators are serialised by SQLite
-                self._schema_ready = True
+            conn.execute("PRAGMA journal_mode=WAL")  # persistent: readers never block the writer
+            # WAL + NORMAL: a committed registration survives a killed process; a power cut may
+            # lose the last ones (their history records are then claims that expire and retry).
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)  # idempotent; concurrent creators are serialised by SQLite
         except BaseException:
             conn.close()
             raise
+        self._local.conn, self._local.pid = conn, os.getpid()
+        with self._guard:
+            self._connections.append(conn)
         return conn
+
+    def close(self) -> None:
+        """Close every connection this resource opened in this process (any thread)."""
+        with self._guard:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+            self._local = threading.local()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self.close()
 
     def register(
         self, user_id: str, image: bytes, properties: Mapping[str, str], pace: Callable[[], object] = _no_pace
@@ -104,8 +129,7 @@ class LocalRegistryGateway(GatewayResource):
         user_key = f"User::{user_id.lower()}" if validate_user_id(user_id) is None else None
         pace()  # the call reaches the registry now
         try:
-            with closing(self._connect()) as conn:
-                return self._apply(conn, user_key, problem, row)
+            return self._apply(self._connect(), user_key, problem, row)
         except sqlite3.Error as exc:  # locked past busy_timeout, disk full, ...: may pass next time
             return GatewayResult.transient(f"local registry unavailable: {type(exc).__name__}: {exc}")
 
@@ -143,15 +167,13 @@ class LocalRegistryGateway(GatewayResource):
     def users(self) -> list[dict[str, Any]]:
         """Registered users (no properties, no image): user_id, image_sha256, registered_at,
         registrations, attempts; oldest first."""
-        with closing(self._connect()) as conn:
-            rows = conn.execute(
+        rows = self._connect().execute(
                 "SELECT user_id, image_sha256, registered_at, registrations, attempts FROM users"
                 " ORDER BY registered_at, user_key"
-            ).fetchall()
+        ).fetchall()
         keys = ("user_id", "image_sha256", "registered_at", "registrations", "attempts")
         return [dict(zip(keys, r)) for r in rows]
 
     def register_calls(self) -> int:
         """How many times `register` reached the registry (every process, every outcome)."""
-        with closing(self._connect()) as conn:
-            return int(conn.execute("SELECT value FROM stats WHERE name = 'register_calls'").fetchone()[0])
+        return int(self._connect().execute("SELECT value FROM stats WHERE name = 'register_calls'").fetchone()[0])

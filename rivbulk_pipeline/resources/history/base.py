@@ -6,18 +6,21 @@ import json
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ...core.errors import HistoryError
 from ...core.limits import DYNAMODB_ITEM_LIMIT, dynamodb_item_size
-from ...core.model import HistoryRecord, HistoryStatus, ObjectRef
+from ...core.model import HISTORY_LOOKUP_SCHEMA, NULL_VERSION, HistoryRecord, HistoryStatus, ObjectRef
 
 
 
+LOOKUP_SCHEMA = HISTORY_LOOKUP_SCHEMA
 MAX_ITEM_BYTES = DYNAMODB_ITEM_LIMIT
 MAX_PARTITION_KEY_BYTES = 2048
 MAX_SORT_KEY_BYTES = 1024
-NULL_VERSION = "null"  # S3's own name for the null version; DynamoDB keys cannot be empty
 
+_FINAL_FOR_ETAG = (HistoryStatus.INDEXED, HistoryStatus.FAILED_PERMANENT)  # no claim is taken on these again
 _FINAL_STATUSES = (HistoryStatus.INDEXED, HistoryStatus.FAILED_PERMANENT, HistoryStatus.FAILED_TRANSIENT)
 
 
@@ -156,6 +159,37 @@ class ImportHistoryResource(dg.ConfigurableResource, abc.ABC):
     @abc.abstractmethod
     def lookup(self, refs: Sequence[ObjectRef]) -> dict[ObjectRef, HistoryRecord]:
         """Batch read; refs with no record are absent from the result."""
+
+    def lookup_table(self, keys: pa.Table) -> pa.Table:
+        """Batch read in columns: `keys` has object_uri and version_id ("null" for none); the
+        answer has LOOKUP_SCHEMA's columns, one row per key that has a record."""
+        refs = [_ref_from_key(uri, vid) for uri, vid in zip(keys.column("object_uri").to_pylist(), keys.column("version_id").to_pylist())]
+        records = self.lookup(refs).values()
+        return pa.Table.from_pydict(
+            {
+                "object_uri": [r.ref.uri for r in records],
+                "version_id": [_version_key(r.ref) for r in records],
+                "etag": [r.etag for r in records],
+                "status": [r.status.value for r in records],
+                "reason": [r.reason for r in records],
+            },
+            schema=LOOKUP_SCHEMA,
+        )
+
+    def expect_lookups(self, count: int) -> str:
+        """Say how many objects qualification is about to ask about; returns the strategy chosen."""
+        return "lookup"
+
+    def final_outcomes(self, objects: pa.Table) -> pa.Table:
+        """Which of these objects (object_uri, version_id, etag) have a final outcome (indexed or
+        failed_permanent) for that same ETag: LOOKUP_SCHEMA rows, one per such object."""
+        answer = self.lookup_table(objects.select(["object_uri", "version_id"]))
+        joined = objects.select(["object_uri", "version_id", "etag"]).rename_columns(
+            ["object_uri", "version_id", "asked_etag"]
+        ).join(answer, ["object_uri", "version_id"], join_type="inner")
+        final = pc.is_in(joined.column("status"), pa.array([s.value for s in _FINAL_FOR_ETAG]))
+        same = pc.and_(final, pc.equal(joined.column("etag"), joined.column("asked_etag")))
+        return joined.filter(same).select(LOOKUP_SCHEMA.names).cast(LOOKUP_SCHEMA)
 
     @abc.abstractmethod
     def claim(self, ref: ObjectRef, etag: str, owner: str, lease_seconds: float) -> bool:

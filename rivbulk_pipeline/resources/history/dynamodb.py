@@ -1,21 +1,29 @@
 """The production import history in DynamoDB (key schema in the package docstring)."""
 from __future__ import annotations
 
+import math
 import random
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import boto3
+import numpy as np
+import pyarrow as pa
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field, PrivateAttr
 
 from ...core.errors import HistoryError
+from ...core.known_outcomes import combined_hash
+from ...core.limits import dynamodb_item_size
 from ...core.model import HistoryRecord, HistoryStatus, ObjectRef
 
 from .base import (
+    LOOKUP_SCHEMA,
     ClaimLost,
     ImportHistoryResource,
     _check_item,
@@ -37,6 +45,8 @@ _KEY_ATTRIBUTES = [
     {"AttributeName": "version_id", "AttributeType": "S"},
 ]
 _BATCH_GET_LIMIT = 100  # DynamoDB BatchGetItem: at most 100 keys per request
+_READ_UNIT_BYTES = 4096  # a strongly consistent read unit reads up to 4 KB
+_TYPICAL_ITEM_BYTES = 300  # an indexed record of a 60-character key, by DynamoDB's size rule
 _UNPROCESSED_RETRIES = 8
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -79,6 +89,94 @@ def _record_from_item(item: Mapping[str, Any], ref: Optional[ObjectRef] = None) 
         },
         ref,
     )
+
+
+class ReadCounter:
+    """Requests and read units, counted from every thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.read_units = 0.0
+
+    def add(self, requests: int, read_units: float) -> None:
+        with self._lock:
+            self.requests += requests
+            self.read_units += read_units
+
+    def snapshot(self) -> dict[str, float]:
+        with self._lock:
+            return {"requests": self.requests, "read_units": self.read_units}
+
+
+def _stored_size(item: Mapping[str, Any]) -> int:
+    """An item's size as DynamoDB counts it, from its wire form (names and values, UTF-8)."""
+    return dynamodb_item_size(_from_dynamo(item))
+
+
+def _items_table(items: Sequence[Mapping[str, Any]]) -> pa.Table:
+    def text(item: Mapping[str, Any], name: str) -> Optional[str]:
+        return item.get(name, {}).get("S")
+
+    return pa.Table.from_pydict(
+        {name: [text(item, name) for item in items] for name in LOOKUP_SCHEMA.names}, schema=LOOKUP_SCHEMA
+    ).set_column(4, "reason", pa.array([text(item, "reason") or "" for item in items], pa.string()))
+
+
+class _ScannedHistory:
+    """The final outcomes of a whole-table Scan, as sorted fingerprints of (object_uri,
+    version_id, etag): about 9 bytes per record however large the table."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._parts: list[tuple[np.ndarray, np.ndarray]] = []
+        self._failure_reasons: dict[int, str] = {}
+        self.prints = np.zeros(0, np.uint64)
+        self.statuses = np.zeros(0, np.uint8)
+
+    def add(self, items: Sequence[Mapping[str, Any]]) -> None:
+        final = [item for item in items if item.get("status", {}).get("S") in _FINAL_CODES and "etag" in item]
+        if not final:
+            return
+        table = _items_table(final)
+        prints = _object_prints(table)
+        codes = np.array([_FINAL_CODES[s] for s in table.column("status").to_pylist()], np.uint8)
+        with self._lock:
+            self._parts.append((prints, codes))
+            for fp, code, reason in zip(prints.tolist(), codes.tolist(), table.column("reason").to_pylist()):
+                if code == _FINAL_CODES[HistoryStatus.FAILED_PERMANENT.value]:
+                    self._failure_reasons[fp] = reason
+
+    def sorted(self) -> "_ScannedHistory":
+        if self._parts:
+            prints = np.concatenate([p for p, _ in self._parts])
+            codes = np.concatenate([c for _, c in self._parts])
+            order = np.argsort(prints)
+            self.prints, self.statuses = prints[order], codes[order]
+        self._parts = []
+        return self
+
+    def answer(self, objects: pa.Table) -> pa.Table:
+        if not len(self.prints) or not objects.num_rows:
+            return LOOKUP_SCHEMA.empty_table()
+        prints = _object_prints(objects)
+        at = np.minimum(np.searchsorted(self.prints, prints), len(self.prints) - 1)
+        hit = np.flatnonzero(self.prints[at] == prints)
+        found = objects.select(["object_uri", "version_id", "etag"]).take(pa.array(hit, pa.int64()))
+        codes = self.statuses[at[hit]]
+        names = {code: status for status, code in _FINAL_CODES.items()}
+        reasons = [self._failure_reasons.get(fp, "") for fp in prints[hit].tolist()]
+        return pa.Table.from_arrays(
+            [*found.columns, pa.array([names[c] for c in codes.tolist()], pa.string()), pa.array(reasons, pa.string())],
+            schema=LOOKUP_SCHEMA,
+        )
+
+
+_FINAL_CODES = {HistoryStatus.INDEXED.value: 1, HistoryStatus.FAILED_PERMANENT.value: 2}
+
+
+def _object_prints(table: pa.Table) -> np.ndarray:
+    return combined_hash((table.column(n) for n in ("object_uri", "version_id", "etag")), table.num_rows)
 
 
 def create_history_table(
@@ -150,7 +248,12 @@ class DynamoImportHistory(ImportHistoryResource):
     region_name: Optional[str] = Field(default=None, description="AWS region; default from the environment.")
     endpoint_url: Optional[str] = Field(default=None, description="DynamoDB endpoint override (local/test).")
 
+    lookup_concurrency: int = Field(default=8, description="BatchGetItem requests in flight at once.")
+    scan_segments: int = Field(default=8, description="Segments (threads) of the parallel Scan.")
+
     _client: Any = PrivateAttr(default=None)
+    _scanned: Any = PrivateAttr(default=None)
+    _reads: Any = PrivateAttr(default_factory=lambda: ReadCounter())
 
     def _dynamodb(self) -> Any:
         if self._client is None:
@@ -171,12 +274,83 @@ class DynamoImportHistory(ImportHistoryResource):
     def lookup(self, refs: Sequence[ObjectRef]) -> dict[ObjectRef, HistoryRecord]:
         wanted = _unique_keys(refs)
         found: dict[ObjectRef, HistoryRecord] = {}
-        for chunk in _chunks(list(wanted), _BATCH_GET_LIMIT):
-            keys = [{"object_uri": {"S": uri}, "version_id": {"S": vid}} for uri, vid in chunk]
-            for item in self._batch_get(keys):
-                ref = wanted[(item["object_uri"]["S"], item["version_id"]["S"])]
-                found[ref] = _record_from_item(item, ref)
+        for item in self._batch_get_all(list(wanted)):
+            ref = wanted[(item["object_uri"]["S"], item["version_id"]["S"])]
+            found[ref] = _record_from_item(item, ref)
         return found
+
+    def _batch_get_all(self, keys: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """Every item of these unique keys: BatchGetItem, 100 keys a request, `lookup_concurrency`
+        requests in flight (boto3 clients are thread-safe)."""
+        requests = [
+            [{"object_uri": {"S": uri}, "version_id": {"S": vid}} for uri, vid in chunk]
+            for chunk in _chunks(keys, _BATCH_GET_LIMIT)
+        ]
+        if len(requests) <= 1:
+            return [item for request in requests for item in self._batch_get(request)]
+        with ThreadPoolExecutor(max_workers=self.lookup_concurrency, thread_name_prefix="history-get") as pool:
+            return [item for items in pool.map(lambda request: list(self._batch_get(request)), requests) for item in items]
+
+    def lookup_table(self, keys: pa.Table) -> pa.Table:
+        unique = list(dict.fromkeys(zip(keys.column("object_uri").to_pylist(), keys.column("version_id").to_pylist())))
+        return _items_table(self._batch_get_all(unique))
+
+    def expect_lookups(self, count: int) -> str:
+        """BatchGetItem costs at least one read unit per key; a Scan costs one per 4 KB of the whole
+        table. When the day's keys cost more than reading the table, scan it once (in parallel
+        segments) and answer from memory; otherwise ask key by key."""
+        try:
+            table = self._dynamodb().describe_table(TableName=self.table_name)["Table"]
+        except (ClientError, BotoCoreError) as error:
+            raise self._fail("describe", error) from error
+        # DynamoDB refreshes these two figures about every six hours; the item count times a
+        # typical record covers a size not yet counted.
+        table_bytes = max(int(table.get("TableSizeBytes", 0)), int(table.get("ItemCount", 0)) * _TYPICAL_ITEM_BYTES)
+        scan_units = math.ceil(table_bytes / _READ_UNIT_BYTES)
+        if count > 0 and int(table.get("ItemCount", 0)) > 0 and scan_units < count:
+            self._scanned = self._scan_final()
+            return "scan"
+        self._scanned = None
+        return "batch_get"
+
+    def final_outcomes(self, objects: pa.Table) -> pa.Table:
+        if self._scanned is None:
+            return super().final_outcomes(objects)
+        return self._scanned.answer(objects)
+
+    def read_counts(self) -> dict[str, float]:
+        """Requests and read units (by DynamoDB's rules: 4 KB units, strongly consistent) so far."""
+        return self._reads.snapshot()
+
+    def _scan_final(self) -> "_ScannedHistory":
+        """One parallel Scan: fingerprints of the final (object, ETag) pairs, and the reasons of
+        permanent failures (few). Other records are not kept: a key not found final is asked of
+        nobody else, which is what a claimed or transient record means for qualification too."""
+        index = _ScannedHistory()
+
+        def segment(number: int) -> None:
+            request: dict[str, Any] = {
+                "TableName": self.table_name,
+                "ConsistentRead": True,
+                "Segment": number,
+                "TotalSegments": self.scan_segments,
+            }  # whole items: a projection would not lower the read units, which count whole items
+            while True:
+                try:
+                    page = self._dynamodb().scan(**request)
+                except (ClientError, BotoCoreError) as error:
+                    raise self._fail("scan", error) from error
+                items = page.get("Items", [])
+                # Read units of a Scan: the size of the items read (all attributes), rounded up per page.
+                self._reads.add(1, math.ceil(sum(_stored_size(item) for item in items) / _READ_UNIT_BYTES))
+                index.add(items)
+                if "LastEvaluatedKey" not in page:
+                    return
+                request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+        with ThreadPoolExecutor(max_workers=self.scan_segments, thread_name_prefix="history-scan") as pool:
+            list(pool.map(segment, range(self.scan_segments)))
+        return index.sorted()
 
     def _batch_get(self, keys: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """BatchGetItem, retrying UnprocessedKeys (throttling, 16 MB pages) with backoff."""
@@ -188,6 +362,11 @@ class DynamoImportHistory(ImportHistoryResource):
             except (ClientError, BotoCoreError) as error:
                 raise self._fail(f"lookup of {len(keys)} objects", error) from error
             items = response.get("Responses", {}).get(self.table_name, [])
+            asked = len(request[self.table_name]["Keys"])
+            unprocessed = len((response.get("UnprocessedKeys") or {}).get(self.table_name, {}).get("Keys", []))
+            # Each key read costs its item's size in 4 KB units, at least one (a missing item too).
+            units = sum(math.ceil(_stored_size(item) / _READ_UNIT_BYTES) - 1 for item in items) + asked - unprocessed
+            self._reads.add(1, units)
             yield from items
             request = response.get("UnprocessedKeys") or {}
             if not request:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import secrets
 import sqlite3
 import stat
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import BinaryIO, ContextManager, Iterable, Iterator, Mapping, Optional
 
@@ -30,6 +32,7 @@ from .base import CHUNK_BYTES, ObjectStoreResource
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _TMP_PREFIX = ".rivbulk-tmp-"
 _DB_NAME = ".rivbulk-store.sqlite"
+_LIST_CHUNK = 500  # files per ETag-cache query when listing (bound parameters stay far below SQLite's limit)
 MAX_KEY_BYTES = 1024
 MAX_SEGMENT_BYTES = 255
 
@@ -87,6 +90,17 @@ def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
 def _md5_file(path: str | bytes) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
+
+
+def _md5_if_unchanged(path: bytes, st: os.stat_result) -> tuple[Optional[str], bool]:
+    """(MD5 of the file, whether it still has the listed stat signature); (None, False) when gone."""
+    try:
+        with open(path, "rb") as f:
+            etag = hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
+            # the signature is keyed by inode: a file renamed over this path is hashed anew next time
+            return etag, _signature(os.fstat(f.fileno())) == _signature(st)
+    except FileNotFoundError:
+        return None, False
 
 
 def _fsync_dir(folder: str) -> None:
@@ -151,7 +165,9 @@ class LocalObjectStore(ObjectStoreResource):
             conn = sqlite3.connect(os.path.join(self._root, _DB_NAME), timeout=30, isolation_level=None)
             conn.execute("PRAGMA busy_timeout = 30000")
             conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
+            # NORMAL in WAL mode: a commit survives a killed process; a power cut may lose the
+            # last tag writes (object bytes are fsynced by _write regardless).
+            conn.execute("PRAGMA synchronous = NORMAL")
             conn.executescript(_SCHEMA)
             state.conn, state.pid = conn, os.getpid()
         return conn
@@ -361,14 +377,45 @@ class LocalObjectStore(ObjectStoreResource):
         files = self._files(bucket, prefix, start_after)  # raises now for a missing bucket
 
         def generate() -> Iterator[ObjectInfo]:
-            for key, path, st in files:
-                try:
-                    etag = self._etag(bucket, key, path, st)
-                except ObjectNotFound:
-                    continue  # deleted while listing, as S3 would no longer list it
-                yield ObjectInfo(bucket, key, st.st_size, etag, _utc(st))
+            # Hashing is file reads: threads overlap them (the GIL is released while reading).
+            with ThreadPoolExecutor(max_workers=4, thread_name_prefix="local-list") as pool:
+                for chunk in iter(lambda: list(itertools.islice(files, _LIST_CHUNK)), []):
+                    yield from self._listed(bucket, chunk, pool)
 
         return generate()
+
+    def _listed(
+        self, bucket: str, chunk: list[tuple[str, bytes, os.stat_result]], pool: ThreadPoolExecutor
+    ) -> Iterator[ObjectInfo]:
+        """ObjectInfo for a chunk of listed files: the cached ETags read in one query, the
+        missing ones hashed and cached in one transaction (a listing of millions of objects
+        would otherwise cost a query and a commit per object)."""
+        conn = self._db()
+        keys = [key for key, _, _ in chunk]
+        cached = {
+            row[0]: row[1:]
+            for row in conn.execute(
+                f"SELECT key, size, mtime_ns, ctime_ns, ino, etag FROM objects WHERE bucket = ? AND key IN ({','.join('?' * len(keys))})",
+                (bucket, *keys),
+            )
+        }
+        stale = [(key, path, st) for key, path, st in chunk if tuple(cached.get(key, ())[:4]) != _signature(st)]
+        hashed = dict(zip((key for key, _, _ in stale), pool.map(lambda item: _md5_if_unchanged(item[1], item[2]), stale)))
+        listed, fresh = [], []
+        for key, path, st in chunk:
+            if key in hashed:
+                etag, unchanged = hashed[key]
+                if etag is None:
+                    continue  # deleted while listing, as S3 would no longer list it
+                if unchanged:  # not rewritten while hashing: cacheable
+                    fresh.append((bucket, key, *_signature(st), etag))
+            else:
+                etag = cached[key][4]
+            listed.append(ObjectInfo(bucket, key, st.st_size, etag, _utc(st)))
+        if fresh:
+            with self._transaction() as conn:
+                conn.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)", fresh)
+        return iter(listed)
 
     def list_prefixes(self, bucket: str, prefix: str = "") -> Iterator[str]:
         folder = self._existing_bucket(bucket, prefix)
