@@ -6,7 +6,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any, Optional
 
@@ -21,6 +21,7 @@ from .base import (
     GatewayResource,
     _Rejected,
     _checked_input,
+    _no_pace,
 )
 
 _SCHEMA = """
@@ -98,7 +99,9 @@ class LocalRegistryGateway(GatewayResource):
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self.close()
 
-    def register(self, user_id: str, image: bytes, properties: Mapping[str, str]) -> GatewayResult:
+    def register(
+        self, user_id: str, image: bytes, properties: Mapping[str, str], pace: Callable[[], object] = _no_pace
+    ) -> GatewayResult:
         problem: Optional[str] = None
         row: dict[str, Any] = {}
         try:
@@ -124,6 +127,7 @@ class LocalRegistryGateway(GatewayResource):
             problem = exc.reason
         # A valid id still counts an attempt on its user, even when this call's input is bad.
         user_key = f"User::{user_id.lower()}" if validate_user_id(user_id) is None else None
+        pace()  # the call reaches the registry now
         try:
             return self._apply(self._connect(), user_key, problem, row)
         except sqlite3.Error as exc:  # locked past busy_timeout, disk full, ...: may pass next time
