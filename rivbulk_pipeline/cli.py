@@ -51,9 +51,10 @@ def cmd_inventory(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_create_history_table(args: argparse.Namespace, settings: Settings) -> int:
+    from .defs.resources import aws_clients
     from .resources.history import create_history_table
 
-    arn = create_history_table(settings.history_table, region_name=settings.region, endpoint_url=settings.endpoint_url)
+    arn = create_history_table(settings.history_table, aws_clients(settings))
     print(f"history table ready: {arn}")
     return 0
 
