@@ -9,9 +9,9 @@ system user, the way pgserver does it.
 from __future__ import annotations
 
 import os
-import pwd
 import socket
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -49,14 +49,24 @@ def _run(args: list[str], run_as: Optional[str]) -> None:
 
 
 @contextlib.contextmanager
-def running_postgres(folder: Path, db_name: str = "dagster") -> Iterator[PostgresServer]:
-    """Start a fresh cluster under `folder`, create `db_name`, yield the server; stop it after."""
+def running_postgres(db_name: str = "dagster") -> Iterator[PostgresServer]:
+    """Start a fresh cluster in a new temporary folder, create `db_name`, yield the server; stop
+    it and delete the folder after. Not under pytest's base temp: as root, the server's user must
+    traverse the folder's parents, and pytest (of any concurrent session) resets its base to 0700."""
+    with tempfile.TemporaryDirectory(prefix="rivbulk-pg-") as folder:
+        with _cluster(Path(folder), db_name) as server:
+            yield server
+
+
+@contextlib.contextmanager
+def _cluster(folder: Path, db_name: str) -> Iterator[PostgresServer]:
     data_dir = folder / "pgdata"
-    data_dir.mkdir(parents=True)
+    data_dir.mkdir()
     run_as = None
     if os.geteuid() == 0:
         run_as = SERVICE_USER
         entry = ensure_user_exists(SERVICE_USER)
+        folder.chmod(0o755)  # mkdtemp makes it 0700
         ensure_prefix_permissions(data_dir)
         ensure_prefix_permissions(POSTGRES_BIN_PATH)
         os.chown(data_dir, entry.pw_uid, entry.pw_gid)
