@@ -9,6 +9,7 @@ have replaced (see `instance_yaml`).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import boto3
 import pytest
+from moto.server import ThreadedMotoServer
 
 from rivbulk_pipeline.core.inventory_writer import write_inventory_report
 from rivbulk_pipeline.defs.resources import build_resources
@@ -30,7 +32,7 @@ from rivbulk_pipeline.demo import DEMO_CASES, face_image, populate_images, prere
 from rivbulk_pipeline.settings import Settings
 
 from .gateway_server import FakeRivGateway
-from .postgres_server import PostgresServer
+from .postgres_server import PostgresServer, running_postgres
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -246,6 +248,19 @@ def build_world(scratch: Path, endpoint: str, riv: FakeRivGateway, pg: PostgresS
     world = World(endpoint, riv, pg, scratch, env, settings, secret_arn, pg_secret_arn)
     world.dates = _write_reports(store, settings, now)
     return world
+
+
+@contextlib.contextmanager
+def production_world(scratch: Path, mp: pytest.MonkeyPatch) -> Iterator[World]:
+    """moto's server, the loopback gateway and a fresh Postgres, populated as an operator would."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        with FakeRivGateway(emulate_registry=True, api_key=API_KEY) as riv, running_postgres() as pg:
+            yield build_world(scratch, f"http://{host}:{port}", riv, pg, mp)
+    finally:
+        server.stop()
 
 
 def iter_log_text(world: World) -> Iterator[tuple[str, str]]:

@@ -23,13 +23,10 @@ from typing import Any, Iterator
 import dagster as dg
 import pytest
 from botocore.awsrequest import AWSResponse
-from moto.server import ThreadedMotoServer
 
 from rivbulk_pipeline.core.tags import tag_lookup
 from rivbulk_pipeline.demo import DEMO_CASES
 
-from .gateway_server import FakeRivGateway
-from .postgres_server import running_postgres
 from .production_world import (
     API_KEY,
     BIN,
@@ -45,6 +42,7 @@ from .production_world import (
     free_port,
     iter_log_text,
     pg_dump,
+    production_world,
     stop,
     wait_for,
     workspace_file,
@@ -59,16 +57,9 @@ FAILED = [c for c in DEMO_CASES if c.expect.startswith("failed:")]
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    scratch = tmp_path_factory.mktemp("production")
     with pytest.MonkeyPatch.context() as mp:
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        try:
-            host, port = server.get_host_and_port()
-            with FakeRivGateway(emulate_registry=True, api_key=API_KEY) as riv, running_postgres() as pg:
-                yield build_world(scratch, f"http://{host}:{port}", riv, pg, mp)
-        finally:
-            server.stop()
+        with production_world(tmp_path_factory.mktemp("production"), mp) as built:
+            yield built
 
 
 @pytest.fixture(scope="module")
