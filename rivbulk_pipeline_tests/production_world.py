@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import boto3
 import pytest
+import requests
 from moto.server import ThreadedMotoServer
 
 from rivbulk_pipeline.core.inventory_writer import write_inventory_report
@@ -257,6 +258,8 @@ def production_world(scratch: Path, mp: pytest.MonkeyPatch) -> Iterator[World]:
     server.start()
     try:
         host, port = server.get_host_and_port()
+        # moto's backends are per process, shared by every server: start from an empty AWS.
+        requests.post(f"http://{host}:{port}/moto-api/reset", timeout=30).raise_for_status()
         with FakeRivGateway(emulate_registry=True, api_key=API_KEY) as riv, running_postgres() as pg:
             yield build_world(scratch, f"http://{host}:{port}", riv, pg, mp)
     finally:
