@@ -1,4 +1,4 @@
-"""The `rivbulk` command: demo data, inventory reports, the history table, the Dagster UI."""
+"""The `rivbulk` command: demo data, inventory reports, the history table, the Dagster UI, batch loads."""
 from __future__ import annotations
 
 import argparse
@@ -51,9 +51,10 @@ def cmd_inventory(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_create_history_table(args: argparse.Namespace, settings: Settings) -> int:
+    from .defs.resources import aws_clients
     from .resources.history import create_history_table
 
-    arn = create_history_table(settings.history_table, region_name=settings.region, endpoint_url=settings.endpoint_url)
+    arn = create_history_table(settings.history_table, aws_clients(settings))
     print(f"history table ready: {arn}")
     return 0
 
@@ -119,10 +120,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dev.add_argument("--port", type=int, default=3000)
     dev.set_defaults(run=cmd_dev)
 
+    load = commands.add_parser(
+        "load",
+        help="load one inventory date as a batch job (no UI, no daemon); the run is recorded in DAGSTER_HOME's instance",
+        description="Exit status: 0 processed, no object failed; 1 the run failed; 2 configuration error, no run; "
+        "3 processed, some objects failed. Prints a JSON result record when the run starts and when it ends.",
+    )
+    load.add_argument("--date", help="inventory date YYYY-MM-DD (default: the newest complete report's date)")
+    load.add_argument("--result-uri", help="also write the JSON result record to s3://bucket/key (through the configured store)")
+    load.set_defaults(run=None)
+
     shown = commands.add_parser("settings", help="print every RIVBULK_* setting as the README's table")
     shown.set_defaults(run=cmd_settings)
 
     args = parser.parse_args(argv)
+    if args.command == "load":  # reads its own settings: a broken configuration still gets a result record
+        from .load import load as load_date
+
+        return load_date(args.date, args.result_uri)
     try:
         settings = Settings.from_env()
     except SettingsError as error:

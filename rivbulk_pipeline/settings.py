@@ -48,11 +48,20 @@ class Settings(dg.ConfigurableResource):
         "rivbulk", "prefix for asset tables and Batch manifests (empty: the bucket's root)", may_be_empty=True
     )
     region: Optional[str] = _setting(None, "AWS region for S3, DynamoDB and SigV4 (unset: `AWS_REGION`, then `AWS_DEFAULT_REGION`)")
-    endpoint_url: Optional[str] = _setting(None, "endpoint for S3 and DynamoDB (MinIO, LocalStack, moto)")
+    endpoint_url: Optional[str] = _setting(None, "endpoint for S3, DynamoDB and Secrets Manager (MinIO, LocalStack, moto)")
+    aws_profile: Optional[str] = _setting(None, "AWS profile for every AWS client (unset: the standard credential chain)")
+    aws_max_attempts: int = _setting(8, "attempts per AWS call, the first included, >= 1", ge=1, le=50)
+    aws_retry_mode: Literal["standard", "adaptive", "legacy"] = _setting(
+        "standard", "botocore's retry mode for every AWS client (`standard`, `adaptive` or `legacy`)"
+    )
+    aws_max_pool_connections: int = _setting(32, "HTTP connections kept per AWS client, >= 1", ge=1, le=1024)
     history_table: str = _setting("rivbulk-import-history", "the DynamoDB import history table", min_length=3, max_length=255)
     gateway_url: str = _setting("", "the RIV UserPortal gateway (required for `aws`); rivbulk posts to `<url>/register`")
     gateway_auth: Literal["none", "api_key", "sigv4"] = _setting(
         "none", "`none`, `api_key` (the key in `RIVBULK_GATEWAY_API_KEY`, environment only) or `sigv4` (IAM, service `execute-api`)"
+    )
+    gateway_api_key_secret: str = _setting(
+        "", "ARN or name of a Secrets Manager secret holding the API key as plain text (for `api_key`; instead of `RIVBULK_GATEWAY_API_KEY`)"
     )
     gateway_api_key_header: str = _setting("x-api-key", "the header the API key goes in", min_length=1)
     gateway_timeout_seconds: float = _setting(30.0, "timeout of every gateway call (connect and read), > 0", gt=0)
@@ -82,7 +91,7 @@ class Settings(dg.ConfigurableResource):
         "auto", "whether keys in ORC/Parquet reports are URL-encoded (`true`/`false`); `auto` decides per report"
     )
 
-    @field_validator("deployment", "gateway_auth", "columnar_keys_url_encoded", mode="before")
+    @field_validator("deployment", "gateway_auth", "columnar_keys_url_encoded", "aws_retry_mode", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value

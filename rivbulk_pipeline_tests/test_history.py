@@ -20,6 +20,7 @@ from moto.server import ThreadedMotoServer
 
 from rivbulk_pipeline.core.errors import HistoryError
 from rivbulk_pipeline.core.model import HISTORY_LOOKUP_SCHEMA, HistoryRecord, HistoryStatus, ObjectRef
+from rivbulk_pipeline.resources.aws import AwsClients
 from rivbulk_pipeline.resources.history import (
     MAX_ITEM_BYTES,
     ClaimLost,
@@ -56,8 +57,8 @@ def history(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ImportHi
     else:
         request.getfixturevalue("aws_env")
         with mock_aws():
-            create_history_table(TABLE, region_name=REGION)
-            yield DynamoImportHistory(table_name=TABLE, region_name=REGION)
+            create_history_table(TABLE, AwsClients(region_name=REGION))
+            yield DynamoImportHistory(table_name=TABLE, aws=AwsClients(region_name=REGION))
 
 
 def ref(key: str, version_id: str | None = None) -> ObjectRef:
@@ -362,9 +363,9 @@ def test_dynamo_over_http_with_endpoint_url(aws_env: None) -> None:
     try:
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
-        arn = create_history_table(TABLE, region_name=REGION, endpoint_url=endpoint)
+        arn = create_history_table(TABLE, AwsClients(region_name=REGION, endpoint_url=endpoint))
         assert arn.endswith(f":table/{TABLE}")
-        history = DynamoImportHistory(table_name=TABLE, region_name=REGION, endpoint_url=endpoint)
+        history = DynamoImportHistory(table_name=TABLE, aws=AwsClients(region_name=REGION, endpoint_url=endpoint))
         objs = [ref(f"http/{i}.jpg") for i in range(130)]
         for obj in objs:
             assert history.claim(obj, "e1", "run-1", 60)
@@ -382,8 +383,8 @@ def test_dynamo_over_http_with_endpoint_url(aws_env: None) -> None:
 
 def test_create_history_table_is_idempotent_and_rejects_a_wrong_schema(aws_env: None) -> None:
     with mock_aws():
-        first = create_history_table(TABLE, region_name=REGION)
-        assert create_history_table(TABLE, region_name=REGION) == first
+        first = create_history_table(TABLE, AwsClients(region_name=REGION))
+        assert create_history_table(TABLE, AwsClients(region_name=REGION)) == first
         raw = boto3.client("dynamodb", region_name=REGION)
         table = raw.describe_table(TableName=TABLE)["Table"]
         assert table["TableStatus"] == "ACTIVE"
@@ -396,15 +397,15 @@ def test_create_history_table_is_idempotent_and_rejects_a_wrong_schema(aws_env: 
             BillingMode="PAY_PER_REQUEST",
         )
         with pytest.raises(HistoryError, match=r"someone-else exists with key schema \[id \(HASH, S\)\]"):
-            create_history_table("someone-else", region_name=REGION)
+            create_history_table("someone-else", AwsClients(region_name=REGION))
         with pytest.raises(HistoryError, match="billing_mode"):
-            create_history_table("t2", region_name=REGION, billing_mode="ON_DEMAND")
-        assert create_history_table("t3", region_name=REGION, billing_mode="PROVISIONED").endswith("/t3")
+            create_history_table("t2", AwsClients(region_name=REGION), billing_mode="ON_DEMAND")
+        assert create_history_table("t3", AwsClients(region_name=REGION), billing_mode="PROVISIONED").endswith("/t3")
 
 
 def test_dynamo_missing_table_is_a_clear_error(aws_env: None) -> None:
     with mock_aws():
-        history = DynamoImportHistory(table_name="not-there", region_name=REGION)
+        history = DynamoImportHistory(table_name="not-there", aws=AwsClients(region_name=REGION))
         with pytest.raises(HistoryError, match="not-there.*create-history-table"):
             history.claim(ref("a.jpg"), "e1", "run-1", 60)
         with pytest.raises(HistoryError, match="not-there"):
@@ -415,8 +416,8 @@ def test_dynamo_lookup_retries_unprocessed_keys(aws_env: None) -> None:
     # ~45 near-limit items make one BatchGetItem answer pass 16 MB: DynamoDB (and moto) then
     # return part of the keys as UnprocessedKeys, which lookup must fetch again.
     with mock_aws():
-        create_history_table(TABLE, region_name=REGION)
-        history = DynamoImportHistory(table_name=TABLE, region_name=REGION)
+        create_history_table(TABLE, AwsClients(region_name=REGION))
+        history = DynamoImportHistory(table_name=TABLE, aws=AwsClients(region_name=REGION))
         objs = [ref(f"big/{i}.jpg") for i in range(45)]
         for obj in objs:
             assert history.claim(obj, "e1", "run-1", 60)
@@ -460,7 +461,7 @@ def test_dynamo_throttling_is_retried_by_the_client(aws_env: None) -> None:
     thread.start()
     try:
         endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-        history = DynamoImportHistory(table_name=TABLE, region_name=REGION, endpoint_url=endpoint)
+        history = DynamoImportHistory(table_name=TABLE, aws=AwsClients(region_name=REGION, endpoint_url=endpoint))
         assert history.claim(ref("throttled.jpg"), "e1", "run-1", 60)
         assert _ThrottlingDynamo.seen == ["DynamoDB_20120810.UpdateItem"] * 3
     finally:
@@ -471,8 +472,8 @@ def test_dynamo_throttling_is_retried_by_the_client(aws_env: None) -> None:
 def test_dynamo_scan_and_batch_get_give_the_same_final_outcomes(aws_env: None) -> None:
     """Qualification's question, answered key by key (BatchGetItem) or from one parallel Scan."""
     with mock_aws():
-        create_history_table(TABLE, region_name=REGION)
-        history = DynamoImportHistory(table_name=TABLE, region_name=REGION, scan_segments=3)
+        create_history_table(TABLE, AwsClients(region_name=REGION))
+        history = DynamoImportHistory(table_name=TABLE, aws=AwsClients(region_name=REGION), scan_segments=3)
         expected = set()
         for i in range(240):
             obj = ref(f"users/{i:03d}.jpg", None if i % 3 else f"v{i}")

@@ -20,6 +20,7 @@ import pytest
 from moto import mock_aws
 
 from rivbulk_pipeline.core.errors import InvalidKey, ObjectNotFound, TagLimitError
+from rivbulk_pipeline.resources.aws import AwsClients
 from rivbulk_pipeline.resources.object_store import LocalObjectStore, ObjectStoreResource, S3ObjectStore
 
 BUCKET = "images"
@@ -73,7 +74,7 @@ def store(
         return
     fake_aws(monkeypatch, tmp_path)
     with mock_aws():
-        s3 = S3ObjectStore(region_name="us-east-1")
+        s3 = S3ObjectStore(aws=AwsClients(region_name="us-east-1"))
         s3.create_bucket(BUCKET)
         yield s3
 

@@ -7,6 +7,7 @@ import pytest
 from moto import mock_aws
 
 from rivbulk_pipeline.core.reports import SensorCursor, scan_for_new_reports
+from rivbulk_pipeline.resources.aws import AwsClients
 from rivbulk_pipeline.resources.object_store import S3ObjectStore
 
 BUCKET = "inventory"
@@ -23,7 +24,7 @@ def s3(aws_credentials):
     with mock_aws():
         client = boto3.client("s3", region_name="us-east-1")
         client.create_bucket(Bucket=BUCKET)
-        yield client, S3ObjectStore(region_name="us-east-1")
+        yield client, S3ObjectStore(aws=AwsClients(region_name="us-east-1"))
 
 
 def test_more_folders_than_one_listing_page(s3):

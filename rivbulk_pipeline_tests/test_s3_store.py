@@ -22,6 +22,7 @@ from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
 from rivbulk_pipeline.core.errors import AccessDenied, ObjectNotFound, StoreError, TransientStoreError
+from rivbulk_pipeline.resources.aws import AwsClients
 from rivbulk_pipeline.resources.object_store import S3ObjectStore
 from rivbulk_pipeline_tests.test_local_store import fake_aws, md5
 
@@ -139,7 +140,7 @@ def moto_server(aws_env: None, moto_endpoint: tuple[str, int]) -> str:
 @pytest.fixture
 def direct(moto_server: str) -> S3ObjectStore:
     """A store talking straight to the moto server, to set objects up."""
-    store = S3ObjectStore(region_name="us-east-1", endpoint_url=moto_server)
+    store = S3ObjectStore(aws=AwsClients(region_name="us-east-1", endpoint_url=moto_server))
     store.create_bucket(BUCKET)
     return store
 
@@ -159,7 +160,7 @@ def front(moto_server: str) -> Iterator[Callable[[Plan], FaultyFront]]:
 
 
 def through(server: FaultyFront, max_attempts: int) -> S3ObjectStore:
-    return S3ObjectStore(region_name="us-east-1", endpoint_url=server.url, max_attempts=max_attempts)
+    return S3ObjectStore(aws=AwsClients(region_name="us-east-1", endpoint_url=server.url, max_attempts=max_attempts))
 
 
 # ------------------------------------------------------------------ moto over HTTP
@@ -194,7 +195,7 @@ def test_upload_file_goes_multipart_when_large(direct: S3ObjectStore, tmp_path: 
 
 
 def test_create_bucket_outside_us_east_1_is_idempotent(moto_server: str) -> None:
-    store = S3ObjectStore(region_name="eu-west-1", endpoint_url=moto_server)
+    store = S3ObjectStore(aws=AwsClients(region_name="eu-west-1", endpoint_url=moto_server))
     store.create_bucket("eu-images")
     store.create_bucket("eu-images")
     store.put_bytes("eu-images", "a", b"a")
@@ -204,7 +205,7 @@ def test_create_bucket_outside_us_east_1_is_idempotent(moto_server: str) -> None
 
 def test_tags_and_reads_honour_version_id(aws_env: None) -> None:
     with mock_aws():
-        store = S3ObjectStore(region_name="us-east-1")
+        store = S3ObjectStore(aws=AwsClients(region_name="us-east-1"))
         store.create_bucket(BUCKET)
         boto3.client("s3", region_name="us-east-1").put_bucket_versioning(
             Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"}
@@ -289,7 +290,7 @@ def test_a_refused_connection_is_a_transient_error(aws_env: None) -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    store = S3ObjectStore(region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{port}", max_attempts=2)
+    store = S3ObjectStore(aws=AwsClients(region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{port}", max_attempts=2))
     with pytest.raises(TransientStoreError, match="s3://images/a.jpg: EndpointConnectionError"):
         store.get_tags(BUCKET, "a.jpg")
 
@@ -345,7 +346,7 @@ def test_no_credentials_is_a_clear_store_error(monkeypatch: pytest.MonkeyPatch, 
         monkeypatch.delenv(name)
     monkeypatch.delenv("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", raising=False)
     monkeypatch.delenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", raising=False)
-    store = S3ObjectStore(region_name="us-east-1", endpoint_url="http://127.0.0.1:9")
+    store = S3ObjectStore(aws=AwsClients(region_name="us-east-1", endpoint_url="http://127.0.0.1:9"))
     with pytest.raises(StoreError, match="no AWS credentials") as caught:
         store.head(BUCKET, "a.jpg")
     assert type(caught.value) is StoreError

@@ -5,11 +5,26 @@ from typing import Any
 
 import dagster as dg
 
+from dagster_aws.secretsmanager import SecretsManagerResource
+
+from ..resources.aws import AwsClients
 from ..resources.gateway import LocalRegistryGateway, RivHttpGateway
 from ..resources.history import DynamoImportHistory, SqliteImportHistory
 from ..resources.object_store import LocalObjectStore, S3ObjectStore
 from ..resources.registration import CustomRegistrationProvider, S3TagRegistrationProvider
 from ..settings import Settings
+
+
+def aws_clients(settings: Settings) -> AwsClients:
+    """The one boto3 configuration (dagster-aws's S3Resource fields) every AWS adapter shares."""
+    return AwsClients(
+        region_name=settings.region,
+        endpoint_url=settings.endpoint_url,
+        profile_name=settings.aws_profile,
+        max_attempts=settings.aws_max_attempts,
+        retry_mode=settings.aws_retry_mode,
+        max_pool_connections=settings.aws_max_pool_connections,
+    )
 
 
 def build_resources(settings: Settings) -> dict[str, Any]:
@@ -19,15 +34,21 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         history = SqliteImportHistory(db_path=str(home / "import_history.sqlite"))
         gateway = LocalRegistryGateway(db_path=str(home / "registry.sqlite"))
     elif settings.deployment == "aws":
-        store = S3ObjectStore(region_name=settings.region, endpoint_url=settings.endpoint_url)
-        history = DynamoImportHistory(
-            table_name=settings.history_table, region_name=settings.region, endpoint_url=settings.endpoint_url
-        )
+        aws = aws_clients(settings)
+        store = S3ObjectStore(aws=aws)
+        history = DynamoImportHistory(table_name=settings.history_table, aws=aws)
+        from_secret = settings.gateway_auth == "api_key" and bool(settings.gateway_api_key_secret)
         gateway = RivHttpGateway(
             url=settings.gateway_url,
             auth=settings.gateway_auth,
-            # The key stays in the environment: Dagster stores the variable's name, not its value.
-            api_key=dg.EnvVar("RIVBULK_GATEWAY_API_KEY") if settings.gateway_auth == "api_key" else None,
+            # The key stays in the environment or Secrets Manager: Dagster stores the variable's
+            # name or the secret's id, never the key.
+            api_key=dg.EnvVar("RIVBULK_GATEWAY_API_KEY") if settings.gateway_auth == "api_key" and not from_secret else None,
+            api_key_secret_id=settings.gateway_api_key_secret if from_secret else None,
+            secrets_manager=SecretsManagerResource(
+                region_name=settings.region, endpoint_url=settings.endpoint_url, profile_name=settings.aws_profile,
+                max_attempts=settings.aws_max_attempts,
+            ) if from_secret else None,
             api_key_header=settings.gateway_api_key_header,
             region_name=settings.region,
             timeout_seconds=settings.gateway_timeout_seconds,

@@ -12,6 +12,8 @@ import dagster as dg
 import requests
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
+from botocore.exceptions import BotoCoreError, ClientError
+from dagster_aws.secretsmanager import SecretsManagerResource
 from pydantic import Field, PrivateAttr
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
@@ -149,6 +151,12 @@ class RivHttpGateway(GatewayResource):
     api_key: Optional[str] = Field(
         default=None, repr=False, description="API key for auth=api_key; pass dg.EnvVar, never a literal"
     )
+    api_key_secret_id: Optional[str] = Field(
+        default=None, description="ARN or name of a Secrets Manager secret whose string is the API key (instead of api_key)"
+    )
+    secrets_manager: Optional[SecretsManagerResource] = Field(
+        default=None, description="dagster-aws's Secrets Manager resource the key is read through"
+    )
     api_key_header: str = Field(default="x-api-key", description="Header carrying the API key")
     region_name: Optional[str] = Field(default=None, description="Region for sigv4 (default: the AWS chain's)")
     timeout_seconds: float = Field(default=30.0, description="Connect and read timeout of each call")
@@ -174,8 +182,12 @@ class RivHttpGateway(GatewayResource):
         if mode not in _AUTH_MODES:
             raise DeploymentError(f"RivHttpGateway.auth must be one of {', '.join(_AUTH_MODES)}, not {self.auth!r}")
         if mode == "api_key":
+            if self.api_key_secret_id:
+                return _ApiKeyAuth(self.api_key_header, self._key_from_secrets_manager())
             if not self.api_key:
-                raise DeploymentError("RivHttpGateway: auth='api_key' needs api_key (set it from an environment variable)")
+                raise DeploymentError(
+                    "RivHttpGateway: auth='api_key' needs api_key (from an environment variable) or api_key_secret_id"
+                )
             # Built outside a Dagster run, the field still holds the EnvVar itself: read its value,
             # never send the variable's name as the key.
             key = self.api_key.get_value() if isinstance(self.api_key, dg.EnvVar) else self.api_key
@@ -192,6 +204,23 @@ class RivHttpGateway(GatewayResource):
                 raise DeploymentError("RivHttpGateway: auth='sigv4' needs region_name (or AWS_REGION)")
             return _SigV4RequestsAuth(credentials, region)
         return None
+
+    def _key_from_secrets_manager(self) -> str:
+        """The key, read once per resource; only the secret's id is configuration (and so stored)."""
+        secrets = self.secrets_manager or SecretsManagerResource()
+        secret_id = self.api_key_secret_id
+        try:
+            value = secrets.get_client().get_secret_value(SecretId=secret_id).get("SecretString")
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "error")
+            raise DeploymentError(f"RivHttpGateway: cannot read the API key secret {secret_id!r} from Secrets Manager: {code}") from None
+        except BotoCoreError as error:
+            raise DeploymentError(
+                f"RivHttpGateway: cannot read the API key secret {secret_id!r} from Secrets Manager: {type(error).__name__}"
+            ) from None
+        if not value or not value.strip():
+            raise DeploymentError(f"RivHttpGateway: the secret {secret_id!r} has no SecretString (the API key as plain text)")
+        return value.strip()
 
     def _client(self) -> tuple[requests.Session, Optional[AuthBase]]:
         if self._session is None:

@@ -9,17 +9,16 @@ from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
-import boto3
 import numpy as np
 import pyarrow as pa
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field, PrivateAttr
 
 from ...core.errors import HistoryError
 from ...core.known_outcomes import combined_hash
 from ...core.limits import dynamodb_item_size
+from ..aws import AwsClients
 from ...core.model import HistoryRecord, HistoryStatus, ObjectRef
 
 from .base import (
@@ -52,12 +51,10 @@ _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
 
-def _dynamodb_client(region_name: Optional[str], endpoint_url: Optional[str]) -> Any:
-    # Standard retry mode retries throttling (ProvisionedThroughputExceededException,
-    # ThrottlingException) and 5xx with backoff. Credentials: the default chain only.
-    config = Config(retries={"mode": "standard", "total_max_attempts": 8})
-    session = boto3.session.Session()  # a fresh session: the default one is not thread-safe
-    return session.client("dynamodb", region_name=region_name, endpoint_url=endpoint_url, config=config)
+def _dynamodb_client(aws: AwsClients) -> Any:
+    # Standard retry mode (AwsClients' default) retries throttling (ProvisionedThroughputExceeded,
+    # ThrottlingException) and 5xx with backoff.
+    return aws.client("dynamodb")
 
 
 def _error_code(error: ClientError) -> str:
@@ -181,8 +178,7 @@ def _object_prints(table: pa.Table) -> np.ndarray:
 
 def create_history_table(
     table_name: str,
-    region_name: Optional[str] = None,
-    endpoint_url: Optional[str] = None,
+    aws: AwsClients,
     billing_mode: str = "PAY_PER_REQUEST",
     *,
     read_capacity_units: int = 5,
@@ -195,7 +191,7 @@ def create_history_table(
     """
     if billing_mode not in ("PAY_PER_REQUEST", "PROVISIONED"):
         raise HistoryError(f"table {table_name}: billing_mode must be PAY_PER_REQUEST or PROVISIONED")
-    client = _dynamodb_client(region_name, endpoint_url)
+    client = _dynamodb_client(aws)
     try:
         try:
             table = client.describe_table(TableName=table_name)["Table"]
@@ -245,8 +241,7 @@ class DynamoImportHistory(ImportHistoryResource):
     """The production import history: a DynamoDB table (see the module docstring for its schema)."""
 
     table_name: str = Field(description="The DynamoDB table (create it with `rivbulk create-history-table`).")
-    region_name: Optional[str] = Field(default=None, description="AWS region; default from the environment.")
-    endpoint_url: Optional[str] = Field(default=None, description="DynamoDB endpoint override (local/test).")
+    aws: AwsClients = Field(description="The boto3 configuration every AWS adapter shares (dagster-aws's fields).")
 
     lookup_concurrency: int = Field(default=8, description="BatchGetItem requests in flight at once.")
     scan_segments: int = Field(default=8, description="Segments (threads) of the parallel Scan.")
@@ -257,7 +252,7 @@ class DynamoImportHistory(ImportHistoryResource):
 
     def _dynamodb(self) -> Any:
         if self._client is None:
-            self._client = _dynamodb_client(self.region_name, self.endpoint_url)
+            self._client = _dynamodb_client(self.aws)
         return self._client
 
     def _fail(self, what: str, error: Exception) -> HistoryError:

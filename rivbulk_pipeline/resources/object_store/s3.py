@@ -8,12 +8,8 @@ import threading
 from datetime import timezone
 from typing import Any, BinaryIO, ContextManager, Iterator, Mapping, Optional
 
-import boto3
-import botocore.session
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
-from botocore.loaders import Loader, create_loader
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.exceptions import (
@@ -35,6 +31,7 @@ from ...core.errors import (
 from ...core.model import ObjectInfo, ObjectRef
 from ...core.tags import validate_tag_set
 
+from ..aws import AwsClients
 from .base import CHUNK_BYTES, ObjectStoreResource
 
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchVersion", "NotFound", "404"}
@@ -159,55 +156,27 @@ class _S3BodyReader(io.RawIOBase):
         super().close()
 
 
-_LOADER_LOCK = threading.Lock()
-_LOADER: Optional[Loader] = None
-
-
-def _shared_loader() -> Loader:
-    """One botocore data loader per process: it caches the parsed S3 service model, which
-    otherwise every new session reads and parses again (a noticeable pause per client)."""
-    global _LOADER
-    with _LOADER_LOCK:
-        if _LOADER is None:
-            _LOADER = create_loader()
-        return _LOADER
-
-
 class S3ObjectStore(ObjectStoreResource):
-    """Amazon S3 (or an S3-compatible endpoint) through boto3. Credentials come from the
-    standard chain only (environment, profile, instance/task role)."""
+    """Amazon S3 (or an S3-compatible endpoint) through the client dagster-aws's configuration
+    builds (`AwsClients`). Credentials: the standard chain (environment, profile, task role)."""
 
-    region_name: Optional[str] = Field(default=None, description="AWS region; None: the standard chain's.")
-    endpoint_url: Optional[str] = Field(
-        default=None, description="Custom endpoint (MinIO, LocalStack); path-style addressing is used with it."
+    aws: AwsClients = Field(
+        description="dagster-aws's S3Resource with rivbulk's pool and retries: region, endpoint, profile, ..."
     )
-    max_attempts: int = Field(default=8, description="Attempts per call, first included (botocore standard retries).")
-    connect_timeout: float = Field(default=5, description="Seconds to open a connection.")
-    read_timeout: float = Field(default=60, description="Seconds to wait for data on an open connection.")
-    max_pool_connections: int = Field(default=32, description="HTTP connections kept per client.")
 
     _client: Any = PrivateAttr(default=None)
     _lock: Any = PrivateAttr(default_factory=threading.Lock)
+
+    @property
+    def max_attempts(self) -> int:
+        return self.aws.max_attempts
 
     def _s3(self) -> Any:
         """The boto3 client, made on first use (clients are thread-safe, sessions are not)."""
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    options: dict[str, Any] = dict(
-                        # total_max_attempts counts the first try; botocore's "max_attempts" key would not.
-                        retries={"mode": "standard", "total_max_attempts": self.max_attempts},
-                        connect_timeout=self.connect_timeout,
-                        read_timeout=self.read_timeout,
-                        max_pool_connections=self.max_pool_connections,
-                    )
-                    if self.endpoint_url:
-                        options["s3"] = {"addressing_style": "path"}
-                    core_session = botocore.session.get_session()  # own credentials, shared models
-                    core_session.register_component("data_loader", _shared_loader())
-                    self._client = boto3.session.Session(botocore_session=core_session).client(
-                        "s3", region_name=self.region_name, endpoint_url=self.endpoint_url, config=Config(**options)
-                    )
+                    self._client = self.aws.get_client()
         return self._client
 
     @staticmethod
@@ -271,7 +240,7 @@ class S3ObjectStore(ObjectStoreResource):
         the transfer does not return it; a multipart ETag is `<md5 of part md5s>-<parts>`."""
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no such file to upload to s3://{bucket}/{key}")
-        transfer = TransferConfig(max_concurrency=max(1, min(10, self.max_pool_connections)))
+        transfer = TransferConfig(max_concurrency=max(1, min(10, self.aws.max_pool_connections)))
         with _s3_errors(bucket, key):
             self._s3().upload_file(path, bucket, key, Config=transfer)
         return self.head(bucket, key).etag
