@@ -13,6 +13,7 @@ import boto3
 import pyarrow as pa
 from moto.server import ThreadedMotoServer
 
+from rivbulk_pipeline.resources.aws import AwsClients
 from rivbulk_pipeline.resources.history import DynamoImportHistory, create_history_table
 
 REGION = "us-east-1"
@@ -49,7 +50,8 @@ def measure_dynamo_lookup(records: int, log: Callable[[str], None] = print) -> d
     server.start()
     try:
         endpoint = f"http://127.0.0.1:{server._server.server_port}"
-        create_history_table(TABLE, region_name=REGION, endpoint_url=endpoint)
+        aws = AwsClients(region_name=REGION, endpoint_url=endpoint)
+        create_history_table(TABLE, aws)
         log(f"  filling {records:,} history items on moto's server ...")
         _fill(endpoint, records)
         results: dict = {"records": records, "runs": []}
@@ -57,7 +59,7 @@ def measure_dynamo_lookup(records: int, log: Callable[[str], None] = print) -> d
             day = max(1, int(records * share))
             objects = _objects(0, day)
             for strategy in ("batch_get", "scan"):
-                history = DynamoImportHistory(table_name=TABLE, region_name=REGION, endpoint_url=endpoint)
+                history = DynamoImportHistory(table_name=TABLE, aws=aws)
                 auto = history.lookup_strategy(day)
                 started = time.perf_counter()
                 if strategy == "scan":  # forced either way, to compare the two

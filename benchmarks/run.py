@@ -7,6 +7,7 @@ dir (or `--workdir`, kept) and every figure is printed next to its target.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -116,6 +117,7 @@ def run_measurements(
             for objects in sizes.scale_objects:
                 runs.append(measure_size(folder, objects, log=log))
                 log(f"  {objects:,} objects: {sum(runs[-1]['asset_seconds'].values()):.1f}s for the four assets")
+                log(f"  figures: {json.dumps(runs[-1])}")  # kept in the output should a later step fail
                 shutil.rmtree(os.path.join(folder, f"scale-{objects}"), ignore_errors=True)
             results[name] = {"runs": runs, "dynamo": measure_dynamo_lookup(sizes.dynamo_records, log=log)}
         else:
