@@ -5,6 +5,7 @@ import random
 import pyarrow as pa
 import pytest
 
+from rivbulk_pipeline.core.errors import DeploymentError
 from rivbulk_pipeline.core.indexing import IndexingPolicy, index_qualified
 from rivbulk_pipeline.core.model import QUALIFIED_SCHEMA, HistoryStatus, ObjectRef
 from rivbulk_pipeline.core.ratelimit import RateLimiter
@@ -110,8 +111,9 @@ def test_an_image_changed_since_the_inventory_is_not_registered(parts):
     batch = _qualified(store, ["ann"])
     store.put_bytes(BUCKET, "people/ann.png", face_image(999))
     out = _run(parts, batch)
-    assert out["ann"]["outcome"] == "failed_transient" and "changed since the inventory" in out["ann"]["reason"]
+    assert out["ann"]["outcome"] == "skipped" and out["ann"]["reason"].startswith("stale_inventory:")
     assert riv.requests == []
+    assert history.lookup([ObjectRef(BUCKET, "people/ann.png")]) == {}  # a stale row leaves no trace in the history
 
 
 def test_missing_image_and_bad_properties_fail_alone(parts):
@@ -120,23 +122,23 @@ def test_missing_image_and_bad_properties_fail_alone(parts):
     batch = _qualified(store, ["ann", "ben", "cat"], properties={"ben": f"s3://{BUCKET}/props/ben.json"})
     store.delete(BUCKET, "people/ann.png")
     out = _run(parts, batch)
-    assert out["ann"]["outcome"] == "failed_permanent" and "object_not_found" in out["ann"]["reason"]
+    assert out["ann"]["outcome"] == "skipped" and out["ann"]["reason"].startswith("object_not_found:")
     assert out["ben"]["outcome"] == "failed_permanent" and "bad_properties" in out["ben"]["reason"]
     assert out["cat"]["outcome"] == "indexed"
     assert riv.registrations == {"cat": 1}
 
 
 class BrokenGateway:
-    """A gateway with a configuration error: it raises instead of answering."""
+    """A gateway whose deployment is wrong: it raises instead of answering."""
 
     def register(self, user_id, image, properties):
-        raise ValueError("RIVBULK_GATEWAY_AUTH=sigv4 needs a region")
+        raise DeploymentError("RIVBULK_GATEWAY_AUTH=sigv4 needs a region")
 
 
-def test_a_configuration_error_stops_the_run_and_frees_the_claim(parts):
+def test_a_deployment_error_stops_the_run_and_frees_the_claim(parts):
     store, history, provider, _ = parts
     batch = _qualified(store, ["ann"])
-    with pytest.raises(ValueError, match="needs a region"):
+    with pytest.raises(DeploymentError, match="needs a region"):
         list(index_qualified([batch], store=store, provider=provider, gateway=BrokenGateway(), history=history,
                              limiter=RateLimiter(100), policy=IndexingPolicy(owner="run-1", concurrency=1)))
     assert history.claim(ObjectRef(BUCKET, "people/ann.png"), batch.column("e_tag")[0].as_py(), "run-2", 60)

@@ -18,6 +18,7 @@ import dagster as dg
 import pytest
 from PIL import Image
 
+from rivbulk_pipeline.core.errors import DeploymentError
 from rivbulk_pipeline.core.model import GatewayResult, Outcome
 from rivbulk_pipeline.resources.gateway import GatewayResource, RivHttpGateway
 
@@ -25,7 +26,7 @@ from .gateway_server import Answer, FakeRivGateway, SigV4Expectation
 
 PROPS = {"name": "Private Person", "employee": "E-1234"}
 
-DENIED = "HTTP 403: the gateway refused our credentials (check RIVBULK_GATEWAY_AUTH)"
+DENIED = "answered HTTP 403: the gateway forbade the call"
 
 
 def face(seed: int = 0, size: tuple[int, int] = (96, 96)) -> bytes:
@@ -131,23 +132,31 @@ def test_throttling_and_server_errors_are_transient(riv: FakeRivGateway, status:
 
 
 @pytest.mark.parametrize("status", [401, 403])
-def test_auth_refusals_are_transient_not_the_users_fault(riv: FakeRivGateway, status: int) -> None:
+def test_auth_refusals_stop_the_run_as_deployment_errors(riv: FakeRivGateway, status: int) -> None:
     riv.script(Answer.http(status, {"message": "detail the gateway gave"}))
-    result = gateway(riv).register("ivan", face(11), {})
-    assert result.outcome is Outcome.FAILED_TRANSIENT and result.reason.startswith(f"HTTP {status}: the gateway refused")
-    assert "detail the gateway gave" not in result.reason
+    with pytest.raises(DeploymentError) as raised:
+        gateway(riv).register("ivan", face(11), {})
+    assert f"POST {riv.url}/register answered HTTP {status}" in str(raised.value)
+    assert "detail the gateway gave" not in str(raised.value)
 
 
-@pytest.mark.parametrize("status", [400, 404, 413])
-def test_other_4xx_are_permanent(riv: FakeRivGateway, status: int) -> None:
+@pytest.mark.parametrize("status", [404, 405])
+def test_a_wrong_url_or_stage_is_a_deployment_error_not_a_users_failure(riv: FakeRivGateway, status: int) -> None:
+    riv.script(Answer.http(status, {"message": "Missing Authentication Token"}))
+    with pytest.raises(DeploymentError, match=f"HTTP {status}: .*RIVBULK_GATEWAY_URL"):
+        gateway(riv).register("ivan", face(11), {})
+
+
+@pytest.mark.parametrize("status", [400, 413])
+def test_other_4xx_are_permanent_with_the_gateways_reason(riv: FakeRivGateway, status: int) -> None:
     riv.script(Answer.http(status, {"message": "detail the gateway gave"}))
-    assert gateway(riv).register("ivan", face(11), {}) == GatewayResult.permanent(f"HTTP {status}")
+    assert gateway(riv).register("ivan", face(11), {}) == GatewayResult.permanent(f"HTTP {status}: detail the gateway gave")
 
 
-def test_a_redirect_is_not_followed_and_not_final(riv: FakeRivGateway) -> None:
+def test_a_redirect_is_not_followed_and_stops_the_run(riv: FakeRivGateway) -> None:
     riv.script(Answer.raw(302, b"", "text/plain"))
-    result = gateway(riv).register("judy", face(12), {})
-    assert result.outcome is Outcome.FAILED_TRANSIENT and result.reason.startswith("HTTP 302")
+    with pytest.raises(DeploymentError, match="HTTP 302, a redirect"):
+        gateway(riv).register("judy", face(12), {})
     assert len(riv.requests) == 1
 
 
@@ -228,9 +237,11 @@ def test_api_key_right_and_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
         good = RivHttpGateway(url=riv.url, auth="api_key", api_key="k-right-0123", api_key_header="x-riv-key")
         assert good.register("rita", face(20), {}).outcome is Outcome.INDEXED
         bad = RivHttpGateway(url=riv.url, auth="api_key", api_key="k-wrong-9999", api_key_header="x-riv-key")
-        assert bad.register("sam", face(21), {}) == GatewayResult.transient(DENIED)
+        with pytest.raises(DeploymentError, match=DENIED):
+            bad.register("sam", face(21), {})
         none = RivHttpGateway(url=riv.url)
-        assert none.register("sam", face(21), {}) == GatewayResult.transient(DENIED)
+        with pytest.raises(DeploymentError, match=DENIED):
+            none.register("sam", face(21), {})
         assert [r.authorized for r in riv.requests] == [True, False, False]
         assert riv.registrations == {"rita": 1}
         assert "k-right-0123" not in repr(good)
@@ -240,11 +251,12 @@ def test_secrets_and_personal_data_never_reach_the_logs(riv: FakeRivGateway, cap
     caplog.set_level(logging.DEBUG)
     image = face(22)
     gw = gateway(riv, auth="api_key", api_key="very-secret-key-777")
-    riv.script(Answer.succeeded(), Answer.http(403), Answer.drop(), Answer.failed("pose"))
-    results = [gw.register("tom", image, PROPS) for _ in range(4)]
-    assert [r.outcome for r in results] == [
-        Outcome.INDEXED, Outcome.FAILED_TRANSIENT, Outcome.FAILED_TRANSIENT, Outcome.FAILED_PERMANENT]
-    text = caplog.text + " ".join(r.reason for r in results)
+    riv.script(Answer.succeeded(), Answer.drop(), Answer.failed("pose"), Answer.http(403))
+    results = [gw.register("tom", image, PROPS) for _ in range(3)]
+    assert [r.outcome for r in results] == [Outcome.INDEXED, Outcome.FAILED_TRANSIENT, Outcome.FAILED_PERMANENT]
+    with pytest.raises(DeploymentError) as refused:
+        gw.register("tom", image, PROPS)
+    text = caplog.text + " ".join(r.reason for r in results) + str(refused.value)
     assert caplog.records  # urllib3 did log at DEBUG: the check below is not vacuous
     for secret in ("very-secret-key-777", "Private Person", "E-1234", base64.b64encode(image).decode()[:40]):
         assert secret not in text
@@ -265,10 +277,12 @@ def test_sigv4_verified_by_the_server(aws_env: Path, monkeypatch: pytest.MonkeyP
 
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
         wrong = RivHttpGateway(url=riv.url, auth="sigv4", region_name="eu-west-1")
-        assert wrong.register("uma", face(23), PROPS) == GatewayResult.transient(DENIED)
+        with pytest.raises(DeploymentError, match=DENIED):
+            wrong.register("uma", face(23), PROPS)
         other_region = RivHttpGateway(url=riv.url, auth="sigv4", region_name="us-east-1")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "right-secret")
-        assert other_region.register("uma", face(23), PROPS) == GatewayResult.transient(DENIED)
+        with pytest.raises(DeploymentError, match=DENIED):
+            other_region.register("uma", face(23), PROPS)
         assert [r.authorized for r in riv.requests] == [True, False, False]
 
 
@@ -307,13 +321,13 @@ def test_sigv4_credentials_are_refreshed_per_call(aws_env: Path, monkeypatch: py
 
 
 def test_configuration_errors_raise_clearly(aws_env: Path) -> None:
-    with pytest.raises(ValueError, match="auth must be one of"):
+    with pytest.raises(DeploymentError, match="auth must be one of"):
         RivHttpGateway(url="http://127.0.0.1:9", auth="basic").register("a", face(27), {})
-    with pytest.raises(ValueError, match="needs api_key"):
+    with pytest.raises(DeploymentError, match="needs api_key"):
         RivHttpGateway(url="http://127.0.0.1:9", auth="api_key").register("a", face(27), {})
-    with pytest.raises(ValueError, match="no AWS credentials"):
+    with pytest.raises(DeploymentError, match="no AWS credentials"):
         RivHttpGateway(url="http://127.0.0.1:9", auth="sigv4", region_name="eu-west-1").register("a", face(27), {})
-    with pytest.raises(ValueError, match="http:// or https://"):
+    with pytest.raises(DeploymentError, match="http:// or https://"):
         RivHttpGateway(url="ftp://127.0.0.1:9").register("a", face(27), {})
 
 

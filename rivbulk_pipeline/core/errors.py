@@ -30,6 +30,10 @@ class ObjectNotFound(StoreError):
     """The object (or bucket) does not exist (S3 NoSuchKey / NoSuchBucket)."""
 
 
+class ObjectChanged(StoreError):
+    """A conditional read found another ETag than the one asked for (S3 412 PreconditionFailed)."""
+
+
 class AccessDenied(StoreError):
     """The store refused access to the object (S3 AccessDenied)."""
 
@@ -52,10 +56,16 @@ class HistoryError(RivbulkError):
     """The import history refused a write (e.g. an item over DynamoDB's 400 KB)."""
 
 
+class DeploymentError(RivbulkError):
+    """A fault of the deployment, not of any one image or user: a wrong gateway URL or stage,
+    a bad key, a missing permission. It stops the run at once and leaves the objects free."""
+
+
 class RegistrationRejected(RivbulkError):
     """A registration provider's verdict that one object breaks a rule.
 
-    `reason` is a `Reason` value; `detail` names the object and the rule, never property contents.
+    `reason` is a short token (a `Reason` value, or a provider's own such as `not_in_roster`);
+    `detail` names the object and the rule, never property contents.
     """
 
     def __init__(self, reason: str, detail: str) -> None:

@@ -11,16 +11,22 @@ from __future__ import annotations
 import random
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator, Optional
 
 import pyarrow as pa
 
-from .errors import HistoryError, ObjectNotFound, RegistrationRejected, StoreError
+from .errors import DeploymentError, HistoryError, ObjectChanged, ObjectNotFound, RegistrationRejected, StoreError
 from .model import INDEXED_SCHEMA, GatewayResult, HistoryRecord, HistoryStatus, ObjectRef, Outcome
 from .ports import Gateway, ImportHistory, ObjectStore, RegistrationProvider
 from .progress import Progress
 from .ratelimit import RateLimiter, backoff_delay
+from .reasons import reason_token
+
+STALE_CHANGED = "stale_inventory"  # the object's ETag is no longer the listed one
+STALE_GONE = "object_not_found"  # the object is gone since the inventory
+STALE_DETAIL = "the image was replaced since this inventory; the history keeps the current image's record"
+TAG_NOT_WRITTEN = "Indexed tag not written"
 
 _STATUS_OF = {
     Outcome.INDEXED: HistoryStatus.INDEXED,
@@ -65,52 +71,71 @@ class _Indexer:
     def index_one(self, row: dict) -> tuple[IndexResult, Optional[float]]:
         """Return the result, and for a claim held elsewhere the time its lease expires."""
         ref = ObjectRef(row["bucket"], row["key"], row["version_id"])
-        etag = row["e_tag"]
 
-        def result(outcome: Outcome, reason: str, attempts: int = 0) -> IndexResult:
+        def result(outcome: Outcome, reason: str, attempts: int = 0, etag: Optional[str] = row["e_tag"]) -> IndexResult:
             return IndexResult(ref, row["size"], etag, outcome, reason, attempts)
+
+        # Is this row still the object's current version? Asked before any history write, so an
+        # old inventory date (a backfill) never claims over the record of a newer image.
+        try:
+            current = self.store.head(ref.bucket, ref.key, ref.version_id)
+        except ObjectNotFound:
+            return result(Outcome.SKIPPED, f"{STALE_GONE}: the image is gone since the inventory"), None
+        except StoreError as exc:
+            return result(Outcome.FAILED_TRANSIENT, f"reading the image failed ({type(exc).__name__})"), None
+        if row["e_tag"] and current.etag != row["e_tag"]:
+            return result(Outcome.SKIPPED, f"{STALE_CHANGED}: {STALE_DETAIL}"), None
+        etag = row["e_tag"] or current.etag
 
         if not self.history.claim(ref, etag, self.policy.owner, self.policy.lease_seconds):
             record = self.history.lookup([ref]).get(ref)
             if record and record.etag == etag and record.status == HistoryStatus.INDEXED:
-                return result(Outcome.SKIPPED, "already indexed by another run"), None
+                return result(Outcome.SKIPPED, "already indexed by another run", etag=etag), None
             if record and record.status == HistoryStatus.CLAIMED:
-                return result(Outcome.SKIPPED, "claimed by another run"), record.claim_expires_at
-            return result(Outcome.SKIPPED, f"not claimable (history: {record.status.value if record else 'none'})"), None
+                return result(Outcome.SKIPPED, "claimed by another run", etag=etag), record.claim_expires_at
+            state = record.status.value if record else "none"
+            return result(Outcome.SKIPPED, f"not claimable (history: {state})", etag=etag), None
 
         try:
-            final = self._register(ref, row)
-        except BaseException:
-            # A bug or a configuration error, not this object's fault: free it for the next run now
-            # rather than after the lease, then let the error stop the run.
+            final = self._register(ref, row, etag)
+        except DeploymentError:
+            # Not this object's fault: free it for the next run now, and stop this one.
             self.history.release(ref, self.policy.owner)
             raise
+        except Exception as exc:  # a fault with this object alone must not stop the others
+            self.log(f"{ref}: registration failed unexpectedly ({type(exc).__name__}); the next run retries it")
+            final = result(Outcome.FAILED_TRANSIENT, f"unexpected error ({type(exc).__name__})", 0, etag)
+        except BaseException:
+            self.history.release(ref, self.policy.owner)  # interrupted: no outcome, free it now
+            raise
+        if final.outcome == Outcome.SKIPPED:  # the image changed under us: no outcome to record
+            self.history.release(ref, self.policy.owner)
+            return final, None
         try:
-            self._record(ref, etag, row["user_id"], final)
+            final = self._record(ref, etag, row["user_id"], final)
         except HistoryError as exc:
             # e.g. our lease ran out and another run holds the claim now: it records the outcome.
             self.log(f"{ref}: outcome {final.outcome} not recorded: {exc}")
-            return IndexResult(ref, row["size"], etag, Outcome.SKIPPED, f"outcome not recorded: {exc}", final.attempts), None
+            return result(Outcome.SKIPPED, f"outcome not recorded: {exc}", final.attempts, etag), None
         return final, None
 
-    def _register(self, ref: ObjectRef, row: dict) -> IndexResult:
+    def _register(self, ref: ObjectRef, row: dict, etag: str) -> IndexResult:
         def result(outcome: Outcome, reason: str, attempts: int = 0) -> IndexResult:
-            return IndexResult(ref, row["size"], row["e_tag"], outcome, reason, attempts)
+            return IndexResult(ref, row["size"], etag, outcome, reason, attempts)
 
         try:
-            # Compare ETags, not an MD5 of the bytes: SSE-KMS and multipart ETags are no MD5.
-            current = self.store.head(ref.bucket, ref.key, ref.version_id)
-            if row["e_tag"] and current.etag != row["e_tag"]:
-                return result(Outcome.FAILED_TRANSIENT, "the image changed since the inventory; the next inventory carries it")
-            image = self.store.get_bytes(ref.bucket, ref.key, ref.version_id)
+            # IfMatch: the bytes sent are the bytes whose ETag is recorded (closes the HEAD-then-GET race).
+            image = self.store.get_bytes(ref.bucket, ref.key, ref.version_id, if_match=etag)
+        except ObjectChanged:
+            return result(Outcome.SKIPPED, f"{STALE_CHANGED}: {STALE_DETAIL}")
         except ObjectNotFound:
-            return result(Outcome.FAILED_PERMANENT, "object_not_found: the image is gone")
+            return result(Outcome.SKIPPED, f"{STALE_GONE}: the image is gone since the inventory")
         except StoreError as exc:
             return result(Outcome.FAILED_TRANSIENT, f"reading the image failed ({type(exc).__name__})")
         try:
             properties = self.provider.load_properties(row["properties_ref"]) if row["properties_ref"] else {}
         except RegistrationRejected as rejected:
-            return result(Outcome.FAILED_PERMANENT, f"{rejected.reason}: {rejected.detail}")
+            return result(Outcome.FAILED_PERMANENT, f"{reason_token(rejected.reason)}: {rejected.detail}")
         except ObjectNotFound:
             return result(Outcome.FAILED_PERMANENT, "properties_not_found: the properties file is gone")
         except Exception as exc:
@@ -127,7 +152,9 @@ class _Indexer:
                 backoff_delay(attempts, self.policy.backoff_base_seconds, self.policy.backoff_cap_seconds, self.policy.rng)
             )
 
-    def _record(self, ref: ObjectRef, etag: str, user_id: str, final: IndexResult) -> None:
+    def _record(self, ref: ObjectRef, etag: str, user_id: str, final: IndexResult) -> IndexResult:
+        """Write the outcome to the history, then (after a success) the Indexed tag; return the
+        result as the table records it, saying so when the tag could not be written."""
         self.history.record(
             HistoryRecord(
                 ref=ref,
@@ -140,13 +167,16 @@ class _Indexer:
                 updated_at=time.time(),
             )
         )
-        if final.outcome == Outcome.INDEXED:
-            name, value = self.policy.indexed_tag
-            try:
-                self.store.merge_tags(ref.bucket, ref.key, {name: value}, ref.version_id)
-            except StoreError as exc:
-                # The history is the record of truth; the tag is a courtesy to people browsing the bucket.
-                self.log(f"{ref}: indexed, but the {name} tag was not written: {exc}")
+        if final.outcome != Outcome.INDEXED:
+            return final
+        name, value = self.policy.indexed_tag
+        try:
+            self.store.merge_tags(ref.bucket, ref.key, {name: value}, ref.version_id)
+        except StoreError as exc:
+            # The history is the record of truth; the tag is a courtesy to people browsing the bucket.
+            self.log(f"{ref}: indexed, but the {name} tag was not written: {type(exc).__name__}")
+            return replace(final, reason=f"{final.reason}; {TAG_NOT_WRITTEN} ({type(exc).__name__})")
+        return final
 
 
 def index_qualified(

@@ -13,10 +13,14 @@ from .model import GatewayResult, HistoryRecord, ObjectInfo, ObjectRef, Registra
 class ObjectStore(Protocol):
     """S3's semantics: buckets, any UTF-8 key, ETags, object tags (<= 10, whole-set replace).
 
-    Errors: ObjectNotFound, AccessDenied, InvalidKey, TagLimitError, TransientStoreError.
+    Errors: ObjectNotFound, ObjectChanged, AccessDenied, InvalidKey, TagLimitError, TransientStoreError.
     """
 
-    def get_bytes(self, bucket: str, key: str, version_id: Optional[str] = None) -> bytes: ...
+    def get_bytes(
+        self, bucket: str, key: str, version_id: Optional[str] = None, if_match: Optional[str] = None
+    ) -> bytes:
+        """With `if_match`, ObjectChanged unless the object's ETag is that one (S3 IfMatch)."""
+        ...
 
     def open_read(self, bucket: str, key: str) -> ContextManager[BinaryIO]:
         """A streaming, file-like reader (for inventory data files, which can be GBs)."""

@@ -48,13 +48,29 @@ def parse_properties(raw: bytes, location: str, max_bytes: int = DEFAULT_MAX_PRO
         raise RegistrationRejected(
             Reason.BAD_PROPERTIES, f"{location}: properties must be a JSON object of string to string, got a JSON {_json_type(value)}"
         )
-    for position, item in enumerate(value.values(), start=1):
+    for position, (name, item) in enumerate(value.items(), start=1):
         if not isinstance(item, str):
             raise RegistrationRejected(
                 Reason.BAD_PROPERTIES,
                 f"{location}: properties must map strings to strings; value #{position} is a JSON {_json_type(item)}",
             )
+        for part, text in (("key", name), ("value", item)):
+            if not is_unicode_text(text):
+                raise RegistrationRejected(
+                    Reason.BAD_PROPERTIES,
+                    f"{location}: properties {part} #{position} is not valid Unicode text (a lone surrogate escape"
+                    " such as \\ud83d): the gateway takes UTF-8 only",
+                )
     return value
+
+
+def is_unicode_text(text: str) -> bool:
+    """True when `text` encodes to UTF-8: JSON's `\\uXXXX` escapes can smuggle in lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _json_type(value: object) -> str:

@@ -16,13 +16,14 @@ from .images import validate_user_id
 from .model import QUALIFIED_SCHEMA, HistoryRecord, HistoryStatus, ObjectRef, Reason
 from .ports import ImportHistory, ObjectStore, RegistrationProvider
 from .progress import Progress
+from .reasons import reason_token
 from .tags import is_true_marker, tag_lookup
 
 
 @dataclass(frozen=True)
 class Decision:
     qualified: bool
-    reason: Reason
+    reason: str  # a Reason value, or a provider's own token (see core.reasons)
     detail: str
     user_id: Optional[str] = None
     properties_ref: Optional[str] = None
@@ -58,7 +59,10 @@ def decide_from_tags(ref: ObjectRef, tags: Mapping[str, str], provider: Registra
             provider.load_properties(info.properties_ref)  # validated now, loaded again when registering
     except RegistrationRejected as rejected:
         detail = rejected.detail if str(ref) in rejected.detail else f"{ref}: {rejected.detail}"
-        return Decision(False, Reason(rejected.reason), detail)
+        reason = reason_token(rejected.reason)
+        if reason != getattr(rejected.reason, "value", rejected.reason):
+            detail += " (the provider's reason was not a short lower-case token, so it is recorded as provider_error)"
+        return Decision(False, reason, detail)
     except ObjectNotFound as exc:
         return Decision(False, Reason.PROPERTIES_NOT_FOUND, f"{ref}: properties file not found: {exc}")
     except StoreError as exc:
@@ -99,23 +103,42 @@ def qualify_candidates(
         for batch in candidate_batches:
             rows = batch.to_pylist()
             refs = [ObjectRef(r["bucket"], r["key"], r["version_id"]) for r in rows]
-            known = history.lookup(refs) if refs else {}
-            decisions: list[Optional[Decision]] = [
-                decide_from_history(ref, row["e_tag"], known.get(ref)) for ref, row in zip(refs, rows)
-            ]
+            etags: list[Optional[str]] = [r["e_tag"] for r in rows]
+            decisions: list[Optional[Decision]] = [None] * len(rows)
+            # S3 Inventory's ETag field is optional: without it, the object's own ETag (HEAD) decides.
+            unlisted = [i for i, etag in enumerate(etags) if not etag]
+            for i, found in zip(unlisted, pool.map(lambda i: current_etag(refs[i], store), unlisted)):
+                if isinstance(found, Decision):
+                    decisions[i] = found
+                else:
+                    etags[i] = found
+            open_rows = [i for i, decision in enumerate(decisions) if decision is None]
+            known = history.lookup([refs[i] for i in open_rows]) if open_rows else {}
+            for i in open_rows:
+                decisions[i] = decide_from_history(refs[i], etags[i], known.get(refs[i]))
             pending = [i for i, decision in enumerate(decisions) if decision is None]
             for i, decision in zip(pending, pool.map(lambda i: decide_one(refs[i], store, provider), pending)):
                 decisions[i] = decision
             if progress:
                 progress.advance(len(rows))
-            yield _decisions_batch(batch, decisions)
+            yield _decisions_batch(batch, decisions, etags if unlisted else None)
 
 
-def _decisions_batch(batch: pa.RecordBatch, decisions: list) -> pa.RecordBatch:
+def current_etag(ref: ObjectRef, store: ObjectStore) -> "str | Decision":
+    """The object's ETag from a HEAD, or the decision when it cannot be read."""
+    try:
+        return store.head(ref.bucket, ref.key, ref.version_id).etag
+    except StoreError as exc:
+        return _store_error_decision(ref, exc, "reading its ETag (the report lists none)")
+
+
+def _decisions_batch(batch: pa.RecordBatch, decisions: list, etags: Optional[list] = None) -> pa.RecordBatch:
     columns = {name: batch.column(name) for name in ("bucket", "key", "version_id", "size", "e_tag")}
+    if etags is not None:
+        columns["e_tag"] = pa.array(etags, pa.string())
     columns.update(
         qualified=pa.array([d.qualified for d in decisions], pa.bool_()),
-        reason=pa.array([d.reason.value for d in decisions], pa.string()),
+        reason=pa.array([str(d.reason) for d in decisions], pa.string()),
         detail=pa.array([d.detail for d in decisions], pa.string()),
         user_id=pa.array([d.user_id for d in decisions], pa.string()),
         properties_ref=pa.array([d.properties_ref for d in decisions], pa.string()),

@@ -10,6 +10,7 @@ import dagster as dg
 from ...core.errors import ImageRejected
 from ...core.images import ImageInfo, check_image, validate_user_id
 from ...core.model import GatewayResult
+from ...core.properties import is_unicode_text
 
 
 STEP_FUNCTIONS_PAYLOAD_LIMIT = 262_144  # RIV runs register in a synchronous Express workflow
@@ -48,6 +49,8 @@ def _checked_properties(properties: Optional[Mapping[str, str]]) -> dict[str, st
             raise _Rejected(
                 f"InvalidProperties: properties must be a Mapping[str, str]; a value is {type(value).__name__}"
             )
+        if not (is_unicode_text(key) and is_unicode_text(value)):
+            raise _Rejected("InvalidProperties: a property key or value is not valid Unicode text (lone surrogate)")
     return dict(properties)
 
 

@@ -16,6 +16,7 @@ from pydantic import Field, PrivateAttr
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 
+from ...core.errors import DeploymentError
 from ...core.model import GatewayResult
 
 from .base import (
@@ -89,7 +90,17 @@ def _gateway_reason(answer: Mapping[str, Any], depth: int = 0) -> str:
     return ""
 
 
-def _interpret(response: requests.Response) -> GatewayResult:
+_DEPLOYMENT_FAULTS = {
+    401: "the gateway refused our credentials: check RIVBULK_GATEWAY_AUTH and the API key or IAM identity",
+    403: "the gateway forbade the call: a wrong or missing API key, a missing execute-api:Invoke permission,"
+    " or a wrong stage in RIVBULK_GATEWAY_URL",
+    404: "no such resource: RIVBULK_GATEWAY_URL names the wrong API, stage or path (rivbulk posts to <url>/register)",
+    405: "method not allowed: RIVBULK_GATEWAY_URL does not point at the UserPortal API's /register resource",
+}
+
+
+def _interpret(response: requests.Response, endpoint: str) -> GatewayResult:
+    """The outcome for this image, or DeploymentError when the answer is about the deployment."""
     code = response.status_code
     if code == 200:
         # RIV answers 200 even when registration failed: only the body's status decides.
@@ -105,13 +116,23 @@ def _interpret(response: requests.Response) -> GatewayResult:
         return GatewayResult.transient("HTTP 200 with an unreadable body (no SUCCEEDED/FAILED status)")
     if code == 429 or code >= 500:
         return GatewayResult.transient(f"HTTP {code}")
-    if code in (401, 403):
-        # Our credentials or the gateway's policy, not this user: never burn the object as failed.
-        # No body text: API Gateway's auth errors can quote the Authorization header.
-        return GatewayResult.transient(f"HTTP {code}: the gateway refused our credentials (check RIVBULK_GATEWAY_AUTH)")
+    # No body text in these errors: API Gateway's auth errors can quote the Authorization header.
+    if code in _DEPLOYMENT_FAULTS:
+        raise DeploymentError(f"POST {endpoint} answered HTTP {code}: {_DEPLOYMENT_FAULTS[code]}")
+    if 300 <= code < 400:
+        where = response.headers.get("Location", "elsewhere")
+        raise DeploymentError(
+            f"POST {endpoint} answered HTTP {code}, a redirect to {where}: RIVBULK_GATEWAY_URL is not the API's"
+            " invoke URL (check the scheme, host and stage)"
+        )
     if 400 <= code < 500:
-        return GatewayResult.permanent(f"HTTP {code}")
-    # 1xx/2xx/3xx other than 200: not the contract (e.g. a redirect from a wrong URL); a later run retries.
+        # A 400 is about this request's content (the image or the user): permanent, with the gateway's reason.
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {}
+        reason = _gateway_reason(answer) if isinstance(answer, dict) else ""
+        return GatewayResult.permanent(f"HTTP {code}: {reason}" if reason else f"HTTP {code}")
     return GatewayResult.transient(f"HTTP {code}: unexpected answer")
 
 
@@ -145,29 +166,29 @@ class RivHttpGateway(GatewayResource):
     def _build_auth(self) -> Optional[AuthBase]:
         # Configuration errors are not per-user failures: they raise, so the run stops loudly.
         if not self.url.lower().startswith(("http://", "https://")):
-            raise ValueError("RivHttpGateway.url must start with http:// or https://")
+            raise DeploymentError("RivHttpGateway.url must start with http:// or https://")
         if not self.timeout_seconds > 0:
-            raise ValueError("RivHttpGateway.timeout_seconds must be > 0")
+            raise DeploymentError("RivHttpGateway.timeout_seconds must be > 0")
         mode = self.auth.lower()
         if mode not in _AUTH_MODES:
-            raise ValueError(f"RivHttpGateway.auth must be one of {', '.join(_AUTH_MODES)}, not {self.auth!r}")
+            raise DeploymentError(f"RivHttpGateway.auth must be one of {', '.join(_AUTH_MODES)}, not {self.auth!r}")
         if mode == "api_key":
             if not self.api_key:
-                raise ValueError("RivHttpGateway: auth='api_key' needs api_key (set it from an environment variable)")
+                raise DeploymentError("RivHttpGateway: auth='api_key' needs api_key (set it from an environment variable)")
             # Built outside a Dagster run, the field still holds the EnvVar itself: read its value,
             # never send the variable's name as the key.
             key = self.api_key.get_value() if isinstance(self.api_key, dg.EnvVar) else self.api_key
             if not key:
-                raise ValueError("RivHttpGateway: auth='api_key' needs api_key (its environment variable is empty)")
+                raise DeploymentError("RivHttpGateway: auth='api_key' needs api_key (its environment variable is empty)")
             return _ApiKeyAuth(self.api_key_header, key)
         if mode == "sigv4":
             session = boto3.Session(region_name=self.region_name)
             credentials = session.get_credentials()
             if credentials is None:
-                raise ValueError("RivHttpGateway: auth='sigv4' found no AWS credentials in the standard chain")
+                raise DeploymentError("RivHttpGateway: auth='sigv4' found no AWS credentials in the standard chain")
             region = self.region_name or session.region_name
             if not region:
-                raise ValueError("RivHttpGateway: auth='sigv4' needs region_name (or AWS_REGION)")
+                raise DeploymentError("RivHttpGateway: auth='sigv4' needs region_name (or AWS_REGION)")
             return _SigV4RequestsAuth(credentials, region)
         return None
 
@@ -215,7 +236,7 @@ class RivHttpGateway(GatewayResource):
                 return GatewayResult.transient(f"timeout after {timeout:g}s")  # timed out reading the body
             return GatewayResult.transient(f"connection error ({type(chain[-1]).__name__})")
         with response:
-            return _interpret(response)
+            return _interpret(response, self.endpoint)
 
     def close(self) -> None:
         """Close pooled connections (also done at the end of a Dagster step)."""

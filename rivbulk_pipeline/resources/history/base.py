@@ -119,13 +119,16 @@ def _outcome_attrs(record: HistoryRecord, now: float) -> dict[str, Any]:
 
 
 def _claim_allowed(row: Mapping[str, Any], etag: str, owner: str, now: float) -> bool:
-    """The claim rule, for SQLite (DynamoDB states the same rule as a ConditionExpression)."""
+    """The claim rule, for SQLite (DynamoDB states the same rule as a ConditionExpression).
+
+    A live claim belongs to its run whatever its ETag. Otherwise a claim may take a transient
+    failure, or the record of another ETag: the caller has just seen that `etag` is the object's
+    current one, so the record it replaces is an older image's, and the history moves forward.
+    """
     status = row["status"]
-    return (
-        status == HistoryStatus.FAILED_TRANSIENT.value
-        or row["etag"] != etag
-        or (status == HistoryStatus.CLAIMED.value and (row["claim_expires_at"] < now or row["owner"] == owner))
-    )
+    if status == HistoryStatus.CLAIMED.value:
+        return row["claim_expires_at"] < now or row["owner"] == owner
+    return status == HistoryStatus.FAILED_TRANSIENT.value or row["etag"] != etag
 
 
 def _summary_schema(columns: Sequence[str]) -> pa.Schema:

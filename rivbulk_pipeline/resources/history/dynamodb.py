@@ -212,8 +212,9 @@ class DynamoImportHistory(ImportHistoryResource):
                 Key={name: _to_dynamo(attrs[name]) for name in ("object_uri", "version_id")},
                 UpdateExpression="SET #etag = :etag, #status = :claimed, #owner = :owner, #updated = :now,"
                 " #expires = :expires ADD #attempts :one",
-                ConditionExpression="attribute_not_exists(#uri) OR #status = :transient OR #etag <> :etag"
-                " OR (#status = :claimed AND (#expires < :now OR #owner = :owner))",
+                ConditionExpression="attribute_not_exists(#uri)"
+                " OR (#status = :claimed AND (#expires < :now OR #owner = :owner))"
+                " OR (#status <> :claimed AND (#status = :transient OR #etag <> :etag))",
                 ExpressionAttributeNames={
                     "#uri": "object_uri",
                     "#etag": "etag",

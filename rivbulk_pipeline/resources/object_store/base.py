@@ -18,7 +18,10 @@ CHUNK_BYTES = 1 << 20  # 1 MiB: copy and read buffer
 class ObjectStoreResource(dg.ConfigurableResource):
     """The object store interface (`core.ports.ObjectStore`) plus `delete` and `create_bucket`."""
 
-    def get_bytes(self, bucket: str, key: str, version_id: Optional[str] = None) -> bytes:
+    def get_bytes(
+        self, bucket: str, key: str, version_id: Optional[str] = None, if_match: Optional[str] = None
+    ) -> bytes:
+        """The object's bytes; with `if_match`, ObjectChanged unless its ETag is that one."""
         raise NotImplementedError
 
     def open_read(self, bucket: str, key: str, version_id: Optional[str] = None) -> ContextManager[BinaryIO]:

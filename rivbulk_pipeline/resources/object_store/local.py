@@ -18,6 +18,7 @@ from pydantic import Field, PrivateAttr
 
 from ...core.errors import (
     AccessDenied,
+    ObjectChanged,
     InvalidKey,
     ObjectNotFound,
 )
@@ -328,9 +329,15 @@ class LocalObjectStore(ObjectStoreResource):
     def create_bucket(self, bucket: str) -> None:
         os.makedirs(self._bucket_dir(bucket), exist_ok=True)
 
-    def get_bytes(self, bucket: str, key: str, version_id: Optional[str] = None) -> bytes:
+    def get_bytes(
+        self, bucket: str, key: str, version_id: Optional[str] = None, if_match: Optional[str] = None
+    ) -> bytes:
         with self.open_read(bucket, key, version_id) as f:
-            return f.read()
+            body = f.read()
+        # Objects are replaced whole (os.replace), so the bytes read are one version: their MD5 is its ETag.
+        if if_match is not None and hashlib.md5(body).hexdigest() != if_match:
+            raise ObjectChanged(bucket, key, f"PreconditionFailed: the object's ETag is no longer {if_match}")
+        return body
 
     def open_read(self, bucket: str, key: str, version_id: Optional[str] = None) -> ContextManager[BinaryIO]:
         self._check_version(bucket, key, version_id)

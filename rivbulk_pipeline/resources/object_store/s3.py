@@ -27,6 +27,7 @@ from pydantic import Field, PrivateAttr
 
 from ...core.errors import (
     AccessDenied,
+    ObjectChanged,
     ObjectNotFound,
     StoreError,
     TagLimitError,
@@ -66,6 +67,8 @@ def _map_error(exc: Exception, bucket: str, key: str) -> StoreError:
             text += f" [request id {request_id}]"
         if code in _NOT_FOUND_CODES:
             return ObjectNotFound(bucket, key, text)
+        if code == "PreconditionFailed" or status == 412:
+            return ObjectChanged(bucket, key, text)
         if code in _DENIED_CODES:
             return AccessDenied(bucket, key, text)
         if code in _TRANSIENT_CODES:
@@ -215,9 +218,12 @@ class S3ObjectStore(ObjectStoreResource):
             params["VersionId"] = version_id
         return params
 
-    def _open(self, bucket: str, key: str, version_id: Optional[str]) -> io.BufferedReader:
+    def _open(
+        self, bucket: str, key: str, version_id: Optional[str], if_match: Optional[str] = None
+    ) -> io.BufferedReader:
+        condition = {"IfMatch": f'"{if_match}"'} if if_match is not None else {}
         with _s3_errors(bucket, key):
-            response = self._s3().get_object(**self._params(bucket, key, version_id))
+            response = self._s3().get_object(**self._params(bucket, key, version_id, **condition))
         raw = _S3BodyReader(self._s3(), bucket, key, version_id, response, self.max_attempts)
         return io.BufferedReader(raw, buffer_size=CHUNK_BYTES)
 
@@ -239,8 +245,10 @@ class S3ObjectStore(ObjectStoreResource):
             except client.exceptions.BucketAlreadyOwnedByYou:
                 pass
 
-    def get_bytes(self, bucket: str, key: str, version_id: Optional[str] = None) -> bytes:
-        with self._open(bucket, key, version_id) as f:
+    def get_bytes(
+        self, bucket: str, key: str, version_id: Optional[str] = None, if_match: Optional[str] = None
+    ) -> bytes:
+        with self._open(bucket, key, version_id, if_match) as f:
             return f.read()
 
     def open_read(self, bucket: str, key: str, version_id: Optional[str] = None) -> ContextManager[BinaryIO]:
