@@ -13,6 +13,7 @@ from typing import Iterator
 
 import boto3
 import dagster as dg
+import pyarrow as pa
 import pytest
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
@@ -186,6 +187,23 @@ def test_lookup_batches_many_refs_and_scan_returns_all(history: ImportHistoryRes
     assert set(found) == set(stored)
     assert all(found[obj].ref == obj for obj in stored)
     assert sorted(r.ref for r in history.scan()) == sorted(stored)
+
+
+def test_scan_columns_reads_only_the_columns_asked_for(history: ImportHistoryResource) -> None:
+    done, waiting, claimed = ref("users/done.jpg"), ref("users/waiting.jpg", "v7"), ref("users/claimed.jpg")
+    for obj in (done, waiting, claimed):
+        assert history.claim(obj, "e1", "run-1", 60)
+    history.record(outcome(done, HistoryStatus.INDEXED, "run-1", user_id="someone", updated_at=1000.0))
+    history.record(outcome(waiting, HistoryStatus.FAILED_TRANSIENT, "run-1", reason="HTTP 503", updated_at=2000.0))
+    batches = list(history.scan_columns(["status", "updated_at", "attempts"], batch_rows=2))
+    assert [b.num_rows for b in batches] == [2, 1]  # batch_rows bounds every batch
+    table = pa.Table.from_batches(batches)
+    assert table.schema.names == ["status", "updated_at", "attempts"]  # nothing else: no keys, no user ids
+    rows = sorted(table.to_pylist(), key=lambda r: r["status"])
+    assert [(r["status"], r["attempts"]) for r in rows] == [("claimed", 1), ("failed_transient", 1), ("indexed", 1)]
+    assert [r["updated_at"] for r in rows][1:] == [2000.0, 1000.0]
+    with pytest.raises(HistoryError, match="scan_columns takes columns"):
+        next(history.scan_columns(["user_id"]))
 
 
 def test_item_size_is_checked_before_writing(history: ImportHistoryResource) -> None:

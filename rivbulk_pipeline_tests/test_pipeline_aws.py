@@ -214,7 +214,8 @@ def test_settings_came_from_the_environment(aws_run: AwsRun) -> None:
     assert s.index_rate == 50
     metadata = aws_run.first.asset_materializations_for_node("indexed_users")[0].metadata
     assert metadata["configured_rate_per_second"].value == 50
-    assert metadata["table_uri"].value == f"s3://riv-aws-output/{OUTPUT_PREFIX}/indexed_users/dt={aws_run.partition}/indexed_users.parquet"
+    assert metadata["table_location"].value == f"s3://riv-aws-output/{OUTPUT_PREFIX}/indexed_users/dt={aws_run.partition}/indexed_users.parquet"
+    assert "table_console" not in metadata  # a custom endpoint (moto here) has no AWS console
 
 
 def test_every_demo_object_ends_with_the_outcome_its_case_calls_for(aws_run: AwsRun) -> None:

@@ -341,8 +341,8 @@ class DynamoImportHistory(ImportHistoryResource):
                             values[name].append(numeric[name](Decimal(attr["N"])) if "N" in attr else None)
                         else:
                             values[name].append(attr.get("S"))
-                if len(values[schema.names[0]]) >= batch_rows:
-                    yield batch()
+                    if len(values[schema.names[0]]) >= batch_rows:
+                        yield batch()
         except (ClientError, BotoCoreError) as error:
             raise self._fail("scan", error) from error
         if values[schema.names[0]]:
