@@ -7,6 +7,7 @@ as tables, and as numbers Dagster plots across materialisations.
 """
 
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Optional
 
@@ -20,6 +21,7 @@ from ..core.summary import (
     HISTORY_COLUMNS,
     REASON_COLUMNS,
     REASON_SCHEMA,
+    HistoryTotals,
     history_totals,
     per_date,
     reason_counts,
@@ -48,20 +50,22 @@ def _records(frame: pd.DataFrame) -> list[dg.TableRecord]:
     return [dg.TableRecord({k: (None if pd.isna(v) else v) for k, v in row.items()}) for row in frame.to_dict("records")]
 
 
-@dg.asset(
-    group_name=GROUP,
-    kinds={"pandas", "parquet"},
-    deps=[qualified_objects, indexed_users],
-    automation_condition=AFTER_EVERY_LOAD,
-    metadata={"dagster/column_schema": column_schema(DATE_SCHEMA, DATE_COLUMNS)},
-)
-def import_summary(
-    context: dg.AssetExecutionContext, settings: Settings, store: ObjectStoreResource, history: ImportHistoryResource
-) -> dg.Output[pd.DataFrame]:
-    """Every inventory date: candidates, qualified, registered, failed and why; users registered
-    to date; the transient failures waiting for the next run and the oldest of them."""
+@dataclass(frozen=True)
+class Summary:
+    by_date: pd.DataFrame  # DATE_COLUMNS
+    by_reason: pd.DataFrame  # REASON_COLUMNS
+    totals: HistoryTotals
+    loaded: set[str]  # dates whose tables exist
+    now: float
+    tables_seconds: float
+    history_seconds: float
+
+
+def build_summary(
+    settings: Settings, store: ObjectStoreResource, history: ImportHistoryResource, dates: list[str]
+) -> Summary:
+    """Read the stored tables' reason/outcome columns and the history's status/time columns, and aggregate."""
     started = time.monotonic()
-    dates = sorted(context.instance.get_dynamic_partitions(inventory_dates.name))
     loaded: set[str] = set()
 
     def read(asset: str, date: str, columns: list[str]) -> Optional[pa.Table]:
@@ -75,9 +79,30 @@ def import_summary(
 
     by_reason = reason_counts(dates, read)
     by_date = per_date(dates, by_reason, loaded)
-    tables_seconds = time.monotonic() - started
+    tables_done = time.monotonic()
     now = time.time()
     totals = history_totals(history.scan_columns(HISTORY_COLUMNS), now=now)
+    return Summary(
+        by_date, by_reason, totals, loaded, now,
+        tables_seconds=round(tables_done - started, 3), history_seconds=round(time.monotonic() - tables_done, 3),
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pandas", "parquet"},
+    deps=[qualified_objects, indexed_users],
+    automation_condition=AFTER_EVERY_LOAD,
+    metadata={"dagster/column_schema": column_schema(DATE_SCHEMA, DATE_COLUMNS)},
+)
+def import_summary(
+    context: dg.AssetExecutionContext, settings: Settings, store: ObjectStoreResource, history: ImportHistoryResource
+) -> dg.Output[pd.DataFrame]:
+    """Every inventory date: candidates, qualified, registered, failed and why; users registered
+    to date; the transient failures waiting for the next run and the oldest of them."""
+    dates = sorted(context.instance.get_dynamic_partitions(inventory_dates.name))
+    summary = build_summary(settings, store, history, dates)
+    by_date, by_reason, totals, loaded = summary.by_date, summary.by_reason, summary.totals, summary.loaded
     oldest_at = totals.oldest_unresolved_failure_at
     newest = by_date[by_date["inventory_date"].isin(loaded)].tail(1)
 
@@ -93,13 +118,13 @@ def import_summary(
         "failed_permanent_total": totals.failed_permanent,
         "transient_backlog": totals.transient_backlog,
         "claims_in_flight": totals.claims_in_flight,
-        "oldest_unresolved_failure_age_hours": totals.oldest_unresolved_age_hours(now) or 0.0,
+        "oldest_unresolved_failure_age_hours": totals.oldest_unresolved_age_hours(summary.now) or 0.0,
         "oldest_unresolved_failure_at": (
             datetime.fromtimestamp(oldest_at, timezone.utc).isoformat(timespec="seconds") if oldest_at else "none"
         ),
         "history_records": totals.records,
-        "tables_seconds": round(tables_seconds, 3),
-        "history_seconds": round(time.monotonic() - started - tables_seconds, 3),
+        "tables_seconds": summary.tables_seconds,
+        "history_seconds": summary.history_seconds,
     }
     if not newest.empty:
         row = newest.iloc[0]
