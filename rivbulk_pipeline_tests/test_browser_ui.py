@@ -34,7 +34,7 @@ pytestmark = pytest.mark.browser
 CHROMIUM = os.environ.get("RIVBULK_CHROMIUM", "/usr/bin/chromium")
 FIVE_REASONS = ["UserAlreadyExists", "UserAlreadyRegistered", "corrupt_image", "too_small", "unsupported_format"]
 TOTAL_SECONDS = 480
-VIEWPORT = {"width": 1440, "height": 960}
+VIEWPORT = {"width": 1680, "height": 1000}
 
 
 def _browser_or_skip() -> Any:
@@ -84,10 +84,14 @@ class Ui:
     def open(self, path: str, wait_for_text: str) -> None:
         self.page.goto(self.base + path)
         self.page.get_by_text(wait_for_text, exact=True).first.wait_for(timeout=60_000)
-        skip = self.page.get_by_role("button", name="Skip")  # Dagster's newsletter prompt, first visit only
+        self.page.wait_for_timeout(1500)  # let the remaining panels render before any screenshot
+        self.dismiss_prompt()
+
+    def dismiss_prompt(self) -> None:
+        skip = self.page.get_by_role("button", name="Skip")  # Dagster's newsletter prompt, shown once
         if skip.count():
             skip.click()
-        self.page.wait_for_timeout(1500)  # let the remaining panels render before any screenshot
+            self.page.wait_for_timeout(300)
 
     def shot(self, name: str, top: Optional[str] = None) -> None:
         """Save a screenshot, scrolled so that the text `top` is at the top when given."""
@@ -95,6 +99,7 @@ class Ui:
             if top:
                 self.page.get_by_text(top, exact=True).first.evaluate("e => e.scrollIntoView({block: 'start'})")
                 self.page.wait_for_timeout(500)
+            self.dismiss_prompt()
             self.page.screenshot(path=str(self.shots / f"{name}.png"))
 
 
@@ -135,12 +140,12 @@ def test_the_ui_shows_failed_rows_and_the_summary(tmp_path: Path) -> None:
                 assert failed_rows.get_by_text("failed_permanent", exact=True).count() == 5
                 ui.shot("failed-rows")
 
-                ui.open("/assets/import_summary", "by_date")
+                ui.open("/assets/import_summary?view=events", "by_date")  # the latest materialisation, full width
                 by_date = ui.page.locator("tr", has=ui.page.get_by_text("by_date", exact=True)).first
                 for date in (newest, oldest):
                     assert by_date.get_by_text(date, exact=True).count() == 1, date
                 assert by_date.get_by_text(stored[oldest]["note"], exact=True).count() == 1  # why nobody was registered
-                ui.shot("summary", top="Metadata")
+                ui.shot("summary", top="by_date")
 
                 if shots:  # the rest of the README's tour
                     ui.open("/asset-groups/rivbulk", "indexed_users")

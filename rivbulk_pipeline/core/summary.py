@@ -152,10 +152,13 @@ def _note(date: str, row: pd.Series, by_reason: pd.DataFrame, loaded: bool) -> s
     return why_nothing_registered(mine.groupby("reason")["count"].sum().to_dict())
 
 
-def why_nothing_registered(counts: Mapping[str, int]) -> str:
-    """`nothing registered: 13 already_indexed, 5 previously_failed`, largest first, from counts
-    of the reasons objects were not qualified or not registered."""
+def why_nothing_registered(counts: Mapping[str, int], shown: int = 3) -> str:
+    """`nothing registered: 13 already_indexed, 5 previously_failed, 2 no_user_id, 4 more`: the
+    `shown` largest of the reasons objects were not qualified or not registered, then the rest."""
     why = sorted(((n, r) for r, n in counts.items() if n and r != Reason.QUALIFIED.value), key=lambda x: (-x[0], x[1]))
     if not why:
         return "nothing registered: no candidates"
-    return "nothing registered: " + ", ".join(f"{count} {reason}" for count, reason in why)
+    rest = sum(n for n, _ in why[shown:])
+    return "nothing registered: " + ", ".join(
+        [f"{count} {reason}" for count, reason in why[:shown]] + ([f"{rest} more"] if rest else [])
+    )
