@@ -1,8 +1,9 @@
-"""The one Definitions object: the four load assets and the summary, the checks, the job, the
+"""The one Definitions object: the four load assets and the summary, their checks, the job, the
 sensors, resources per deployment."""
 import dagster as dg
 
 from .defs.assets import bulk_load_assets
+from .defs.checks import bulk_load_checks
 from .defs.inventory_freshness import inventory_is_fresh
 from .defs.jobs import bulk_load_job
 from .defs.resources import build_resources
@@ -12,7 +13,7 @@ from .settings import Settings
 
 defs = dg.Definitions(
     assets=[*bulk_load_assets, import_summary],
-    asset_checks=[inventory_is_fresh],
+    asset_checks=[*bulk_load_checks, inventory_is_fresh],
     jobs=[bulk_load_job],
     sensors=[
         inventory_report_sensor,

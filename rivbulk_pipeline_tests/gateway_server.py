@@ -26,6 +26,7 @@ import hmac
 import json
 import re
 import threading
+import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -104,6 +105,7 @@ class ReceivedRequest:
     image_sha256: Optional[str]
     authorized: bool
     status: Optional[int]  # the HTTP status answered; None when the connection was dropped
+    received_at: float = 0.0  # time.time() when the request line arrived: the gateway's own clock
 
 
 _AUTH_HEADER_RE = re.compile(
@@ -264,6 +266,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_POST(self) -> None:
+        received_at = time.time()
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         headers = {k.lower(): v for k, v in self.headers.items()}
         user_id, image_sha256 = _parse(body)
@@ -278,7 +281,7 @@ class _Handler(BaseHTTPRequestHandler):
             answer = self.fake._choose(user_id, image_sha256)
         status = None if answer.kind == "drop" else answer.status
         self.fake._record(  # on receipt: a client that times out still reached the gateway
-            ReceivedRequest("POST", self.path, user_id, len(body), headers, image_sha256, authorized, status),
+            ReceivedRequest("POST", self.path, user_id, len(body), headers, image_sha256, authorized, status, received_at),
             answer if self.path == "/register" and authorized else None,
         )
         if answer.delay_seconds:

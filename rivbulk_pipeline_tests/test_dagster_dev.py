@@ -69,7 +69,7 @@ T = TypeVar("T")
 class DevServer:
     """`rivbulk dev` in its own process group, its output in a log file."""
 
-    def __init__(self, home: Path, dagster_home: Path, log_path: Path) -> None:
+    def __init__(self, home: Path, dagster_home: Path, log_path: Path, extra_env: Optional[dict[str, str]] = None) -> None:
         self.port = _free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.log_path = log_path
@@ -82,6 +82,7 @@ class DevServer:
             DAGSTER_DISABLE_TELEMETRY="1",
             PYTHONUNBUFFERED="1",
         )
+        env.update(extra_env or {})
         script = Path(sys.executable).parent / "rivbulk"  # the console script, as a user runs it
         command = [str(script)] if script.exists() else [sys.executable, "-m", "rivbulk_pipeline.cli"]
         command += ["dev", "--host", HOST, "--port", str(self.port)]

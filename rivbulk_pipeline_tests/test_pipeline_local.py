@@ -10,6 +10,7 @@ import pytest
 from rivbulk_pipeline.core.model import Outcome
 from rivbulk_pipeline.core.reports import report_folders
 from rivbulk_pipeline.defs.assets import bulk_load_assets
+from rivbulk_pipeline.defs.checks import bulk_load_checks
 from rivbulk_pipeline.defs.partitions import inventory_dates
 from rivbulk_pipeline.defs.resources import build_resources
 from rivbulk_pipeline.demo import DEMO_CASES, create_demo
@@ -22,8 +23,10 @@ def _table(home, settings, asset: str, partition: str) -> list[dict]:
     return pq.read_table(path).to_pylist()
 
 
-def _load(instance, resources, partition: str) -> dg.ExecuteInProcessResult:
-    return dg.materialize(bulk_load_assets, partition_key=partition, resources=resources, instance=instance)
+def _load(instance, resources, partition: str, **kwargs) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        [*bulk_load_assets, *bulk_load_checks], partition_key=partition, resources=resources, instance=instance, **kwargs
+    )
 
 
 @pytest.fixture
@@ -77,7 +80,8 @@ def test_every_demo_object_ends_with_the_outcome_its_case_calls_for(demo):
     metadata = result.asset_materializations_for_node("indexed_users")[0].metadata
     assert metadata["outcome_indexed"].value == len(expected_new)
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks == {"every_candidate_decided_once": True, "every_qualified_object_has_one_outcome": True}
+    assert checks == {check.check_key.name: True for c in bulk_load_checks for check in [c]}
+    assert {e.partition for e in result.get_asset_check_evaluations()} == {"2026-11-22"}
 
 
 def test_rerun_and_backfill_register_nobody_twice(demo):

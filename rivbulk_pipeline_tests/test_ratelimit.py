@@ -39,6 +39,17 @@ def test_the_rate_holds_in_every_window_and_fractions_are_not_rounded_down(rate)
     assert 0.97 * rate <= achieved <= rate  # 1.5/s runs at 1.5/s (less the margin), not at 1/s
 
 
+def test_a_limiter_that_follows_another_waits_out_the_window_before_it():
+    """Two runs one after the other (the gateway pool): their calls together keep the rate."""
+    clock = FakeClock()
+    first = RateLimiter(5, clock=clock.time, sleep=clock.sleep)
+    starts = [first.acquire() for _ in range(12)]
+    second = RateLimiter(5, clock=clock.time, sleep=clock.sleep, follows_another=True)  # takes over at once
+    starts += [second.acquire() for _ in range(12)]
+    assert max_calls_in_any_window(starts) <= 5
+    assert starts[12] - starts[11] >= 1.0  # the price: one window's pause at the hand-over
+
+
 def test_whole_seconds_for_whole_calls():
     assert [whole_seconds_for_whole_calls(r) for r in (5, 1.5, 0.25, 2.5, 0.3)] == [1, 2, 4, 2, 10]
 

@@ -27,7 +27,11 @@ class RateLimiter:
         margin_seconds: float = 0.02,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        follows_another: bool = False,
     ) -> None:
+        """`follows_another`: this limiter takes over from another that may have called until
+        just now (the previous holder of the gateway pool, in another process), so it counts
+        its window as full from the start and makes its first call one window later."""
         if rate_per_second <= 0:
             raise ValueError(f"rate_per_second must be > 0, got {rate_per_second}")
         self.rate = rate_per_second
@@ -39,6 +43,8 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._clock = clock
         self._sleep = sleep
+        if follows_another:
+            self._starts.extend([clock()] * self._starts.maxlen)
 
     def acquire(self) -> float:
         """Block until a call may start; return its start time (on the limiter's clock)."""

@@ -1,0 +1,92 @@
+"""The asset checks read back what was stored, and fail when it is wrong."""
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timezone
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rivbulk_pipeline.defs.assets import bulk_load_assets
+from rivbulk_pipeline.defs.checks import (
+    bulk_load_checks,
+    indexed_users_carry_the_indexed_tag,
+    indexed_users_match_the_import_history,
+)
+from rivbulk_pipeline.defs.partitions import inventory_dates
+from rivbulk_pipeline.defs.resources import build_resources
+from rivbulk_pipeline.demo import create_demo
+from rivbulk_pipeline.resources.object_store import LocalObjectStore
+
+NOW = datetime(2026, 11, 22, 9, 30, tzinfo=timezone.utc)
+DATE = "2026-11-22"
+
+
+class DoublingStore(LocalObjectStore):
+    """A store with a bug: it writes every qualified_objects table with its rows twice."""
+
+    def upload_file(self, bucket: str, key: str, path: str) -> str:
+        if key.endswith("qualified_objects.parquet"):
+            table = pq.read_table(path)
+            pq.write_table(pa.concat_tables([table, table]), path)
+        return super().upload_file(bucket, key, path)
+
+
+@pytest.fixture
+def demo(local_settings):
+    create_demo(local_settings, now=NOW)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(inventory_dates.name, [DATE])
+    return local_settings, instance
+
+
+def _evaluations(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def test_doubled_decisions_fail_the_blocking_check_and_nobody_is_registered(demo):
+    settings, instance = demo
+    resources = build_resources(settings)
+    resources["store"] = DoublingStore(root=resources["store"].root)
+    resources["registration"] = resources["registration"].model_copy(update={"store": resources["store"]})
+    calls_before = resources["gateway"].register_calls()  # the demo's preregistered users
+    result = dg.materialize(
+        [*bulk_load_assets, *bulk_load_checks], partition_key=DATE, resources=resources, instance=instance,
+        raise_on_error=False,
+    )
+    check = _evaluations(result)["qualified_objects_one_decision_per_candidate"]
+    assert not check.passed and check.metadata["doubled_count"].value == 20
+    assert check.metadata["partition"].value == DATE
+    assert not result.asset_materializations_for_node("indexed_users")  # blocked
+    assert resources["gateway"].register_calls() == calls_before
+
+
+def test_a_lost_history_record_and_a_lost_tag_fail_their_checks(demo):
+    settings, instance = demo
+    resources = build_resources(settings)
+    assert dg.materialize(
+        [*bulk_load_assets, *bulk_load_checks], partition_key=DATE, resources=resources, instance=instance
+    ).success
+    store = resources["store"]
+    with sqlite3.connect(settings.home_path / "import_history.sqlite") as db:
+        db.execute("DELETE FROM import_history WHERE object_uri = ?", (f"s3://{settings.image_bucket}/alice/portrait.png",))
+    tags = store.get_tags(settings.image_bucket, "carol/face.jpeg")
+    store.put_tags(settings.image_bucket, "carol/face.jpeg", {k: v for k, v in tags.items() if k != "Indexed"})
+
+    checks_only = dg.define_asset_job(
+        "checks_only",
+        selection=dg.AssetSelection.checks(indexed_users_match_the_import_history, indexed_users_carry_the_indexed_tag),
+        partitions_def=inventory_dates,
+    )
+    defs = dg.Definitions(assets=bulk_load_assets, asset_checks=bulk_load_checks, jobs=[checks_only], resources=resources)
+    # A run of checks alone, for one date (execute_in_process refuses partition_key without an asset).
+    result = defs.resolve_job_def("checks_only").execute_in_process(
+        tags={"dagster/partition": DATE}, instance=instance, raise_on_error=False
+    )
+    checks = _evaluations(result)
+    history_check = checks["indexed_users_match_the_import_history"]
+    assert not history_check.passed and history_check.metadata["not_in_history_examples"].value == ["alice/portrait.png"]
+    tag_check = checks["indexed_users_carry_the_indexed_tag"]
+    assert not tag_check.passed and tag_check.metadata["untagged_examples"].value == ["carol/face.jpeg"]
