@@ -22,14 +22,14 @@ HOURLY = (dg.AutomationCondition.cron_tick_passed("0 * * * *") & ~dg.AutomationC
 def inventory_age_result(settings: Settings, store: ObjectStoreResource, now: Optional[datetime] = None) -> dg.AssetCheckResult:
     now = now or datetime.now(timezone.utc)
     limit = settings.inventory_max_age_hours
-    where = f"s3://{settings.inventory_bucket}/{settings.report_root}/"
+    where = store.location(settings.inventory_bucket, settings.report_root)  # the folder's path, locally
     newest = newest_complete(store, settings.inventory_bucket, settings.report_root)
     if newest is None:
         return dg.AssetCheckResult(
             passed=False,
             severity=dg.AssetCheckSeverity.WARN,
             description=f"no complete inventory report under {where}",
-            metadata={"report_root": where, "max_age_hours": limit},
+            metadata={"report_root": dg.MetadataValue.path(where), "max_age_hours": limit},
         )
     age_hours = (now - newest.started_at).total_seconds() / 3600
     fresh = age_hours <= limit
@@ -44,7 +44,7 @@ def inventory_age_result(settings: Settings, store: ObjectStoreResource, now: Op
             "newest_report": newest.name,
             "newest_report_age_hours": round(age_hours, 2),
             "max_age_hours": limit,
-            "report_root": where,
+            "report_root": dg.MetadataValue.path(where),
         },
     )
 
