@@ -4,7 +4,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from rivbulk_pipeline.core.model import GatewayResult
 from rivbulk_pipeline.core.ports import ObjectStore
@@ -44,7 +44,10 @@ class RecordingGateway:
         self._lock = threading.Lock()
         self.entries: list[float] = []
 
-    def register(self, user_id: str, image: bytes, properties: Mapping[str, str]) -> GatewayResult:
+    def register(
+        self, user_id: str, image: bytes, properties: Mapping[str, str], pace: Callable[[], object] = lambda: None
+    ) -> GatewayResult:
+        pace()
         arrived = time.monotonic()
         with self._lock:
             self.entries.append(arrived)

@@ -131,7 +131,7 @@ def test_missing_image_and_bad_properties_fail_alone(parts):
 class BrokenGateway:
     """A gateway whose deployment is wrong: it raises instead of answering."""
 
-    def register(self, user_id, image, properties):
+    def register(self, user_id, image, properties, pace=lambda: None):
         raise DeploymentError("RIVBULK_GATEWAY_AUTH=sigv4 needs a region")
 
 

@@ -36,7 +36,8 @@ def test_the_rate_holds_in_every_window_and_fractions_are_not_rounded_down(rate)
     if rate == int(rate):
         assert max_calls_in_any_window(starts) <= rate
     achieved = (len(starts) - 1) / (starts[-1] - starts[0])
-    assert 0.97 * rate <= achieved <= rate  # 1.5/s runs at 1.5/s (less the margin), not at 1/s
+    # 1.5/s runs at 1.5/s less the 50 ms margin per window (3 calls in 2.05 s), not at 1/s
+    assert 0.99 * round(rate * seconds) / (seconds + 0.05) <= achieved <= rate
 
 
 def test_a_limiter_that_follows_another_waits_out_the_window_before_it():

@@ -12,19 +12,19 @@ from rivbulk_pipeline.core.qualify import qualify_candidates
 from rivbulk_pipeline.core.ratelimit import RateLimiter
 from rivbulk_pipeline.demo import face_image
 from rivbulk_pipeline.resources.gateway import RivHttpGateway
-from rivbulk_pipeline.resources.history import SqliteImportHistory
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 from rivbulk_pipeline.resources.registration import S3TagRegistrationProvider
 from rivbulk_pipeline_tests.gateway_server import Answer, FakeRivGateway
+from rivbulk_pipeline_tests.test_history import aws_env, history  # noqa: F401 (fixtures: both histories)
 
 BUCKET = "faces"
 
 
 @pytest.fixture
-def parts(tmp_path):
+def parts(tmp_path, history):
+    """A folder store, the import history (SQLite, then DynamoDB on moto) and a loopback gateway."""
     store = LocalObjectStore(root=str(tmp_path / "store"))
     store.create_bucket(BUCKET)
-    history = SqliteImportHistory(db_path=str(tmp_path / "history.sqlite"))
     provider = S3TagRegistrationProvider(store=store, allowed_property_buckets=[BUCKET])
     with FakeRivGateway() as riv:
         yield store, history, provider, riv
@@ -178,10 +178,10 @@ class ExplodingGateway:
     def __init__(self, real):
         self.real = real
 
-    def register(self, user_id, image, properties):
+    def register(self, user_id, image, properties, pace=lambda: None):
         if user_id == "ann":
             raise UnicodeEncodeError("utf-8", "x", 0, 1, "surrogates not allowed")
-        return self.real.register(user_id, image, properties)
+        return self.real.register(user_id, image, properties, pace)
 
 
 def test_an_unexpected_error_for_one_object_is_its_outcome_and_the_rest_complete(parts):

@@ -144,8 +144,7 @@ class _Indexer:
         attempts = 0
         while True:
             attempts += 1
-            self.limiter.acquire()
-            answer: GatewayResult = self.gateway.register(row["user_id"], image, properties)
+            answer: GatewayResult = self.gateway.register(row["user_id"], image, properties, pace=self.limiter.acquire)
             if answer.outcome != Outcome.FAILED_TRANSIENT or attempts >= self.policy.max_attempts:
                 return result(answer.outcome, answer.reason, attempts)
             time.sleep(

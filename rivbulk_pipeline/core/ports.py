@@ -5,7 +5,7 @@ Each has a production adapter (boto3 / HTTP) and an embedded one (files / SQLite
 """
 from __future__ import annotations
 
-from typing import BinaryIO, ContextManager, Iterator, Mapping, Optional, Protocol, Sequence
+from typing import BinaryIO, Callable, ContextManager, Iterator, Mapping, Optional, Protocol, Sequence
 
 from .model import GatewayResult, HistoryRecord, ObjectInfo, ObjectRef, RegistrationInfo
 
@@ -78,9 +78,15 @@ class RegistrationProvider(Protocol):
 
 class Gateway(Protocol):
     """Registers one user with one face image. Never raises for a per-user failure:
-    the result says INDEXED, FAILED_PERMANENT (with the reason) or FAILED_TRANSIENT."""
+    the result says INDEXED, FAILED_PERMANENT (with the reason) or FAILED_TRANSIENT; raises
+    DeploymentError for a fault of the deployment (URL, stage, credentials, permission).
 
-    def register(self, user_id: str, image: bytes, properties: Mapping[str, str]) -> GatewayResult: ...
+    `pace` is called right before the call goes out, after the request is built and checked:
+    the rate limiter, so a refused input spends no token and the call leaves when it is let go."""
+
+    def register(
+        self, user_id: str, image: bytes, properties: Mapping[str, str], pace: Callable[[], object] = ...
+    ) -> GatewayResult: ...
 
 
 class ImportHistory(Protocol):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Optional
 
 import dagster as dg
@@ -18,10 +18,17 @@ _AUTH_MODES = ("none", "api_key", "sigv4")
 _SETUP_LOCK = threading.Lock()  # lazy client creation from many threads
 
 
+def _no_pace() -> None:
+    return None
+
+
 class GatewayResource(dg.ConfigurableResource):
     """Base of the gateways, so the Dagster wiring can annotate with it and bind either."""
 
-    def register(self, user_id: str, image: bytes, properties: Mapping[str, str]) -> GatewayResult:
+    def register(
+        self, user_id: str, image: bytes, properties: Mapping[str, str], pace: Callable[[], object] = _no_pace
+    ) -> GatewayResult:
+        """See core.ports.Gateway; `pace()` is called right before the call goes out."""
         raise NotImplementedError
 
 

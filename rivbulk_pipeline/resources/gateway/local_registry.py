@@ -5,7 +5,7 @@ import hashlib
 import json
 import os
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import closing
 from datetime import datetime, timezone
 from typing import Any, Optional
@@ -20,6 +20,7 @@ from .base import (
     GatewayResource,
     _Rejected,
     _checked_input,
+    _no_pace,
 )
 
 _SCHEMA = """
@@ -73,7 +74,9 @@ class LocalRegistryGateway(GatewayResource):
             raise
         return conn
 
-    def register(self, user_id: str, image: bytes, properties: Mapping[str, str]) -> GatewayResult:
+    def register(
+        self, user_id: str, image: bytes, properties: Mapping[str, str], pace: Callable[[], object] = _no_pace
+    ) -> GatewayResult:
         problem: Optional[str] = None
         row: dict[str, Any] = {}
         try:
@@ -99,6 +102,7 @@ class LocalRegistryGateway(GatewayResource):
             problem = exc.reason
         # A valid id still counts an attempt on its user, even when this call's input is bad.
         user_key = f"User::{user_id.lower()}" if validate_user_id(user_id) is None else None
+        pace()  # the call reaches the registry now
         try:
             with closing(self._connect()) as conn:
                 return self._apply(conn, user_key, problem, row)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any, Optional
 
@@ -20,6 +20,7 @@ from ...core.errors import DeploymentError
 from ...core.model import GatewayResult
 
 from .base import (
+    _no_pace,
     STEP_FUNCTIONS_PAYLOAD_LIMIT,
     GatewayResource,
     _AUTH_MODES,
@@ -206,7 +207,9 @@ class RivHttpGateway(GatewayResource):
                     self._session = session
         return self._session, self._auth
 
-    def register(self, user_id: str, image: bytes, properties: Mapping[str, str]) -> GatewayResult:
+    def register(
+        self, user_id: str, image: bytes, properties: Mapping[str, str], pace: Callable[[], object] = _no_pace
+    ) -> GatewayResult:
         try:
             _, props = _checked_input(user_id, image, properties)
         except _Rejected as exc:
@@ -219,6 +222,7 @@ class RivHttpGateway(GatewayResource):
             return GatewayResult.permanent(f"PayloadTooLarge: {len(body)} bytes > {self.max_payload_bytes}")
         session, auth = self._client()
         timeout = self.timeout_seconds
+        pace()  # the body is ready: the call leaves as soon as the limiter lets it
         try:
             response = session.post(
                 self.endpoint,
