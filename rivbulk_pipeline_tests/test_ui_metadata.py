@@ -9,12 +9,14 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from rivbulk_pipeline.core.model import CANDIDATE_SCHEMA, INDEXED_SCHEMA, INVENTORY_SCHEMA, QUALIFIED_SCHEMA, HistoryRecord, HistoryStatus, ObjectRef
 from rivbulk_pipeline.core.reports import report_folders
 from rivbulk_pipeline.defs.assets import bulk_load_assets, indexed_users
+from rivbulk_pipeline.defs.metadata import FailedRows
 from rivbulk_pipeline.defs.inventory_freshness import inventory_age_result, inventory_is_fresh
 from rivbulk_pipeline.defs.partitions import inventory_dates
 from rivbulk_pipeline.defs.resources import build_resources
@@ -218,3 +220,20 @@ def test_no_property_value_user_detail_or_image_byte_in_dagster_storage(demo, tm
     for user in ("mallory", "niaj", "oscar"):
         assert user.encode() not in blob
     assert b"\x89PNG" not in blob and b"\xff\xd8\xff" not in blob  # no image bytes
+
+
+def test_failed_rows_keep_the_first_rows_by_reason_across_batches_and_count_them_all():
+    failed = FailedRows(limit=3)
+    for batch in (
+        [("k1", "failed_transient", "HTTP 503"), ("k2", "failed_permanent", "too_small: 40x40 px, user zed")],
+        [("k3", "failed_permanent", "UserAlreadyExists: taken"), ("k0", "failed_permanent", "too_small: 10x10 px")],
+        [("k4", "skipped", "claimed by another run")],
+    ):
+        keys, outcomes, reasons = (pa.array(list(column)) for column in zip(*batch))
+        failed.add(keys, outcomes, reasons, pa.array([1] * len(batch)))
+    metadata = failed.metadata()
+    rows = [(r.data["reason"], r.data["key"]) for r in metadata["failed_rows"].value.records]
+    assert rows == [("HTTP 503", "k1"), ("UserAlreadyExists", "k3"), ("claimed by another run", "k4")]
+    assert failed.total == 5 and metadata["failed_rows_shown"].value == "first 3 of 5, by reason"
+    assert metadata["reason_too_small"].value == 2 and metadata["reason_HTTP_503"].value == 1
+    assert "zed" not in repr(metadata)  # details stay in the stored table

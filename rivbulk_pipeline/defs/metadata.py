@@ -8,6 +8,7 @@ stored table).
 from __future__ import annotations
 
 import collections
+import re
 from typing import Callable, Iterable, Iterator, Optional
 
 import dagster as dg
@@ -66,6 +67,11 @@ def location_metadata(store: ObjectStoreResource, location: TableLocation, name:
     return entries
 
 
+def _key(code: str) -> str:
+    """A reason code as a metadata key (`HTTP 503` -> `HTTP_503`, at most 64 characters)."""
+    return re.sub(r"\W+", "_", code).strip("_")[:64] or "none"
+
+
 FAILED_ROWS_SCHEMA = dg.TableSchema(
     columns=[
         dg.TableColumn("key", "string", description="the object key"),
@@ -112,7 +118,7 @@ class FailedRows:
         return {
             "failed_rows": dg.MetadataValue.table([dg.TableRecord(row) for row in rows], schema=FAILED_ROWS_SCHEMA),
             "failed_rows_shown": dg.MetadataValue.text(shown),
-            **{f"reason_{reason}": dg.MetadataValue.int(count) for reason, count in sorted(reasons.items()) if counts},
+            **{f"reason_{_key(reason)}": dg.MetadataValue.int(count) for reason, count in sorted(reasons.items()) if counts},
         }
 
     def watch(
