@@ -1,7 +1,7 @@
 """`python -m benchmarks.run [--quick] [--full] [--only NAME ...]`: OURS vs BASELINE, one table, PASS/FAIL.
 
-Measurements (NAME): ingest, qualification, incremental, rate, scale (daily runs of 100k and
-1M objects, and 10M with --full; DynamoDB lookups on moto's server). Data is generated in a temp
+Measurements (NAME): ingest, qualification, incremental, rate, summary, scale (daily runs of
+100k and 1M objects, and 10M with --full; DynamoDB lookups on moto's server). Data is generated in a temp
 dir (or `--workdir`, kept) and every figure is printed next to its target.
 """
 from __future__ import annotations
@@ -24,8 +24,9 @@ from .qualification import measure_incremental, measure_qualification
 from .dynamo_lookup import measure_dynamo_lookup
 from .rate import measure_rate
 from .scale import measure_size
+from .summary import measure_summary
 
-MEASUREMENTS = ("ingest", "qualification", "incremental", "rate", "scale")
+MEASUREMENTS = ("ingest", "qualification", "incremental", "rate", "summary", "scale")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class Sizes:
     rate_baseline_objects: int = 40
     rate: float = 20.0
     gateway_latency: float = 0.150
+    summary_records: int = 1_000_000
+    summary_dates: int = 30
+    summary_table_rows: int = 10_000
     scale_objects: tuple[int, ...] = (100_000, 1_000_000)
     dynamo_records: int = 20_000
 
@@ -56,6 +60,9 @@ QUICK = Sizes(
     incremental_objects=1_000,
     rate_objects=60,
     rate_baseline_objects=10,
+    summary_records=50_000,
+    summary_dates=5,
+    summary_table_rows=2_000,
     scale_objects=(10_000, 100_000),
     dynamo_records=2_000,
 )
@@ -112,6 +119,10 @@ def run_measurements(
             )
         elif name == "incremental":
             results[name] = measure_incremental(folder, sizes.incremental_objects, log=log)
+        elif name == "summary":
+            results[name] = measure_summary(
+                folder, sizes.summary_records, sizes.summary_dates, sizes.summary_table_rows, log=log
+            )
         elif name == "scale":
             runs = []
             for objects in sizes.scale_objects:
@@ -212,6 +223,13 @@ def build_lines(results: dict[str, dict]) -> list[Line]:
             f"{r['ours_max_window']}", f"{r['baseline_max_window']} (bounded only by latency)",
             "-", f"<= {r['rate']:g}", r["ours_max_window"] <= r["rate"],
         ))  # fmt: skip
+    if "summary" in results:
+        r = results["summary"]
+        lines.append(Line(
+            "5", f"import_summary: {_rows(r['records'])} history records, {r['dates']} dates x {r['table_rows']:,} rows (best of {r['repeats']})",
+            f"{r['history_seconds'] + r['tables_seconds']:.2f} s (history {r['history_seconds']:.2f} s, tables {r['tables_seconds']:.2f} s)",
+            "-", f"{r['records'] / max(r['history_seconds'], 1e-9):,.0f} records/s", "-", None,
+        ))  # fmt: skip
     if "scale" in results:
         lines.extend(_scale_lines(results["scale"]))
     return lines
@@ -226,23 +244,23 @@ def _scale_lines(r: dict) -> list[Line]:
         per_asset = " / ".join(f"{assets.get(a, 0):.1f}" for a in ("inventory_report", "batch_manifest", "qualified_objects", "indexed_users"))
         target = SCALE_SECONDS.get(n)
         lines.append(Line(
-            "5", f"daily run, {_rows(n)} objects ({run['new']:,} new): four assets",
+            "6", f"daily run, {_rows(n)} objects ({run['new']:,} new): four assets",
             f"{four:.1f} s ({n / four:,.0f} objects/s)", "-",
             f"{per_asset} s; job {run['total_seconds']:.1f} s, checks {run['check_seconds']:.1f} s",
             f"<= {target:g} s" if target else "-", four <= target if target else None,
         ))  # fmt: skip
         lines.append(Line(
-            "5", f"  history / previous date / tag reads, {_rows(n)}",
+            "6", f"  history / previous date / tag reads, {_rows(n)}",
             f"{run['history_lookups']} lookups of {run['history_keys']:,} keys", "-",
             f"{run['decided_by_previous_date']:,} by the previous date; {run['tag_reads']:,} tag reads", "-", None,
         ))  # fmt: skip
-        lines.append(Line("5", f"  peak RSS, {_rows(n)}", _mb(run["peak_rss_bytes"]), "-", "-", "-", None))
+        lines.append(Line("6", f"  peak RSS, {_rows(n)}", _mb(run["peak_rss_bytes"]), "-", "-", "-", None))
         if previous is not None:
             growth = (four / n) / (previous[1] / previous[0]["objects"])
             rss = run["peak_rss_bytes"] / previous[0]["peak_rss_bytes"]
             large = n >= LARGEST
             lines.append(Line(
-                "5", f"  time per object / peak RSS, {_rows(n)} vs {_rows(previous[0]['objects'])}",
+                "6", f"  time per object / peak RSS, {_rows(n)} vs {_rows(previous[0]['objects'])}",
                 f"{growth:.2f}x / {rss:.2f}x", "-", "-",
                 f"<= {SCALE_PER_OBJECT_GROWTH:g}x / <= {SCALE_RSS_GROWTH:g}x" if large else "-",
                 (growth <= SCALE_PER_OBJECT_GROWTH and rss <= SCALE_RSS_GROWTH) if large else None,
@@ -250,7 +268,7 @@ def _scale_lines(r: dict) -> list[Line]:
         previous = (run, four)
     for run in r["dynamo"]["runs"]:
         lines.append(Line(
-            "5", f"DynamoDB (moto server), {r['dynamo']['records']:,} items, day of {run['day']:,}: {run['strategy']}",
+            "6", f"DynamoDB (moto server), {r['dynamo']['records']:,} items, day of {run['day']:,}: {run['strategy']}",
             f"{run['requests']:,} requests, {run['read_units']:,.0f} read units", "-",
             f"{run['seconds']:.1f} s on moto; automatic choice: {run['chosen_automatically']}", "-", None,
         ))  # fmt: skip
