@@ -22,6 +22,7 @@ import sqlite3
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from datetime import datetime, timedelta, timezone
@@ -217,6 +218,17 @@ def run_daily(home: str, partition: str, previous: bool = True, executor: str = 
     instance = dg.DagsterInstance.local_temp(tempdir=dagster_home)
     instance.add_dynamic_partitions("inventory_dates", [partition])
     run_config = {"execution": {"config": {executor: {}}}} if executor else {}
+    samples: list[tuple[float, int]] = []  # (time, RSS): which step holds the peak
+    sampling = threading.Event()
+
+    def sample() -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not sampling.wait(0.1):
+            with open("/proc/self/statm") as statm:
+                samples.append((time.time(), int(statm.read().split()[1]) * page))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     started = time.perf_counter()
     with dg.execute_job(
         dg.reconstructable(_bulk_load_job), instance, run_config=run_config, tags={"dagster/partition": partition}
@@ -224,6 +236,7 @@ def run_daily(home: str, partition: str, previous: bool = True, executor: str = 
         success, run_id = result.success, result.run_id
         materializations = result.get_asset_materialization_events()
     total = time.perf_counter() - started
+    sampling.set()
     starts, ends = {}, {}
     for entry in instance.all_logs(run_id):
         event = entry.dagster_event
@@ -239,11 +252,15 @@ def run_daily(home: str, partition: str, previous: bool = True, executor: str = 
         metadata[name] = {k: getattr(v, "value", v) for k, v in mat.materialization.metadata.items()}
     q = metadata.get("qualified_objects", {})
     steps = {key: ends[key] - starts[key] for key in starts if key in ends}
+    step_rss = {
+        key: max((rss for at, rss in samples if starts[key] <= at <= ends[key]), default=0) for key in steps
+    }
     return {
         "success": success,
         "total_seconds": total,
         "asset_seconds": {a: steps[a] for a in ASSETS if a in steps},
         "check_seconds": sum(seconds for key, seconds in steps.items() if key not in ASSETS),
+        "step_peak_rss_bytes": step_rss,
         "history_lookups": q.get("history_lookups"),
         "history_keys": q.get("history_keys_asked"),
         "decided_by_previous_date": q.get("decided_by_previous_date"),
