@@ -1,5 +1,6 @@
 # `make run`: set up, create the demo data, start the Dagster UI on the local default.
 # `make test`: set up and run the tests.   `make bench`: the benchmark (not part of the tests).
+# `make test-browser`: the UI in headless Chromium (CI installs Debian's chromium first).
 VENV ?= .venv
 PYTHON ?= python3
 
@@ -15,7 +16,7 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: setup run test bench
+.PHONY: setup run test test-browser screenshots bench
 setup: $(VENV)/.installed-dev
 
 run: $(VENV)/.installed
@@ -23,6 +24,14 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(VENV)/bin/pytest
+
+# The Dagster UI in headless Chromium (Debian's `chromium`: apt-get install -y chromium).
+test-browser: $(VENV)/.installed-dev
+	$(VENV)/bin/pytest -m browser
+
+# The README's screenshots, taken by the browser test from the real UI over the demo data.
+screenshots: $(VENV)/.installed-dev
+	RIVBULK_SCREENSHOTS=docs/ui $(VENV)/bin/pytest -m browser
 
 bench: $(VENV)/.installed-dev
 	$(VENV)/bin/python -m benchmarks.run

@@ -1,6 +1,6 @@
 """`python -m benchmarks.run [--quick] [--only NAME ...]`: OURS vs BASELINE, one table, PASS/FAIL.
 
-Measurements (NAME): ingest, qualification, incremental, rate. Data is generated in a temp
+Measurements (NAME): ingest, qualification, incremental, rate, summary. Data is generated in a temp
 dir (or `--workdir`, kept) and every figure is printed next to its target.
 """
 from __future__ import annotations
@@ -20,8 +20,9 @@ import pyarrow as pa
 from .ingest import measure_ingest
 from .qualification import measure_incremental, measure_qualification
 from .rate import measure_rate
+from .summary import measure_summary
 
-MEASUREMENTS = ("ingest", "qualification", "incremental", "rate")
+MEASUREMENTS = ("ingest", "qualification", "incremental", "rate", "summary")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class Sizes:
     rate_baseline_objects: int = 40
     rate: float = 20.0
     gateway_latency: float = 0.150
+    summary_records: int = 1_000_000
+    summary_dates: int = 30
+    summary_table_rows: int = 10_000
 
 
 FULL = Sizes()
@@ -50,6 +54,9 @@ QUICK = Sizes(
     incremental_objects=1_000,
     rate_objects=60,
     rate_baseline_objects=10,
+    summary_records=50_000,
+    summary_dates=5,
+    summary_table_rows=2_000,
 )
 
 # targets
@@ -98,6 +105,10 @@ def run_measurements(
             )
         elif name == "incremental":
             results[name] = measure_incremental(folder, sizes.incremental_objects, log=log)
+        elif name == "summary":
+            results[name] = measure_summary(
+                folder, sizes.summary_records, sizes.summary_dates, sizes.summary_table_rows, log=log
+            )
         else:
             results[name] = measure_rate(
                 folder,
@@ -189,6 +200,13 @@ def build_lines(results: dict[str, dict]) -> list[Line]:
             "4", "most calls in any 1-second window",
             f"{r['ours_max_window']}", f"{r['baseline_max_window']} (bounded only by latency)",
             "-", f"<= {r['rate']:g}", r["ours_max_window"] <= r["rate"],
+        ))  # fmt: skip
+    if "summary" in results:
+        r = results["summary"]
+        lines.append(Line(
+            "5", f"import_summary: {_rows(r['records'])} history records, {r['dates']} dates x {r['table_rows']:,} rows (best of {r['repeats']})",
+            f"{r['history_seconds'] + r['tables_seconds']:.2f} s (history {r['history_seconds']:.2f} s, tables {r['tables_seconds']:.2f} s)",
+            "-", f"{r['records'] / max(r['history_seconds'], 1e-9):,.0f} records/s", "-", None,
         ))  # fmt: skip
     return lines
 

@@ -1,17 +1,23 @@
-"""The one Definitions object: the four assets and their checks, the job, the sensor, resources per deployment."""
+"""The one Definitions object: the four load assets and the summary, their checks, the job, the
+sensors, resources per deployment."""
 import dagster as dg
 
 from .defs.assets import bulk_load_assets
 from .defs.checks import bulk_load_checks
+from .defs.inventory_freshness import inventory_is_fresh
 from .defs.jobs import bulk_load_job
 from .defs.resources import build_resources
-from .defs.sensors import inventory_report_sensor
+from .defs.sensors import automation_sensor, inventory_report_sensor
+from .defs.summary import import_summary
 from .settings import Settings
 
 defs = dg.Definitions(
-    assets=bulk_load_assets,
-    asset_checks=bulk_load_checks,
+    assets=[*bulk_load_assets, import_summary],
+    asset_checks=[*bulk_load_checks, inventory_is_fresh],
     jobs=[bulk_load_job],
-    sensors=[inventory_report_sensor],
+    sensors=[
+        inventory_report_sensor,
+        automation_sensor(dg.AssetSelection.assets(import_summary) | dg.AssetSelection.checks(inventory_is_fresh)),
+    ],
     resources=build_resources(Settings.from_env()),
 )

@@ -87,6 +87,9 @@ class Settings(dg.ConfigurableResource):
         "s3_tags", "the registration provider: `s3_tags`, or `package.module:ClassName` of your own", min_length=1
     )
     provider_options: str = _setting("{}", "JSON object of keyword arguments for your provider class")
+    inventory_max_age_hours: float = _setting(
+        48.0, "a warning in the UI when the newest complete inventory report is older than this (S3 Inventory is daily), > 0", gt=0
+    )
     columnar_keys_url_encoded: Literal["auto", "true", "false"] = _setting(
         "auto", "whether keys in ORC/Parquet reports are URL-encoded (`true`/`false`); `auto` decides per report"
     )

@@ -27,6 +27,9 @@ TINY = Sizes(
     rate_baseline_objects=3,
     rate=50.0,
     gateway_latency=0.01,
+    summary_records=3_000,
+    summary_dates=3,
+    summary_table_rows=500,
 )
 
 
@@ -75,7 +78,7 @@ def test_launcher_reports_the_childs_own_peak_not_the_parents():
 @pytest.fixture(scope="module")
 def tiny_results(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("bench")
-    return run_measurements(TINY, ["ingest", "qualification", "incremental", "rate"], str(workdir), log=lambda m: None)
+    return run_measurements(TINY, ["ingest", "qualification", "incremental", "rate", "summary"], str(workdir), log=lambda m: None)
 
 
 def test_ingest_figures(tiny_results):
@@ -106,6 +109,13 @@ def test_rate_figures(tiny_results):
     assert 0 < r["ours_achieved"] and 0 < r["baseline_achieved"]
     assert 1 <= r["ours_max_window"] <= TINY.rate
     assert 1 <= r["baseline_max_window"] <= TINY.rate_baseline_objects
+
+
+def test_summary_figures(tiny_results):
+    s = tiny_results["summary"]
+    assert s["records"] == TINY.summary_records and s["history_seconds"] > 0 and s["tables_seconds"] > 0
+    # 90% indexed, 4% transient + 1% claims (live, so not backlog): the generated shares, roughly
+    assert 0.85 < s["registered"] / s["records"] < 0.95 and 0.02 < s["backlog"] / s["records"] < 0.06
 
 
 def test_table_has_a_verdict_and_a_target_for_every_figure(tiny_results):

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Iterator
 
 import boto3
-import pyarrow as pa
 import dagster as dg
+import pyarrow as pa
 import pytest
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
@@ -224,6 +224,21 @@ def test_sqlite_lookup_searches_the_primary_key_and_never_scans(tmp_path: Path) 
     assert not any(step.startswith("SCAN") and "import_history" in step or step == "SCAN h" for step in plan), plan
     assert any(step.startswith("SEARCH h USING PRIMARY KEY (object_uri=? AND version_id=?)") for step in plan), plan
     store.close()
+def test_scan_columns_reads_only_the_columns_asked_for(history: ImportHistoryResource) -> None:
+    done, waiting, claimed = ref("users/done.jpg"), ref("users/waiting.jpg", "v7"), ref("users/claimed.jpg")
+    for obj in (done, waiting, claimed):
+        assert history.claim(obj, "e1", "run-1", 60)
+    history.record(outcome(done, HistoryStatus.INDEXED, "run-1", user_id="someone", updated_at=1000.0))
+    history.record(outcome(waiting, HistoryStatus.FAILED_TRANSIENT, "run-1", reason="HTTP 503", updated_at=2000.0))
+    batches = list(history.scan_columns(["status", "updated_at", "attempts"], batch_rows=2))
+    assert [b.num_rows for b in batches] == [2, 1]  # batch_rows bounds every batch
+    table = pa.Table.from_batches(batches)
+    assert table.schema.names == ["status", "updated_at", "attempts"]  # nothing else: no keys, no user ids
+    rows = sorted(table.to_pylist(), key=lambda r: r["status"])
+    assert [(r["status"], r["attempts"]) for r in rows] == [("claimed", 1), ("failed_transient", 1), ("indexed", 1)]
+    assert [r["updated_at"] for r in rows][1:] == [2000.0, 1000.0]
+    with pytest.raises(HistoryError, match="scan_columns takes columns"):
+        next(history.scan_columns(["user_id"]))
 
 
 def test_item_size_is_checked_before_writing(history: ImportHistoryResource) -> None:

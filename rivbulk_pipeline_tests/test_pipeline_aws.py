@@ -30,7 +30,9 @@ from moto.server import ThreadedMotoServer
 
 from rivbulk_pipeline.cli import main
 from rivbulk_pipeline.core.errors import DeploymentError
-from rivbulk_pipeline.core.model import HistoryStatus, Outcome, Reason
+from rivbulk_pipeline.core.model import (
+    CANDIDATE_SCHEMA, INDEXED_SCHEMA, INVENTORY_SCHEMA, QUALIFIED_SCHEMA, HistoryStatus, Outcome, Reason,
+)
 from rivbulk_pipeline.core.reports import report_folders
 from rivbulk_pipeline.core.tags import tag_lookup
 from rivbulk_pipeline.defs.partitions import inventory_dates
@@ -107,6 +109,8 @@ class AwsRun:
     second: dg.ExecuteInProcessResult
     first_tables: dict[str, list[dict]]  # asset -> rows, read after the first run
     second_tables: dict[str, list[dict]]
+    summary: dg.ExecuteInProcessResult  # import_summary after both runs
+    frames: dict[str, Any]  # asset -> the first table as the IO manager loads it (a DataFrame)
     requests_after_first: list[ReceivedRequest]
     s3_requests: list[tuple[str, str]]  # (method, raw url) that moto received during both runs
 
@@ -187,6 +191,11 @@ def _run_pipeline(endpoint: str, riv: FakeRivGateway, scratch: Path) -> AwsRun:
             requests_after_first = riv.requests
             second = job.execute_in_process(partition_key=partition, instance=instance)
             second_tables = _read_tables(s3, partition)
+            # the summary (DynamoDB history) and every table as a DataFrame (S3), as an operator gets them
+            summary = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+                instance=instance, asset_selection=[dg.AssetKey("import_summary")]
+            )
+            frames = {asset: defs.load_asset_value(asset, partition_key=partition, instance=instance) for asset in second_tables}
         finally:
             requests.post(f"{endpoint}/moto-api/recorder/stop-recording", timeout=30).raise_for_status()
     assert registrations_before == 2  # olivia and victor, before the pipeline ran
@@ -199,6 +208,8 @@ def _run_pipeline(endpoint: str, riv: FakeRivGateway, scratch: Path) -> AwsRun:
         second=second,
         first_tables=first_tables,
         second_tables=second_tables,
+        summary=summary,
+        frames=frames,
         requests_after_first=requests_after_first,
         s3_requests=_recording(endpoint),
     )
@@ -214,7 +225,8 @@ def test_settings_came_from_the_environment(aws_run: AwsRun) -> None:
     assert s.index_rate == 50
     metadata = aws_run.first.asset_materializations_for_node("indexed_users")[0].metadata
     assert metadata["configured_rate_per_second"].value == 50
-    assert metadata["table_uri"].value == f"s3://riv-aws-output/{OUTPUT_PREFIX}/indexed_users/dt={aws_run.partition}/indexed_users.parquet"
+    assert metadata["table_location"].value == f"s3://riv-aws-output/{OUTPUT_PREFIX}/indexed_users/dt={aws_run.partition}/indexed_users.parquet"
+    assert "table_console" not in metadata  # a custom endpoint (moto here) has no AWS console
 
 
 def test_every_demo_object_ends_with_the_outcome_its_case_calls_for(aws_run: AwsRun) -> None:
@@ -352,3 +364,19 @@ def test_sigv4_gateway_from_the_environment_is_verified_by_the_server(
         # A signature the server cannot reproduce is refused (403), never counted as a registration.
         assert isinstance(results["bad"], DeploymentError) and "HTTP 403" in str(results["bad"])
         assert [r.authorized for r in bad.requests] == [False]
+
+
+TABLE_SCHEMAS = {"inventory_report": INVENTORY_SCHEMA, "batch_manifest": CANDIDATE_SCHEMA,
+                 "qualified_objects": QUALIFIED_SCHEMA, "indexed_users": INDEXED_SCHEMA}
+
+
+def test_the_summary_and_dataframes_on_aws(aws_run: AwsRun) -> None:
+    for asset, frame in aws_run.frames.items():
+        stored = aws_run.second_tables[asset]  # what S3 holds, as a DataFrame
+        assert list(frame["key"]) == [r["key"] for r in stored], asset  # (indexed_users: empty on the rerun)
+        assert list(frame.columns) == TABLE_SCHEMAS[asset].names, asset
+    metadata = aws_run.summary.asset_materializations_for_node("import_summary")[0].metadata
+    indexed = sum(r["outcome"] == "indexed" for r in aws_run.first_tables["indexed_users"])
+    assert indexed and metadata["users_registered"].value == indexed  # counted from DynamoDB
+    assert metadata["dates_loaded"].value == 1
+    assert metadata["table_location"].value == f"s3://riv-aws-output/{OUTPUT_PREFIX}/import_summary/import_summary.parquet"

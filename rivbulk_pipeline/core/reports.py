@@ -47,6 +47,14 @@ def newest_complete_report(store: ObjectStore, bucket: str, root: str, inventory
     raise InventoryError(f"s3://{bucket}/{root}/", f"no complete inventory report for {inventory_date}")
 
 
+def newest_complete(store: ObjectStore, bucket: str, root: str) -> Optional[ReportFolder]:
+    """The newest complete report of any date, or None when there is none."""
+    for folder in reversed(report_folders(store, bucket, root)):
+        if is_complete(store, bucket, root, folder):
+            return folder
+    return None
+
+
 @dataclass
 class SensorCursor:
     """Every folder up to `high_water` was seen; `pending` were seen incomplete and are checked

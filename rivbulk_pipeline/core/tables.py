@@ -6,7 +6,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,9 +31,11 @@ class WrittenTable:
     bytes: int
 
 
-def table_location(bucket: str, prefix: str, asset: str, partition: str) -> TableLocation:
-    """Where an asset's table for one partition lives: <prefix>/<asset>/dt=<partition>/<asset>.parquet."""
-    parts = [p for p in (prefix.strip("/"), asset, f"dt={partition}", f"{asset}.parquet") if p]
+def table_location(bucket: str, prefix: str, asset: str, partition: Optional[str]) -> TableLocation:
+    """Where an asset's table lives: <prefix>/<asset>/dt=<partition>/<asset>.parquet for one
+    partition, <prefix>/<asset>/<asset>.parquet for an unpartitioned asset (partition None)."""
+    folder = f"dt={partition}" if partition is not None else ""
+    parts = [p for p in (prefix.strip("/"), asset, folder, f"{asset}.parquet") if p]
     return TableLocation(bucket, "/".join(parts))
 
 

@@ -23,12 +23,14 @@ from ..core.known_outcomes import load_previous_outcomes
 from ..core.qualify import QualifyStats, qualify_candidates
 from ..core.ratelimit import RateLimiter
 from ..core.reports import newest_complete_report
+from ..core.summary import why_nothing_registered
 from ..core.tables import TableLocation, open_table, table_location, write_table
 from ..resources.gateway import GatewayResource
 from ..resources.history import ImportHistoryResource
 from ..resources.object_store import ObjectStoreResource
 from ..settings import Settings
 from ..resources.registration import RegistrationProviderResource
+from .metadata import FailedRows, location_metadata, not_indexed, not_qualified, schema_metadata, warn_permanent_failures
 from .partitions import inventory_dates
 from .pools import GATEWAY_POOL
 
@@ -48,7 +50,7 @@ def _counted(batches: Iterable[pa.RecordBatch], column: str, counts: collections
         yield batch
 
 
-@dg.asset(partitions_def=inventory_dates, group_name=GROUP, kinds={"s3", "parquet"})
+@dg.asset(partitions_def=inventory_dates, group_name=GROUP, kinds={"s3", "parquet"}, metadata=schema_metadata(INVENTORY_SCHEMA))
 def inventory_report(
     context: dg.AssetExecutionContext, settings: Settings, store: ObjectStoreResource
 ) -> dg.MaterializeResult:
@@ -75,7 +77,7 @@ def inventory_report(
             "file_format": manifest.file_format,
             "data_files": len(manifest.files),
             "dagster/row_count": table.rows,
-            "table_uri": dg.MetadataValue.path(table.location.uri),
+            **location_metadata(store, table.location),
             "table_bytes": table.bytes,
             "duration_seconds": round(elapsed, 3),
             "rows_per_second": round(table.rows / elapsed, 1) if elapsed else 0.0,
@@ -83,7 +85,13 @@ def inventory_report(
     )
 
 
-@dg.asset(partitions_def=inventory_dates, group_name=GROUP, kinds={"s3", "csv"}, deps=[inventory_report])
+@dg.asset(
+    partitions_def=inventory_dates,
+    group_name=GROUP,
+    kinds={"s3", "csv"},
+    deps=[inventory_report],
+    metadata=schema_metadata(CANDIDATE_SCHEMA),
+)
 def batch_manifest(
     context: dg.AssetExecutionContext, settings: Settings, store: ObjectStoreResource
 ) -> dg.MaterializeResult:
@@ -115,10 +123,10 @@ def batch_manifest(
             "dagster/row_count": table.rows,
             "candidates": table.rows,
             **{f"excluded_{reason}": count for reason, count in sorted(excluded.items())},
-            "manifest_uri": dg.MetadataValue.path(f"s3://{settings.output_bucket_name}/{manifest_key}"),
+            **location_metadata(store, TableLocation(settings.output_bucket_name, manifest_key), "manifest"),
             "manifest_etag": manifest_etag,
             "manifest_spec": dg.MetadataValue.json(batch_manifest_spec(csv_writer.has_versions)),
-            "table_uri": dg.MetadataValue.path(table.location.uri),
+            **location_metadata(store, table.location),
         }
     )
 
@@ -128,6 +136,7 @@ def batch_manifest(
     group_name=GROUP,
     kinds={"s3", "parquet"},
     deps=[batch_manifest],
+    metadata=schema_metadata(QUALIFIED_SCHEMA),
 )
 def qualified_objects(
     context: dg.AssetExecutionContext,
@@ -139,6 +148,7 @@ def qualified_objects(
     """Every candidate with a decision: qualified (with its user) or not, and why."""
     partition = context.partition_key
     reasons: collections.Counter = collections.Counter()
+    failed = FailedRows()
     started = time.monotonic()
     # Final outcomes of the previous loaded date: those objects need no lookup when unchanged.
     known = load_previous_outcomes(store, settings.output_bucket_name, settings.output_prefix, partition)
@@ -158,7 +168,10 @@ def qualified_objects(
             stats=stats,
         )
         table = write_table(
-            store, _location(settings, "qualified_objects", partition), QUALIFIED_SCHEMA, _counted(decisions, "reason", reasons)
+            store,
+            _location(settings, "qualified_objects", partition),
+            QUALIFIED_SCHEMA,
+            failed.watch(_counted(decisions, "reason", reasons), not_qualified, attempts=None),
         )
     elapsed = time.monotonic() - started
     context.log.info(progress.summary())
@@ -168,7 +181,8 @@ def qualified_objects(
             "qualified": reasons.get("qualified", 0),
             "not_qualified": table.rows - reasons.get("qualified", 0),
             **{f"reason_{reason}": count for reason, count in sorted(reasons.items())},
-            "table_uri": dg.MetadataValue.path(table.location.uri),
+            **failed.metadata(counts=False),  # the counts by reason are above, `qualified` included
+            **location_metadata(store, table.location),
             "previous_date": known.source if known is not None else "none",
             "decided_by_previous_date": stats.known_before,
             "history_strategy": strategy,
@@ -186,6 +200,7 @@ def qualified_objects(
     group_name=GROUP,
     kinds={"s3", "parquet"},
     deps=[qualified_objects],
+    metadata=schema_metadata(INDEXED_SCHEMA),
     pool=GATEWAY_POOL,  # one indexing step at a time across all runs: one gateway rate for the deployment
 )
 def indexed_users(
@@ -200,12 +215,15 @@ def indexed_users(
     the import history as soon as it is known, so a rerun resumes where this one stopped."""
     partition = context.partition_key
     outcomes: collections.Counter = collections.Counter()
+    decisions: collections.Counter = collections.Counter()  # qualified_objects' reasons: why nothing may be registered
+    failed = FailedRows()
     started = time.monotonic()
     with open_table(store, _location(settings, "qualified_objects", partition)) as qualified_table:
-        qualified_total = sum(
-            pc.sum(b.column("qualified")).as_py() or 0 for b in qualified_table.iter_batches(columns=["qualified"])
-        )
-        progress = Progress("registered", qualified_total, context.log.info)
+        for _ in _counted(qualified_table.iter_batches(columns=["reason"]), "reason", decisions):
+            pass
+        qualified_total = decisions.get("qualified", 0)
+        # Counts objects done, whatever their outcome: the outcomes are logged when the step ends.
+        progress = Progress("outcomes recorded", qualified_total, context.log.info)
         results = index_qualified(
             qualified_table.iter_batches(batch_size=BATCH_ROWS),
             store=store,
@@ -224,15 +242,25 @@ def indexed_users(
             progress=progress,
         )
         table = write_table(
-            store, _location(settings, "indexed_users", partition), INDEXED_SCHEMA, _counted(results, "outcome", outcomes)
+            store,
+            _location(settings, "indexed_users", partition),
+            INDEXED_SCHEMA,
+            failed.watch(warn_permanent_failures(_counted(results, "outcome", outcomes), context.log.warning), not_indexed),
         )
     elapsed = time.monotonic() - started
     context.log.info(progress.summary())
+    registered = outcomes.get(Outcome.INDEXED.value, 0)
+    context.log.info(
+        f"registered {registered} of {qualified_total} qualified: "
+        + ", ".join(f"{outcomes.get(o.value, 0)} {o.value}" for o in Outcome if o != Outcome.INDEXED)
+    )
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": table.rows,
             **{f"outcome_{outcome.value}": outcomes.get(outcome.value, 0) for outcome in Outcome},
-            "table_uri": dg.MetadataValue.path(table.location.uri),
+            **failed.metadata(),
+            **({"note": why_nothing_registered(decisions + failed.reasons)} if not registered else {}),
+            **location_metadata(store, table.location),
             "duration_seconds": round(elapsed, 3),
             "registrations_per_second": round(outcomes.get("indexed", 0) / elapsed, 2) if elapsed else 0.0,
             "configured_rate_per_second": settings.index_rate,

@@ -13,6 +13,7 @@ from ..resources.history import DynamoImportHistory, SqliteImportHistory
 from ..resources.object_store import LocalObjectStore, S3ObjectStore
 from ..resources.registration import CustomRegistrationProvider, S3TagRegistrationProvider
 from ..settings import Settings
+from .io_manager import StoredTableIOManager
 
 
 def aws_clients(settings: Settings) -> AwsClients:
@@ -71,4 +72,6 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         "history": history,
         "gateway": gateway,
         "registration": registration,
+        # Every stored table as a pandas DataFrame (load_asset_value, downstream inputs).
+        "io_manager": StoredTableIOManager(settings=settings, store=store),
     }

@@ -41,3 +41,14 @@ def inventory_report_sensor(
         dynamic_partitions_requests=[inventory_dates.build_add_request(new_dates)] if new_dates else [],
         cursor=scan.cursor.dump(),
     )
+
+
+def automation_sensor(targets: dg.AssetSelection) -> dg.AutomationConditionSensorDefinition:
+    """Evaluates the automation conditions (the summary after every load, the hourly inventory
+    freshness check); on by default, like the report sensor."""
+    return dg.AutomationConditionSensorDefinition(
+        "rivbulk_automation_sensor",
+        target=targets,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=30,
+    )

@@ -21,6 +21,12 @@ MAX_PARTITION_KEY_BYTES = 2048
 MAX_SORT_KEY_BYTES = 1024
 
 _FINAL_FOR_ETAG = (HistoryStatus.INDEXED, HistoryStatus.FAILED_PERMANENT)  # no claim is taken on these again
+# Columns a report may read with `scan_columns` (no user ids, no extra diagnostics).
+SUMMARY_COLUMNS = pa.schema(
+    [("status", pa.string()), ("reason", pa.string()), ("attempts", pa.int64()),
+     ("updated_at", pa.float64()), ("claim_expires_at", pa.float64())]
+)
+
 _FINAL_STATUSES = (HistoryStatus.INDEXED, HistoryStatus.FAILED_PERMANENT, HistoryStatus.FAILED_TRANSIENT)
 
 
@@ -127,6 +133,13 @@ def _claim_allowed(row: Mapping[str, Any], etag: str, owner: str, now: float) ->
     return status == HistoryStatus.FAILED_TRANSIENT.value or row["etag"] != etag
 
 
+def _summary_schema(columns: Sequence[str]) -> pa.Schema:
+    unknown = [c for c in columns if c not in SUMMARY_COLUMNS.names]
+    if unknown or not columns:
+        raise HistoryError(f"scan_columns takes columns among {SUMMARY_COLUMNS.names}, not {list(columns)}")
+    return pa.schema([SUMMARY_COLUMNS.field(c) for c in columns])
+
+
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -207,3 +220,8 @@ class ImportHistoryResource(dg.ConfigurableResource, abc.ABC):
     @abc.abstractmethod
     def scan(self) -> Iterator[HistoryRecord]:
         """Every record."""
+
+    @abc.abstractmethod
+    def scan_columns(self, columns: Sequence[str], batch_rows: int = 100_000) -> Iterator[pa.RecordBatch]:
+        """Every record's `columns` only (names from SUMMARY_COLUMNS), in Arrow batches: reports
+        over millions of records read what they aggregate and nothing else."""

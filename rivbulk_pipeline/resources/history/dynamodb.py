@@ -31,6 +31,7 @@ from .base import (
     _key_attrs,
     _outcome_attrs,
     _record_from_row,
+    _summary_schema,
     _unique_keys,
 )
 
@@ -485,3 +486,37 @@ class DynamoImportHistory(ImportHistoryResource):
                     yield _record_from_item(item)
         except (ClientError, BotoCoreError) as error:
             raise self._fail("scan", error) from error
+
+    def scan_columns(self, columns: Sequence[str], batch_rows: int = 100_000) -> Iterator[pa.RecordBatch]:
+        schema = _summary_schema(columns)
+        names = {f"#c{i}": name for i, name in enumerate(schema.names)}  # `status` is a reserved word
+        numeric = {f.name: int if pa.types.is_integer(f.type) else float for f in schema if not pa.types.is_string(f.type)}
+        values: dict[str, list] = {name: [] for name in schema.names}
+
+        def batch() -> pa.RecordBatch:
+            arrays = [pa.array(values[f.name], type=f.type) for f in schema]
+            for column in values.values():
+                column.clear()
+            return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+        try:
+            # ProjectionExpression: DynamoDB still reads whole items, but sends only these attributes.
+            pages = self._dynamodb().get_paginator("scan").paginate(
+                TableName=self.table_name, ProjectionExpression=", ".join(names), ExpressionAttributeNames=names
+            )
+            for page in pages:
+                for item in page.get("Items", []):
+                    for name in schema.names:
+                        attr = item.get(name)
+                        if attr is None:
+                            values[name].append(None)
+                        elif name in numeric:
+                            values[name].append(numeric[name](Decimal(attr["N"])) if "N" in attr else None)
+                        else:
+                            values[name].append(attr.get("S"))
+                    if len(values[schema.names[0]]) >= batch_rows:
+                        yield batch()
+        except (ClientError, BotoCoreError) as error:
+            raise self._fail("scan", error) from error
+        if values[schema.names[0]]:
+            yield batch()

@@ -25,6 +25,7 @@ from .base import (
     _claim_attrs,
     _outcome_attrs,
     _record_from_row,
+    _summary_schema,
     _unique_keys,
     _version_key,
 )
@@ -230,3 +231,21 @@ class SqliteImportHistory(ImportHistoryResource):
             for row in rows:
                 yield _record_from_row(row)
             last = (rows[-1]["object_uri"], rows[-1]["version_id"])
+
+    def scan_columns(self, columns: Sequence[str], batch_rows: int = 100_000) -> Iterator[pa.RecordBatch]:
+        schema = _summary_schema(columns)  # names checked against a fixed list: safe to interpolate
+        # A connection of its own: the read transaction lasts the whole scan (one consistent view)
+        # without holding this thread's connection, which claims and records use.
+        conn = sqlite3.connect(f"file:{os.path.abspath(self.db_path)}?mode=ro", uri=True, timeout=self.busy_timeout_ms / 1000)
+        try:
+            cursor = conn.execute(f"SELECT {', '.join(schema.names)} FROM import_history")
+            while rows := cursor.fetchmany(batch_rows):
+                yield pa.RecordBatch.from_arrays(
+                    [pa.array(values, type=f.type) for values, f in zip(zip(*rows), schema)], schema=schema
+                )
+        except sqlite3.OperationalError as error:
+            if "no such table" in str(error):
+                return  # nothing recorded yet
+            raise HistoryError(f"{self.db_path}: cannot read the import history ({error})") from error
+        finally:
+            conn.close()

@@ -66,6 +66,14 @@ class ObjectStoreResource(dg.ConfigurableResource):
         self.put_tags(bucket, key, merged, version_id)
         return merged
 
+    def location(self, bucket: str, key: str) -> str:
+        """Where a person finds the object: its `s3://` URI (the local store: the file's path)."""
+        return f"s3://{bucket}/{key}"
+
+    def console_url(self, bucket: str, key: str) -> Optional[str]:
+        """A link to the object in the AWS console, when there is one."""
+        return None
+
     def delete(self, bucket: str, key: str) -> None:
         """Remove the object and its tags; a missing key is not an error (as in S3)."""
         raise NotImplementedError

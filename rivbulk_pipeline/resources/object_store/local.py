@@ -339,6 +339,9 @@ class LocalObjectStore(ObjectStoreResource):
 
     # ---- the interface ----
 
+    def location(self, bucket: str, key: str) -> str:
+        return self._path(bucket, key)
+
     def create_bucket(self, bucket: str) -> None:
         os.makedirs(self._bucket_dir(bucket), exist_ok=True)
 

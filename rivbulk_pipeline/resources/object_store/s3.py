@@ -7,6 +7,7 @@ import os
 import threading
 from datetime import timezone
 from typing import Any, BinaryIO, ContextManager, Iterator, Mapping, Optional
+from urllib.parse import quote
 
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
@@ -194,6 +195,12 @@ class S3ObjectStore(ObjectStoreResource):
             response = self._s3().get_object(**self._params(bucket, key, version_id, **condition))
         raw = _S3BodyReader(self._s3(), bucket, key, version_id, response, self.max_attempts)
         return io.BufferedReader(raw, buffer_size=CHUNK_BYTES)
+
+    def console_url(self, bucket: str, key: str) -> Optional[str]:
+        if self.endpoint_url:  # MinIO, LocalStack, moto: no AWS console
+            return None
+        region = self.region_name or self._s3().meta.region_name
+        return f"https://console.aws.amazon.com/s3/object/{bucket}?region={region}&prefix={quote(key, safe='/')}"
 
     def create_bucket(self, bucket: str) -> None:
         client = self._s3()
