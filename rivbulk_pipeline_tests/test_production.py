@@ -18,14 +18,12 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import dagster as dg
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from rivbulk_pipeline.core.tags import tag_lookup
 from rivbulk_pipeline.demo import DEMO_CASES
 
 from .production_world import (
@@ -38,7 +36,6 @@ from .production_world import (
     SUBNETS,
     TASK_FAMILY,
     World,
-    build_world,
     code_server,
     free_port,
     iter_log_text,
@@ -52,7 +49,6 @@ from .production_world import (
 pytestmark = pytest.mark.timeout(600)
 
 TASK_ARN = f"arn:aws:ecs:eu-west-1:123456789012:task/{CLUSTER}/0123456789abcdef"
-QUALIFIED = {tag_lookup(c.tags, "UserId") for c in DEMO_CASES if c.expect == "indexed"}
 FAILED = [c for c in DEMO_CASES if c.expect.startswith("failed:")]
 
 
