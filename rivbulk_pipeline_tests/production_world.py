@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import requests
 from moto.server import ThreadedMotoServer
 
 from rivbulk_pipeline.core.inventory_writer import write_inventory_report
+from rivbulk_pipeline.core.tags import tag_lookup
 from rivbulk_pipeline.defs.resources import build_resources
 from rivbulk_pipeline.demo import DEMO_CASES, face_image, populate_images, preregister
 from rivbulk_pipeline.settings import Settings
@@ -76,7 +76,7 @@ class World:
 
     def qualified_users(self) -> set[str]:
         """The users the three dates should register, exactly once each."""
-        users = {c.tags.get("UserId") or c.tags.get("userid") or c.tags.get("USERID") for c in DEMO_CASES if c.expect == "indexed"}
+        users = {tag_lookup(c.tags, "UserId") for c in DEMO_CASES if c.expect == "indexed"}
         return users | {user for day in NEW_PER_DAY.values() for _, user, _ in day}
 
     def instance_yaml(self, *, launcher: str) -> str:
@@ -283,6 +283,3 @@ def pg_dump(world: World) -> str:
     )
     return result.stdout
 
-
-def which(name: str) -> str:
-    return shutil.which(name, path=str(BIN)) or name

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
+import time
 from typing import Any, Iterator
 
 import dagster as dg
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from rivbulk_pipeline.core.tags import tag_lookup
 from rivbulk_pipeline.demo import DEMO_CASES
 
 from .production_world import (
@@ -37,7 +36,6 @@ from .production_world import (
     SUBNETS,
     TASK_FAMILY,
     World,
-    build_world,
     code_server,
     free_port,
     iter_log_text,
@@ -51,7 +49,6 @@ from .production_world import (
 pytestmark = pytest.mark.timeout(600)
 
 TASK_ARN = f"arn:aws:ecs:eu-west-1:123456789012:task/{CLUSTER}/0123456789abcdef"
-QUALIFIED = {tag_lookup(c.tags, "UserId") for c in DEMO_CASES if c.expect == "indexed"}
 FAILED = [c for c in DEMO_CASES if c.expect.startswith("failed:")]
 
 
@@ -73,7 +70,8 @@ def grpc_port(world: World) -> Iterator[int]:
 
 
 def _finished(instance: dg.DagsterInstance, count: int) -> list[dg.DagsterRun] | None:
-    runs = instance.get_runs()
+    # The loads only: the daemon also refreshes the unpartitioned import_summary after them.
+    runs = [r for r in instance.get_runs() if "dagster/partition" in r.tags]
     done = [r for r in runs if r.is_finished]
     return runs if len(runs) >= count and len(done) == len(runs) else None
 
@@ -84,10 +82,12 @@ def daemon_runs(world: World, grpc_port: int) -> Iterator[tuple[dg.DagsterInstan
     home = world.dagster_home("dagster_home_daemon", launcher="default")
     env = {**world.env, "DAGSTER_HOME": str(home)}
     workspace = workspace_file(world, grpc_port)
+    started_wall = time.time()
     daemon = world.start("daemon", [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)], env=env)
     try:
         with dg.DagsterInstance.from_config(str(home)) as instance:
             newest, older = world.dates[-1], world.dates[:-1]
+            started = time.monotonic()
             wait_for(
                 "the sensor's run for the newest date",
                 lambda: instance.get_runs(dg.RunsFilter(tags={"dagster/partition": newest})),
@@ -99,7 +99,13 @@ def daemon_runs(world: World, grpc_port: int) -> Iterator[tuple[dg.DagsterInstan
                 env=env, capture_output=True, text=True, timeout=180,
             )
             assert backfill.returncode == 0, backfill.stdout + backfill.stderr
+            print(f"[production] sensor run requested after {time.monotonic() - started:.1f}s")
             runs = wait_for("three finished runs", lambda: _finished(instance, 3), timeout=400, interval=2)
+            print(f"[production] three runs finished after {time.monotonic() - started:.1f}s")
+            for run in sorted(runs, key=lambda r: r.tags["dagster/partition"]):
+                stats = instance.get_run_stats(run.run_id)
+                print(f"[production] {run.tags['dagster/partition']}: launched {stats.launch_time - started_wall:.1f}s "
+                      f"start {stats.start_time - started_wall:.1f}s end {stats.end_time - started_wall:.1f}s")
             yield instance, runs
     finally:
         stop(daemon)

@@ -353,9 +353,9 @@ def test_no_credentials_is_a_clear_store_error(monkeypatch: pytest.MonkeyPatch, 
 
 
 def test_locations_are_s3_uris_with_a_console_link_on_aws_only(moto_server: str) -> None:
-    on_aws = S3ObjectStore(region_name="eu-west-1")
+    on_aws = S3ObjectStore(aws=AwsClients(region_name="eu-west-1"))
     assert on_aws.location("faces", "dave smith/photo 1.png") == "s3://faces/dave smith/photo 1.png"
     assert on_aws.console_url("faces", "dave smith/photo 1.png") == (
         "https://console.aws.amazon.com/s3/object/faces?region=eu-west-1&prefix=dave%20smith/photo%201.png"
     )
-    assert S3ObjectStore(region_name="eu-west-1", endpoint_url=moto_server).console_url("faces", "a.png") is None
+    assert S3ObjectStore(aws=AwsClients(region_name="eu-west-1", endpoint_url=moto_server)).console_url("faces", "a.png") is None

@@ -197,9 +197,9 @@ class S3ObjectStore(ObjectStoreResource):
         return io.BufferedReader(raw, buffer_size=CHUNK_BYTES)
 
     def console_url(self, bucket: str, key: str) -> Optional[str]:
-        if self.endpoint_url:  # MinIO, LocalStack, moto: no AWS console
+        if self.aws.endpoint_url:  # MinIO, LocalStack, moto: no AWS console
             return None
-        region = self.region_name or self._s3().meta.region_name
+        region = self.aws.region_name or self._s3().meta.region_name
         return f"https://console.aws.amazon.com/s3/object/{bucket}?region={region}&prefix={quote(key, safe='/')}"
 
     def create_bucket(self, bucket: str) -> None:
