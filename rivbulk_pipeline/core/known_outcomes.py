@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from .model import Outcome, Reason
 from .ports import ObjectStore
-from .tables import open_table, table_location
+from .tables import open_table, released_batches, table_location
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
@@ -164,14 +164,6 @@ _FINAL_IN = {
 }
 
 
-def _released(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """Pass batches through, giving Arrow's freed pages back to the OS after each: read once and
-    dropped, they would otherwise stay resident (about 50 MB over a 10M-row table)."""
-    for batch in batches:
-        yield batch
-        pa.default_memory_pool().release_unused()
-
-
 def previous_loaded_date(store: ObjectStore, bucket: str, prefix: str, partition: str) -> Optional[str]:
     """The latest date before `partition` whose qualified_objects table is stored, if any."""
     folder = table_location(bucket, prefix, "qualified_objects", partition).key.rsplit("/", 2)[0] + "/"
@@ -203,7 +195,7 @@ def load_previous_outcomes(
         parts = (
             part
             for table, column, values in opened
-            for batch in _released(table.iter_batches(batch_size=batch_rows, columns=[*_FINGERPRINT_COLUMNS, column]))
+            for batch in released_batches(table.iter_batches(batch_size=batch_rows, columns=[*_FINGERPRINT_COLUMNS, column]))
             for part in _final_rows(batch, column, values)
         )
         return KnownOutcomes.build(parts, source=f"dt={date}", capacity=capacity)

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from ..core.indexing import TAG_NOT_WRITTEN
 from ..core.known_outcomes import combined_hash
 from ..core.model import HistoryStatus, ObjectRef, Outcome
-from ..core.tables import open_table, table_location
+from ..core.tables import open_table, released_batches, table_location
 from ..core.tags import is_true_marker, tag_lookup
 from ..resources.history import ImportHistoryResource
 from ..resources.object_store import ObjectStoreResource
@@ -120,7 +120,7 @@ def _identity_batches(
 ) -> Iterator[pa.RecordBatch]:
     location = table_location(settings.output_bucket_name, settings.output_prefix, asset, partition)
     with open_table(store, location) as table:
-        yield from table.iter_batches(batch_size=_BATCH_ROWS, columns=columns)
+        yield from released_batches(table.iter_batches(batch_size=_BATCH_ROWS, columns=columns))
 
 
 def _prints(batch: pa.RecordBatch) -> np.ndarray:
@@ -133,7 +133,7 @@ def _identity_prints(settings: Settings, store: ObjectStoreResource, asset: str,
     with open_table(store, location) as table:
         prints = np.empty(table.metadata.num_rows, dtype=np.uint64)
         filled = 0
-        for batch in table.iter_batches(batch_size=_BATCH_ROWS, columns=_IDENTITY):
+        for batch in released_batches(table.iter_batches(batch_size=_BATCH_ROWS, columns=_IDENTITY)):
             prints[filled : filled + batch.num_rows] = _prints(batch)
             filled += batch.num_rows
     prints.sort()
