@@ -1,11 +1,13 @@
-"""`python -m benchmarks.run [--quick] [--only NAME ...]`: OURS vs BASELINE, one table, PASS/FAIL.
+"""`python -m benchmarks.run [--quick] [--full] [--only NAME ...]`: OURS vs BASELINE, one table, PASS/FAIL.
 
-Measurements (NAME): ingest, qualification, incremental, rate, summary. Data is generated in a temp
+Measurements (NAME): ingest, qualification, incremental, rate, summary, scale (daily runs of
+100k and 1M objects, and 10M with --full; DynamoDB lookups on moto's server). Data is generated in a temp
 dir (or `--workdir`, kept) and every figure is printed next to its target.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -19,10 +21,12 @@ import pyarrow as pa
 
 from .ingest import measure_ingest
 from .qualification import measure_incremental, measure_qualification
+from .dynamo_lookup import measure_dynamo_lookup
 from .rate import measure_rate
+from .scale import measure_size
 from .summary import measure_summary
 
-MEASUREMENTS = ("ingest", "qualification", "incremental", "rate", "summary")
+MEASUREMENTS = ("ingest", "qualification", "incremental", "rate", "summary", "scale")
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,8 @@ class Sizes:
     summary_records: int = 1_000_000
     summary_dates: int = 30
     summary_table_rows: int = 10_000
+    scale_objects: tuple[int, ...] = (100_000, 1_000_000)
+    dynamo_records: int = 20_000
 
 
 FULL = Sizes()
@@ -57,7 +63,15 @@ QUICK = Sizes(
     summary_records=50_000,
     summary_dates=5,
     summary_table_rows=2_000,
+    scale_objects=(10_000, 100_000),
+    dynamo_records=2_000,
 )
+LARGEST = 10_000_000  # --full
+
+# scale targets: the daily run (1% new, everything else final) of the four assets
+SCALE_SECONDS = {1_000_000: 30.0, 10_000_000: 300.0}
+SCALE_PER_OBJECT_GROWTH = 1.5  # time per object at 10x the objects
+SCALE_RSS_GROWTH = 1.5
 
 # targets
 INGEST_SPEEDUP = 4.0
@@ -109,6 +123,14 @@ def run_measurements(
             results[name] = measure_summary(
                 folder, sizes.summary_records, sizes.summary_dates, sizes.summary_table_rows, log=log
             )
+        elif name == "scale":
+            runs = []
+            for objects in sizes.scale_objects:
+                runs.append(measure_size(folder, objects, log=log))
+                log(f"  {objects:,} objects: {sum(runs[-1]['asset_seconds'].values()):.1f}s for the four assets")
+                log(f"  figures: {json.dumps(runs[-1])}")  # kept in the output should a later step fail
+                shutil.rmtree(os.path.join(folder, f"scale-{objects}"), ignore_errors=True)
+            results[name] = {"runs": runs, "dynamo": measure_dynamo_lookup(sizes.dynamo_records, log=log)}
         else:
             results[name] = measure_rate(
                 folder,
@@ -208,6 +230,48 @@ def build_lines(results: dict[str, dict]) -> list[Line]:
             f"{r['history_seconds'] + r['tables_seconds']:.2f} s (history {r['history_seconds']:.2f} s, tables {r['tables_seconds']:.2f} s)",
             "-", f"{r['records'] / max(r['history_seconds'], 1e-9):,.0f} records/s", "-", None,
         ))  # fmt: skip
+    if "scale" in results:
+        lines.extend(_scale_lines(results["scale"]))
+    return lines
+
+
+def _scale_lines(r: dict) -> list[Line]:
+    lines = []
+    previous = None
+    for run in r["runs"]:
+        n, assets = run["objects"], run["asset_seconds"]
+        four = sum(assets.values())
+        per_asset = " / ".join(f"{assets.get(a, 0):.1f}" for a in ("inventory_report", "batch_manifest", "qualified_objects", "indexed_users"))
+        target = SCALE_SECONDS.get(n)
+        lines.append(Line(
+            "6", f"daily run, {_rows(n)} objects ({run['new']:,} new): four assets",
+            f"{four:.1f} s ({n / four:,.0f} objects/s)", "-",
+            f"{per_asset} s; job {run['total_seconds']:.1f} s, checks {run['check_seconds']:.1f} s",
+            f"<= {target:g} s" if target else "-", four <= target if target else None,
+        ))  # fmt: skip
+        lines.append(Line(
+            "6", f"  history / previous date / tag reads, {_rows(n)}",
+            f"{run['history_lookups']} lookups of {run['history_keys']:,} keys", "-",
+            f"{run['decided_by_previous_date']:,} by the previous date; {run['tag_reads']:,} tag reads", "-", None,
+        ))  # fmt: skip
+        lines.append(Line("6", f"  peak RSS, {_rows(n)}", _mb(run["peak_rss_bytes"]), "-", "-", "-", None))
+        if previous is not None:
+            growth = (four / n) / (previous[1] / previous[0]["objects"])
+            rss = run["peak_rss_bytes"] / previous[0]["peak_rss_bytes"]
+            large = n >= LARGEST
+            lines.append(Line(
+                "6", f"  time per object / peak RSS, {_rows(n)} vs {_rows(previous[0]['objects'])}",
+                f"{growth:.2f}x / {rss:.2f}x", "-", "-",
+                f"<= {SCALE_PER_OBJECT_GROWTH:g}x / <= {SCALE_RSS_GROWTH:g}x" if large else "-",
+                (growth <= SCALE_PER_OBJECT_GROWTH and rss <= SCALE_RSS_GROWTH) if large else None,
+            ))  # fmt: skip
+        previous = (run, four)
+    for run in r["dynamo"]["runs"]:
+        lines.append(Line(
+            "6", f"DynamoDB (moto server), {r['dynamo']['records']:,} items, day of {run['day']:,}: {run['strategy']}",
+            f"{run['requests']:,} requests, {run['read_units']:,.0f} read units", "-",
+            f"{run['seconds']:.1f} s on moto; automatic choice: {run['chosen_automatically']}", "-", None,
+        ))  # fmt: skip
     return lines
 
 
@@ -230,6 +294,7 @@ def format_table(lines: Sequence[Line]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (a minute or so)")
+    parser.add_argument("--full", action="store_true", help="the scale section also runs 10M objects (several minutes)")
     parser.add_argument("--only", action="append", choices=MEASUREMENTS, metavar="NAME",
                         help=f"run only this measurement (repeatable): {', '.join(MEASUREMENTS)}")  # fmt: skip
     parser.add_argument("--concurrency", type=int, help="qualification workers (default 128)")
@@ -238,6 +303,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     sizes = QUICK if args.quick else FULL
+    if args.full:
+        sizes = replace(sizes, scale_objects=(*sizes.scale_objects, LARGEST))
     if args.concurrency:
         sizes = replace(sizes, concurrency=args.concurrency)
     if args.rate:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ import sqlite3
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from datetime import datetime, timedelta, timezone
@@ -191,12 +191,18 @@ def build(home: str, objects: int, new_fraction: float = 0.01, log: Callable[[st
     return {"objects": objects, "new": new, "partition": TODAY.date().isoformat(), "previous": previous}
 
 
-def run_daily(home: str, partition: str, previous: bool = True) -> dict:
-    """Run bulk_load_job for `partition` (in this process) and return per-asset seconds and counts."""
+def _bulk_load_job():
+    from rivbulk_pipeline.definitions import defs
+
+    return defs.get_job_def("bulk_load_job")
+
+
+def run_daily(home: str, partition: str, previous: bool = True, executor: str = "") -> dict:
+    """Run bulk_load_job for `partition` and return per-asset seconds and counts. `executor`
+    empty: the job's own executor; `in_process` / `multiprocess`: that one, chosen by run config
+    (a run as the daemon or `dagster job execute` launches it, on a temporary instance)."""
     os.environ.update(scale_env(home))
     import dagster as dg
-
-    from rivbulk_pipeline.definitions import defs
 
     if not previous:  # the same day as if the previous date had never been loaded
         settings = _settings(home)
@@ -206,14 +212,33 @@ def run_daily(home: str, partition: str, previous: bool = True) -> dict:
             path = os.path.join(store.root, loc.bucket, *loc.key.split("/"))
             if os.path.exists(path):
                 os.rename(path, path + ".hidden")
-    instance = dg.DagsterInstance.ephemeral()
+    dagster_home = os.path.join(home, "dagster_home")
+    shutil.rmtree(dagster_home, ignore_errors=True)
+    os.makedirs(dagster_home)
+    instance = dg.DagsterInstance.local_temp(tempdir=dagster_home)
     instance.add_dynamic_partitions("inventory_dates", [partition])
-    job = defs.get_job_def("bulk_load_job")
+    run_config = {"execution": {"config": {executor: {}}}} if executor else {}
+    samples: list[tuple[float, int]] = []  # (time, RSS): which step holds the peak
+    sampling = threading.Event()
+
+    def sample() -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not sampling.wait(0.1):
+            with open("/proc/self/statm") as statm:
+                samples.append((time.time(), int(statm.read().split()[1]) * page))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     started = time.perf_counter()
-    result = job.execute_in_process(partition_key=partition, instance=instance)
+    with dg.execute_job(
+        dg.reconstructable(_bulk_load_job), instance, run_config=run_config, tags={"dagster/partition": partition}
+    ) as result:
+        success, run_id = result.success, result.run_id
+        materializations = result.get_asset_materialization_events()
     total = time.perf_counter() - started
+    sampling.set()
     starts, ends = {}, {}
-    for entry in instance.all_logs(result.run_id):
+    for entry in instance.all_logs(run_id):
         event = entry.dagster_event
         if event is None or not event.step_key:
             continue
@@ -222,14 +247,20 @@ def run_daily(home: str, partition: str, previous: bool = True) -> dict:
         elif event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
             ends[event.step_key] = entry.timestamp
     metadata = {}
-    for mat in result.get_asset_materialization_events():
+    for mat in materializations:
         name = mat.asset_key.path[-1]
         metadata[name] = {k: getattr(v, "value", v) for k, v in mat.materialization.metadata.items()}
     q = metadata.get("qualified_objects", {})
+    steps = {key: ends[key] - starts[key] for key in starts if key in ends}
+    step_rss = {
+        key: max((rss for at, rss in samples if starts[key] <= at <= ends[key]), default=0) for key in steps
+    }
     return {
-        "success": result.success,
+        "success": success,
         "total_seconds": total,
-        "asset_seconds": {a: ends[a] - starts[a] for a in ASSETS if a in starts and a in ends},
+        "asset_seconds": {a: steps[a] for a in ASSETS if a in steps},
+        "check_seconds": sum(seconds for key, seconds in steps.items() if key not in ASSETS),
+        "step_peak_rss_bytes": step_rss,
         "history_lookups": q.get("history_lookups"),
         "history_keys": q.get("history_keys_asked"),
         "decided_by_previous_date": q.get("decided_by_previous_date"),
@@ -239,7 +270,9 @@ def run_daily(home: str, partition: str, previous: bool = True) -> dict:
     }
 
 
-def measure_size(workdir: str, objects: int, log: Callable[[str], None] = print, previous: bool = True) -> dict:
+def measure_size(
+    workdir: str, objects: int, log: Callable[[str], None] = print, previous: bool = True, executor: str = ""
+) -> dict:
     """Build a bucket of `objects` and run its daily job in a fresh process; figures + peak RSS."""
     home = os.path.join(workdir, f"scale-{objects}")
     log(f"  building {objects:,} objects ...")
@@ -248,7 +281,7 @@ def measure_size(workdir: str, objects: int, log: Callable[[str], None] = print,
     build_seconds = time.perf_counter() - started
     log(f"  daily run of {objects:,} objects ({built['new']:,} new) ...")
     command = [sys.executable, "-m", "benchmarks._launch", sys.executable, "-m", "benchmarks.scale", "run", home,
-               built["partition"]] + ([] if previous else ["--no-previous"])  # fmt: skip
+               built["partition"]] + ([] if previous else ["--no-previous"]) + (["--executor", executor] if executor else [])  # fmt: skip
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     figures = {**lines[-2], **lines[-1], "objects": objects, "new": built["new"], "build_seconds": build_seconds}
@@ -264,16 +297,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     run.add_argument("home")
     run.add_argument("partition")
     run.add_argument("--no-previous", action="store_true")
+    run.add_argument("--executor", default="", choices=["", "in_process", "multiprocess"])
     one = sub.add_parser("measure", help="build and run one size")
     one.add_argument("workdir")
     one.add_argument("objects", type=int)
     one.add_argument("--no-previous", action="store_true")
+    one.add_argument("--executor", default="", choices=["", "in_process", "multiprocess"])
     args = parser.parse_args(argv)
     if args.command == "run":
-        figures = run_daily(args.home, args.partition, previous=not args.no_previous)
+        figures = run_daily(args.home, args.partition, previous=not args.no_previous, executor=args.executor)
         print(json.dumps(figures), flush=True)
     else:
-        print(json.dumps(measure_size(args.workdir, args.objects, previous=not args.no_previous)))
+        print(json.dumps(measure_size(args.workdir, args.objects, previous=not args.no_previous, executor=args.executor)))
     return 0
 
 

@@ -20,4 +20,8 @@ defs = dg.Definitions(
         automation_sensor(dg.AssetSelection.assets(import_summary) | dg.AssetSelection.checks(inventory_is_fresh)),
     ],
     resources=build_resources(Settings.from_env()),
+    # The four steps are a linear chain: a process per step (the multiprocess default) only adds
+    # its start-up, measured at 32 s against 3.5 s for a 100k-object daily run. Dagster pools
+    # (riv_gateway) are enforced by the in-process executor too.
+    executor=dg.in_process_executor,
 )

@@ -129,3 +129,26 @@ def test_table_has_a_verdict_and_a_target_for_every_figure(tiny_results):
     table = format_table(lines)
     assert table.splitlines()[0].split()[:3] == ["#", "measurement", "OURS"]
     assert all(line.figure in table for line in lines)
+
+
+def test_scale_section_runs_the_daily_job_and_counts_what_it_asked(tmp_path):
+    from dataclasses import replace
+
+    from benchmarks.run import _scale_lines
+
+    sizes = replace(TINY, scale_objects=(2_000, 5_000), dynamo_records=300)
+    r = run_measurements(sizes, ["scale"], str(tmp_path), log=lambda m: None)["scale"]
+    for run in r["runs"]:
+        old = run["objects"] - run["new"]
+        assert run["success"] and run["candidates"] == run["objects"]
+        assert run["decided_by_previous_date"] == old  # everything old was final the day before
+        assert run["history_keys"] == run["tag_reads"] == run["indexed"] == run["new"]  # only the new ones asked
+        assert set(run["asset_seconds"]) == {"inventory_report", "batch_manifest", "qualified_objects", "indexed_users"}
+        assert run["peak_rss_bytes"] > 50_000_000
+    by = {(d["share"], d["strategy"]): d for d in r["dynamo"]["runs"]}
+    assert by[(1.0, "batch_get")]["read_units"] == 300 and by[(1.0, "batch_get")]["requests"] == 3
+    assert by[(1.0, "scan")]["read_units"] < 300 / 4  # ~300-byte items, 4 KB a unit
+    assert all(d["answered"] == d["day"] for d in r["dynamo"]["runs"])  # every item is final with its ETag
+    assert by[(0.01, "batch_get")]["chosen_automatically"] == "batch_get"
+    assert by[(1.0, "scan")]["chosen_automatically"] == "scan"
+    assert len(_scale_lines(r)) == 3 * 2 + 1 + 4

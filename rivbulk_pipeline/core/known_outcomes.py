@@ -198,4 +198,6 @@ def load_previous_outcomes(
             for batch in table.iter_batches(batch_size=batch_rows, columns=[*_FINGERPRINT_COLUMNS, column])
             for part in _final_rows(batch, column, values)
         )
-        return KnownOutcomes.build(parts, source=f"dt={date}", capacity=capacity)
+        known = KnownOutcomes.build(parts, source=f"dt={date}", capacity=capacity)
+    pa.default_memory_pool().release_unused()  # the tables were read batch by batch: give the pages back
+    return known

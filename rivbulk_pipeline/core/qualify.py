@@ -127,7 +127,7 @@ class QualifyStats:
     """What qualification asked of whom (for asset metadata and the benchmark)."""
 
     known_before: int = 0  # decided by the previous date's tables, no call at all
-    history_calls: int = 0  # lookup_table calls
+    history_calls: int = 0  # final_outcomes calls (one per batch that had something to ask)
     history_keys: int = 0  # keys asked of the history
     tag_reads: int = 0  # objects decided one by one (tag read)
 

@@ -52,7 +52,11 @@ def write_table(
                     writer.write_batch(batch.cast(schema) if batch.schema != schema else batch)
                     rows += batch.num_rows
         store.upload_file(location.bucket, location.key, path)
-        return WrittenTable(location, rows, os.path.getsize(path))
+        written = WrittenTable(location, rows, os.path.getsize(path))
+    # Arrow's allocator keeps freed pages for reuse; after a whole table, give them back so that
+    # a run's resident memory stays what it holds, not the sum of what each step once touched.
+    pa.default_memory_pool().release_unused()
+    return written
 
 
 @contextmanager

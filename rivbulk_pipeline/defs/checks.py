@@ -82,13 +82,12 @@ def qualified_objects_one_decision_per_candidate(
     partition = context.partition_key
     # Streamed as 64-bit fingerprints of the identities (8 bytes a row), so a bucket of 10M
     # objects is checked in about 160 MB; keys are read again only to name a problem's examples.
-    decisions = _identity_prints(settings, store, "qualified_objects", partition)
-    candidates = _identity_prints(settings, store, "batch_manifest", partition)
-    ordered = np.sort(decisions)
+    decisions = _identity_prints(settings, store, "qualified_objects", partition)  # sorted
+    candidates = _identity_prints(settings, store, "batch_manifest", partition)  # sorted
     problems = {
-        "doubled": np.unique(ordered[1:][ordered[1:] == ordered[:-1]]),
-        "undecided": candidates[~_contained(ordered, candidates)],
-        "unlisted": decisions[~_contained(np.sort(candidates), decisions)],
+        "doubled": np.unique(decisions[1:][decisions[1:] == decisions[:-1]]),
+        "undecided": candidates[~_contained(decisions, candidates)],
+        "unlisted": decisions[~_contained(candidates, decisions)],
     }
     return _result(
         partition,
@@ -115,8 +114,16 @@ def _prints(batch: pa.RecordBatch) -> np.ndarray:
 
 
 def _identity_prints(settings: Settings, store: ObjectStoreResource, asset: str, partition: str) -> np.ndarray:
-    parts = [_prints(b) for b in _identity_batches(settings, store, asset, partition, _IDENTITY)]
-    return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+    """The table's identity fingerprints, sorted; filled and sorted in place (no copies)."""
+    location = table_location(settings.output_bucket_name, settings.output_prefix, asset, partition)
+    with open_table(store, location) as table:
+        prints = np.empty(table.metadata.num_rows, dtype=np.uint64)
+        filled = 0
+        for batch in table.iter_batches(batch_size=_BATCH_ROWS, columns=_IDENTITY):
+            prints[filled : filled + batch.num_rows] = _prints(batch)
+            filled += batch.num_rows
+    prints.sort()
+    return prints
 
 
 def _contained(sorted_prints: np.ndarray, prints: np.ndarray) -> np.ndarray:

@@ -291,10 +291,10 @@ class DynamoImportHistory(ImportHistoryResource):
         unique = list(dict.fromkeys(zip(keys.column("object_uri").to_pylist(), keys.column("version_id").to_pylist())))
         return _items_table(self._batch_get_all(unique))
 
-    def expect_lookups(self, count: int) -> str:
-        """BatchGetItem costs at least one read unit per key; a Scan costs one per 4 KB of the whole
-        table. When the day's keys cost more than reading the table, scan it once (in parallel
-        segments) and answer from memory; otherwise ask key by key."""
+    def lookup_strategy(self, count: int) -> str:
+        """`batch_get` or `scan` for a day asking about `count` objects. BatchGetItem costs at least
+        one read unit per key; a Scan one per 4 KB of the whole table. When the day's keys cost
+        more than reading the table, one parallel Scan answers them all from memory."""
         try:
             table = self._dynamodb().describe_table(TableName=self.table_name)["Table"]
         except (ClientError, BotoCoreError) as error:
@@ -303,11 +303,12 @@ class DynamoImportHistory(ImportHistoryResource):
         # typical record covers a size not yet counted.
         table_bytes = max(int(table.get("TableSizeBytes", 0)), int(table.get("ItemCount", 0)) * _TYPICAL_ITEM_BYTES)
         scan_units = math.ceil(table_bytes / _READ_UNIT_BYTES)
-        if count > 0 and int(table.get("ItemCount", 0)) > 0 and scan_units < count:
-            self._scanned = self._scan_final()
-            return "scan"
-        self._scanned = None
-        return "batch_get"
+        return "scan" if count > 0 and table_bytes > 0 and scan_units < count else "batch_get"
+
+    def expect_lookups(self, count: int) -> str:
+        strategy = self.lookup_strategy(count)
+        self._scanned = self._scan_final() if strategy == "scan" else None
+        return strategy
 
     def final_outcomes(self, objects: pa.Table) -> pa.Table:
         if self._scanned is None:
