@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from .model import Outcome, Reason
 from .ports import ObjectStore
-from .tables import open_table, table_location
+from .tables import open_table, released_batches, table_location
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
@@ -195,9 +195,7 @@ def load_previous_outcomes(
         parts = (
             part
             for table, column, values in opened
-            for batch in table.iter_batches(batch_size=batch_rows, columns=[*_FINGERPRINT_COLUMNS, column])
+            for batch in released_batches(table.iter_batches(batch_size=batch_rows, columns=[*_FINGERPRINT_COLUMNS, column]))
             for part in _final_rows(batch, column, values)
         )
-        known = KnownOutcomes.build(parts, source=f"dt={date}", capacity=capacity)
-    pa.default_memory_pool().release_unused()  # the tables were read batch by batch: give the pages back
-    return known
+        return KnownOutcomes.build(parts, source=f"dt={date}", capacity=capacity)

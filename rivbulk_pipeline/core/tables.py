@@ -47,16 +47,23 @@ def write_table(
     with tempfile.TemporaryDirectory(prefix="rivbulk-table-") as folder:
         path = os.path.join(folder, "table.parquet")
         with pq.ParquetWriter(path, schema, compression="zstd") as writer:
-            for batch in batches:
+            for batch in released_batches(batches):
                 if batch.num_rows:
                     writer.write_batch(batch.cast(schema) if batch.schema != schema else batch)
                     rows += batch.num_rows
         store.upload_file(location.bucket, location.key, path)
         written = WrittenTable(location, rows, os.path.getsize(path))
-    # Arrow's allocator keeps freed pages for reuse; after a whole table, give them back so that
-    # a run's resident memory stays what it holds, not the sum of what each step once touched.
     pa.default_memory_pool().release_unused()
     return written
+
+
+def released_batches(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Pass batches through, giving Arrow's freed pages back to the OS after each. Its allocator
+    keeps them for reuse otherwise, and a step that streams millions of rows ends up resident
+    with far more than the batch or two it holds at a time."""
+    for batch in batches:
+        yield batch
+        pa.default_memory_pool().release_unused()
 
 
 @contextmanager

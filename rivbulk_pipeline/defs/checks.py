@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from ..core.indexing import TAG_NOT_WRITTEN
 from ..core.known_outcomes import combined_hash
 from ..core.model import HistoryStatus, ObjectRef, Outcome
-from ..core.tables import open_table, table_location
+from ..core.tables import open_table, released_batches, table_location
 from ..core.tags import is_true_marker, tag_lookup
 from ..resources.history import ImportHistoryResource
 from ..resources.object_store import ObjectStoreResource
@@ -83,11 +83,25 @@ def qualified_objects_one_decision_per_candidate(
     # Streamed as 64-bit fingerprints of the identities (8 bytes a row), so a bucket of 10M
     # objects is checked in about 160 MB; keys are read again only to name a problem's examples.
     decisions = _identity_prints(settings, store, "qualified_objects", partition)  # sorted
-    candidates = _identity_prints(settings, store, "batch_manifest", partition)  # sorted
+    # The candidates are streamed against the sorted decisions; `listed` marks each decision a
+    # candidate has, so the two tables never sit in memory side by side.
+    listed = np.zeros(len(decisions), dtype=bool)
+    undecided: list[np.ndarray] = []
+    candidates = 0
+    for batch in _identity_batches(settings, store, "batch_manifest", partition, _IDENTITY):
+        prints = _prints(batch)
+        candidates += len(prints)
+        at, found = _positions(decisions, prints)
+        listed[at[found]] = True
+        undecided.append(prints[~found])
+    doubled = decisions[1:] == decisions[:-1]
+    if doubled.any():  # a doubled decision is listed when the first of its equals is
+        starts = np.flatnonzero(np.concatenate([[True], ~doubled]))
+        listed = np.repeat(listed[starts], np.diff(np.append(starts, len(decisions))))
     problems = {
-        "doubled": np.unique(decisions[1:][decisions[1:] == decisions[:-1]]),
-        "undecided": candidates[~_contained(decisions, candidates)],
-        "unlisted": decisions[~_contained(candidates, decisions)],
+        "doubled": np.unique(decisions[1:][doubled]),
+        "undecided": np.concatenate(undecided) if undecided else np.zeros(0, np.uint64),
+        "unlisted": decisions[~listed],
     }
     return _result(
         partition,
@@ -96,7 +110,7 @@ def qualified_objects_one_decision_per_candidate(
             "undecided": ("batch_manifest", problems["undecided"]),
             "unlisted": ("qualified_objects", problems["unlisted"]),
         }.items()},  # fmt: skip
-        candidates=len(candidates),
+        candidates=candidates,
         decisions=len(decisions),
     )
 
@@ -106,7 +120,7 @@ def _identity_batches(
 ) -> Iterator[pa.RecordBatch]:
     location = table_location(settings.output_bucket_name, settings.output_prefix, asset, partition)
     with open_table(store, location) as table:
-        yield from table.iter_batches(batch_size=_BATCH_ROWS, columns=columns)
+        yield from released_batches(table.iter_batches(batch_size=_BATCH_ROWS, columns=columns))
 
 
 def _prints(batch: pa.RecordBatch) -> np.ndarray:
@@ -119,18 +133,23 @@ def _identity_prints(settings: Settings, store: ObjectStoreResource, asset: str,
     with open_table(store, location) as table:
         prints = np.empty(table.metadata.num_rows, dtype=np.uint64)
         filled = 0
-        for batch in table.iter_batches(batch_size=_BATCH_ROWS, columns=_IDENTITY):
+        for batch in released_batches(table.iter_batches(batch_size=_BATCH_ROWS, columns=_IDENTITY)):
             prints[filled : filled + batch.num_rows] = _prints(batch)
             filled += batch.num_rows
     prints.sort()
     return prints
 
 
-def _contained(sorted_prints: np.ndarray, prints: np.ndarray) -> np.ndarray:
+def _positions(sorted_prints: np.ndarray, prints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of `prints` is (the first of equals) in `sorted_prints`, and whether it is there."""
     if not len(sorted_prints):
-        return np.zeros(len(prints), dtype=bool)
+        return np.zeros(len(prints), dtype=np.int64), np.zeros(len(prints), dtype=bool)
     at = np.minimum(np.searchsorted(sorted_prints, prints), len(sorted_prints) - 1)
-    return sorted_prints[at] == prints
+    return at, sorted_prints[at] == prints
+
+
+def _contained(sorted_prints: np.ndarray, prints: np.ndarray) -> np.ndarray:
+    return _positions(sorted_prints, prints)[1]
 
 
 def _keys_of(settings: Settings, store: ObjectStoreResource, asset: str, partition: str, prints: np.ndarray) -> list[str]:

@@ -32,6 +32,7 @@ from .base import CHUNK_BYTES, ObjectStoreResource
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _TMP_PREFIX = ".rivbulk-tmp-"
 _DB_NAME = ".rivbulk-store.sqlite"
+_LIST_THREADS = 4  # hashing threads when listing (file reads release the GIL)
 _LIST_CHUNK = 500  # files per ETag-cache query when listing (bound parameters stay far below SQLite's limit)
 MAX_KEY_BYTES = 1024
 MAX_SEGMENT_BYTES = 255
@@ -381,7 +382,7 @@ class LocalObjectStore(ObjectStoreResource):
 
         def generate() -> Iterator[ObjectInfo]:
             # Hashing is file reads: threads overlap them (the GIL is released while reading).
-            with ThreadPoolExecutor(max_workers=4, thread_name_prefix="local-list") as pool:
+            with ThreadPoolExecutor(max_workers=_LIST_THREADS, thread_name_prefix="local-list") as pool:
                 for chunk in iter(lambda: list(itertools.islice(files, _LIST_CHUNK)), []):
                     yield from self._listed(bucket, chunk, pool)
 
@@ -403,7 +404,13 @@ class LocalObjectStore(ObjectStoreResource):
             )
         }
         stale = [(key, path, st) for key, path, st in chunk if tuple(cached.get(key, ())[:4]) != _signature(st)]
-        hashed = dict(zip((key for key, _, _ in stale), pool.map(lambda item: _md5_if_unchanged(item[1], item[2]), stale)))
+        # One task per worker, not per file: a future per small file costs more than hashing it.
+        shares = [stale[i :: _LIST_THREADS] for i in range(_LIST_THREADS)]
+        hashed = {
+            key: found
+            for share in pool.map(lambda share: [(key, _md5_if_unchanged(path, st)) for key, path, st in share], shares)
+            for key, found in share
+        }
         listed, fresh = [], []
         for key, path, st in chunk:
             if key in hashed:
