@@ -120,9 +120,12 @@ def test_the_sensor_loads_the_newest_date_and_a_backfill_the_two_older_ones(daem
     assert sorted(by_date) == world.dates and len(runs) == 3
     assert by_date[world.dates[-1]].tags.get("dagster/sensor_name") == "inventory_report_sensor"
     assert all("dagster/backfill" in by_date[d].tags for d in world.dates[:-1])
-    assert {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}, [
-        (r.tags["dagster/partition"], r.status) for r in runs
+    failures = [
+        (r.tags["dagster/partition"], e.step_key, e.message)
+        for r in runs if r.status != dg.DagsterRunStatus.SUCCESS
+        for e in instance.all_logs(r.run_id) if e.dagster_event_type in (dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.ENGINE_EVENT) and e.message
     ]
+    assert {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}, failures
     # Storage really is Postgres: the runs are rows there.
     assert type(instance.run_storage).__name__ == "PostgresRunStorage"
     dump = pg_dump(world)

@@ -52,6 +52,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             ) if from_secret else None,
             api_key_header=settings.gateway_api_key_header,
             region_name=settings.region,
+            profile_name=settings.aws_profile,
             timeout_seconds=settings.gateway_timeout_seconds,
             max_payload_bytes=settings.gateway_max_payload_bytes,
         )

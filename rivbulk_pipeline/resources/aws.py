@@ -77,7 +77,3 @@ class AwsClients(S3Resource):
 
     def get_client(self) -> Any:
         return self.client("s3")
-
-    def resolved_region(self) -> Optional[str]:
-        """The region clients use: the configured one, else the profile's or environment's."""
-        return self.region_name or boto3.session.Session(profile_name=self.profile_name).region_name

@@ -159,6 +159,7 @@ class RivHttpGateway(GatewayResource):
     )
     api_key_header: str = Field(default="x-api-key", description="Header carrying the API key")
     region_name: Optional[str] = Field(default=None, description="Region for sigv4 (default: the AWS chain's)")
+    profile_name: Optional[str] = Field(default=None, description="AWS profile whose credentials sign (sigv4)")
     timeout_seconds: float = Field(default=30.0, description="Connect and read timeout of each call")
     max_payload_bytes: int = Field(
         default=STEP_FUNCTIONS_PAYLOAD_LIMIT, description="Largest JSON body sent (Step Functions' 256 KB state)"
@@ -195,7 +196,7 @@ class RivHttpGateway(GatewayResource):
                 raise DeploymentError("RivHttpGateway: auth='api_key' needs api_key (its environment variable is empty)")
             return _ApiKeyAuth(self.api_key_header, key)
         if mode == "sigv4":
-            session = boto3.Session(region_name=self.region_name)
+            session = boto3.Session(region_name=self.region_name, profile_name=self.profile_name)
             credentials = session.get_credentials()
             if credentials is None:
                 raise DeploymentError("RivHttpGateway: auth='sigv4' found no AWS credentials in the standard chain")
