@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-import boto3
 import pytest
 import requests
 from moto.server import ThreadedMotoServer
