@@ -28,7 +28,7 @@ STALE_GONE = "object_not_found"  # the object is gone since the inventory
 STALE_DETAIL = "the image was replaced since this inventory; the history keeps the current image's record"
 TAG_NOT_WRITTEN = "Indexed tag not written"
 
-_STATUS_OF = {
+HISTORY_STATUS_OF = {  # the history status each recorded outcome is written as
     Outcome.INDEXED: HistoryStatus.INDEXED,
     Outcome.FAILED_PERMANENT: HistoryStatus.FAILED_PERMANENT,
     Outcome.FAILED_TRANSIENT: HistoryStatus.FAILED_TRANSIENT,
@@ -158,7 +158,7 @@ class _Indexer:
             HistoryRecord(
                 ref=ref,
                 etag=etag,
-                status=_STATUS_OF[final.outcome],
+                status=HISTORY_STATUS_OF[final.outcome],
                 user_id=user_id,
                 reason=final.reason,
                 attempts=final.attempts,

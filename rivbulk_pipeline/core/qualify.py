@@ -161,8 +161,19 @@ def _refs(batch: pa.RecordBatch) -> list[ObjectRef]:
     return [ObjectRef(bucket, key, version) for bucket, key, version in zip(*columns)]
 
 
-def _uri(batch: pa.RecordBatch) -> pa.Array:
+def _uri(batch: pa.RecordBatch | pa.Table) -> pa.Array:
     return pc.binary_join_element_wise("s3:/", batch.column("bucket"), batch.column("key"), "/")
+
+
+def history_keys(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+    """The import history's keys of these rows (bucket, key, version_id): object_uri and version_id."""
+    version = pc.fill_null(batch.column("version_id"), "")
+    return pa.table(
+        {
+            "object_uri": _uri(batch),
+            "version_id": pc.if_else(pc.equal(version, ""), NULL_VERSION, version),
+        }
+    )
 
 
 def _history_decisions(
@@ -170,14 +181,7 @@ def _history_decisions(
 ) -> tuple[np.ndarray, np.ndarray, pa.Array]:
     """Ask the history in one call which rows `ask` are final for their ETag; mark those."""
     asked = batch.take(pa.array(ask, pa.int64()))
-    version = pc.fill_null(asked.column("version_id"), "")
-    objects = pa.table(
-        {
-            "object_uri": _uri(asked),
-            "version_id": pc.if_else(pc.equal(version, ""), NULL_VERSION, version),
-            "etag": asked.column("e_tag"),
-        }
-    )
+    objects = history_keys(asked).append_column("etag", asked.column("e_tag"))
     answer = history.final_outcomes(objects)
     rows = objects.append_column("row", pa.array(ask, pa.int64())).join(
         answer.select(["object_uri", "version_id", "status", "reason"]), ["object_uri", "version_id"], join_type="inner"

@@ -4,17 +4,19 @@ Each is partitioned like its asset, so its result is about one inventory date. T
 `qualified_objects` is blocking: a table with doubled or lost decisions must not be indexed.
 """
 
+import functools
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import dagster as dg
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..core.indexing import TAG_NOT_WRITTEN
+from ..core.indexing import HISTORY_STATUS_OF, TAG_NOT_WRITTEN
 from ..core.known_outcomes import combined_hash
-from ..core.model import HistoryStatus, ObjectRef, Outcome
+from ..core.model import Outcome
+from ..core.qualify import history_keys
 from ..core.tables import open_table, released_batches, table_location
 from ..core.tags import is_true_marker, tag_lookup
 from ..resources.history import ImportHistoryResource
@@ -22,15 +24,10 @@ from ..resources.object_store import ObjectStoreResource
 from ..settings import Settings
 from .partitions import inventory_dates
 
+_date_check = functools.partial(dg.asset_check, partitions_def=inventory_dates)  # a result per inventory date
 _IDENTITY = ["bucket", "key", "version_id"]
 _EXAMPLES = 10  # object keys shown in a failed check: locations only, never content
-_LOOKUP_CHUNK = 1_000
 _BATCH_ROWS = 65_536
-_STATUS_OF_OUTCOME = {
-    Outcome.INDEXED.value: HistoryStatus.INDEXED,
-    Outcome.FAILED_PERMANENT.value: HistoryStatus.FAILED_PERMANENT,
-    Outcome.FAILED_TRANSIENT.value: HistoryStatus.FAILED_TRANSIENT,
-}
 
 
 def _read(settings: Settings, store: ObjectStoreResource, asset: str, partition: str, columns: list[str]) -> pa.Table:
@@ -70,9 +67,8 @@ def _result(partition: str, problems: dict[str, list[str]], **counts: int) -> dg
     )
 
 
-@dg.asset_check(
+@_date_check(
     asset="qualified_objects",
-    partitions_def=inventory_dates,
     blocking=True,
     description="Reads the stored tables back: one decision per candidate of the batch manifest, none doubled or lost.",
 )
@@ -164,9 +160,8 @@ def _keys_of(settings: Settings, store: ObjectStoreResource, asset: str, partiti
     return list(found.values())
 
 
-@dg.asset_check(
+@_date_check(
     asset="indexed_users",
-    partitions_def=inventory_dates,
     description="Reads the stored tables back: one outcome per qualified object, none doubled or lost.",
 )
 def indexed_users_one_outcome_per_qualified_object(
@@ -187,41 +182,39 @@ def indexed_users_one_outcome_per_qualified_object(
     )
 
 
-def _chunks(rows: Sequence[dict], size: int) -> Iterator[Sequence[dict]]:
-    for start in range(0, len(rows), size):
-        yield rows[start : start + size]
-
-
-@dg.asset_check(
+@_date_check(
     asset="indexed_users",
-    partitions_def=inventory_dates,
     description="Every recorded outcome is in the import history with the same status and ETag.",
 )
 def indexed_users_match_the_import_history(
     context: dg.AssetCheckExecutionContext, settings: Settings, store: ObjectStoreResource, history: ImportHistoryResource
 ) -> dg.AssetCheckResult:
     partition = context.partition_key
-    table = _read(settings, store, "indexed_users", partition, [*_IDENTITY, "e_tag", "outcome"])
-    recorded = table.filter(pc.is_in(table["outcome"], pa.array(list(_STATUS_OF_OUTCOME)))).to_pylist()
+    recorded_outcomes = pa.array([outcome.value for outcome in HISTORY_STATUS_OF])
+    expected = pa.table(
+        {"outcome": recorded_outcomes, "expected": pa.array([status.value for status in HISTORY_STATUS_OF.values()])}
+    )
     mismatched: list[str] = []
-    for chunk in _chunks(recorded, _LOOKUP_CHUNK):
-        refs = [ObjectRef(r["bucket"], r["key"], r["version_id"]) for r in chunk]
-        found = history.lookup(refs)
-        for ref, row in zip(refs, chunk):
-            record = found.get(ref)
-            if record is None:
-                mismatched.append(row["key"])
-                continue
-            # Later runs may have moved the record on: a transient failure retried, a newer image.
-            moved_on = row["outcome"] == Outcome.FAILED_TRANSIENT.value or record.etag != row["e_tag"]
-            if not moved_on and record.status != _STATUS_OF_OUTCOME[row["outcome"]]:
-                mismatched.append(row["key"])
-    return _result(partition, {"not_in_history": mismatched}, recorded_outcomes=len(recorded))
+    recorded = 0
+    columns = [*_IDENTITY, "e_tag", "outcome"]
+    for batch in _identity_batches(settings, store, "indexed_users", partition, columns):
+        rows = pa.Table.from_batches([batch]).filter(pc.is_in(batch.column("outcome"), recorded_outcomes))
+        recorded += rows.num_rows
+        keys = history_keys(rows)
+        asked = pa.Table.from_arrays([*keys.columns, rows.column("key"), rows.column("e_tag"), rows.column("outcome")],
+                                     names=[*keys.column_names, "key", "row_etag", "outcome"])
+        answer = history.lookup_table(keys).select(["object_uri", "version_id", "etag", "status"])
+        joined = asked.join(answer, ["object_uri", "version_id"], join_type="left outer").join(expected, "outcome")
+        # Later runs may have moved the record on: a transient failure retried, a newer image.
+        moved_on = pc.or_(pc.equal(joined["outcome"], Outcome.FAILED_TRANSIENT.value), pc.not_equal(joined["etag"], joined["row_etag"]))
+        wrong_status = pc.and_(pc.invert(moved_on), pc.not_equal(joined["status"], joined["expected"]))
+        missing = pc.is_null(joined["status"])
+        mismatched += joined.filter(pc.or_(missing, pc.fill_null(wrong_status, False)))["key"].to_pylist()
+    return _result(partition, {"not_in_history": mismatched}, recorded_outcomes=recorded)
 
 
-@dg.asset_check(
+@_date_check(
     asset="indexed_users",
-    partitions_def=inventory_dates,
     description="Every indexed object carries Indexed=true in its tags, or its row says why the tag was not written.",
 )
 def indexed_users_carry_the_indexed_tag(
