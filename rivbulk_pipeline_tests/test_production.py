@@ -106,6 +106,9 @@ def daemon_runs(world: World, grpc_port: int) -> Iterator[tuple[dg.DagsterInstan
                 stats = instance.get_run_stats(run.run_id)
                 print(f"[production] {run.tags['dagster/partition']}: launched {stats.launch_time - started_wall:.1f}s "
                       f"start {stats.start_time - started_wall:.1f}s end {stats.end_time - started_wall:.1f}s")
+            # The daemon shares this Postgres with the ECS test's instance: stopped now, its run
+            # queue cannot dequeue and launch that test's queued run a second time.
+            stop(daemon)
             yield instance, runs
     finally:
         stop(daemon)
