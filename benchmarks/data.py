@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
-from rivbulk_pipeline.core.inventory import REPORT_FOLDER_FORMAT, report_root
+from rivbulk_pipeline.core.inventory.reader import REPORT_FOLDER_FORMAT, report_root
 from rivbulk_pipeline.core.model import CANDIDATE_SCHEMA
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 

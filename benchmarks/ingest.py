@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Optional
 
 import pyarrow as pa
 
-from rivbulk_pipeline.core.inventory import iter_inventory_batches, load_manifest
+from rivbulk_pipeline.core.inventory.reader import iter_inventory_batches, load_manifest
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 
 from .baseline import baseline_inventory_rows

@@ -10,7 +10,7 @@ from typing import Callable
 import pyarrow as pa
 
 from rivbulk_pipeline.core.model import QUALIFIED_SCHEMA, HistoryRecord, HistoryStatus, ObjectRef, Reason
-from rivbulk_pipeline.core.qualify import qualify_candidates
+from rivbulk_pipeline.core.steps.qualify import qualify_candidates
 from rivbulk_pipeline.resources.history import SqliteImportHistory
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 from rivbulk_pipeline.resources.registration import S3TagRegistrationProvider

@@ -33,9 +33,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
-from rivbulk_pipeline.core.inventory import REPORT_FOLDER_FORMAT
+from rivbulk_pipeline.core.inventory.reader import REPORT_FOLDER_FORMAT
 from rivbulk_pipeline.core.model import QUALIFIED_SCHEMA
-from rivbulk_pipeline.core.tables import table_location, write_table
+from rivbulk_pipeline.core.steps.tables import table_location, write_table
 from rivbulk_pipeline.demo import face_image
 from rivbulk_pipeline.resources.history import SqliteImportHistory
 from rivbulk_pipeline.resources.object_store import LocalObjectStore

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rivbulk_pipeline.core.model import INDEXED_SCHEMA, QUALIFIED_SCHEMA
-from rivbulk_pipeline.core.tables import table_location
+from rivbulk_pipeline.core.steps.tables import table_location
 from rivbulk_pipeline.defs.summary import build_summary
 from rivbulk_pipeline.resources.history import SqliteImportHistory
 from rivbulk_pipeline.resources.object_store import LocalObjectStore

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 from PIL import Image, ImageDraw
 
-from .core.inventory_writer import write_inventory_report
+from .core.inventory.writer import write_inventory_report
 from .resources.gateway import LocalRegistryGateway
 from .resources.object_store import LocalObjectStore
 from .settings import Settings

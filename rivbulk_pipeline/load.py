@@ -137,7 +137,7 @@ def load(inventory_date: Optional[str], result_uri: Optional[str], out: TextIO =
     import dagster as dg
 
     from .core.errors import RivbulkError
-    from .core.reports import is_complete, report_folders
+    from .core.inventory.reports import is_complete, report_folders
     from .definitions import defs
     from .defs.partitions import inventory_dates
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from rivbulk_pipeline.core.batch_manifest import (
+from rivbulk_pipeline.core.inventory.batch_manifest import (
     BatchManifestWriter,
     batch_manifest_spec,
     candidate_mask,
@@ -20,7 +20,7 @@ from rivbulk_pipeline.core.batch_manifest import (
     exclusion_reasons,
     select_candidates,
 )
-from rivbulk_pipeline.core.keys import quote_array
+from rivbulk_pipeline.core.inventory.keys import quote_array
 from rivbulk_pipeline.core.model import CANDIDATE_SCHEMA, INVENTORY_SCHEMA
 
 import hypothesis

@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks.data import encoded_key, original_key, truth_keys, write_csv_report
 from benchmarks.run import Sizes, build_lines, format_table, run_measurements
-from rivbulk_pipeline.core.inventory import iter_inventory_batches, load_manifest
+from rivbulk_pipeline.core.inventory.reader import iter_inventory_batches, load_manifest
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import pyarrow.parquet as pq
 import pytest
 
-from rivbulk_pipeline.core.reports import report_folders
+from rivbulk_pipeline.core.inventory.reports import report_folders
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 from rivbulk_pipeline.settings import Settings
 from rivbulk_pipeline_tests.test_dagster_dev import (

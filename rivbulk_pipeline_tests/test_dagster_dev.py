@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, TypeVar
 import pytest
 import requests
 
-from rivbulk_pipeline.core.reports import report_folders
+from rivbulk_pipeline.core.inventory.reports import report_folders
 from rivbulk_pipeline.defs.assets import bulk_load_assets
 from rivbulk_pipeline.demo import DEMO_CASES, PREREGISTERED
 from rivbulk_pipeline.resources.gateway import LocalRegistryGateway

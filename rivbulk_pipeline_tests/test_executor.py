@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from rivbulk_pipeline.core.reports import report_folders
+from rivbulk_pipeline.core.inventory.reports import report_folders
 from rivbulk_pipeline.defs.pools import GATEWAY_POOL
 from rivbulk_pipeline.defs.resources import build_resources
 from rivbulk_pipeline.demo import create_demo

@@ -1,4 +1,4 @@
-"""core.images: real images made with Pillow, and hand-built PNG headers for the edge cases."""
+"""core.rules.images: real images made with Pillow, and hand-built PNG headers for the edge cases."""
 from __future__ import annotations
 
 import io
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from rivbulk_pipeline.core.errors import ImageRejected, RivbulkError
-from rivbulk_pipeline.core.images import (
+from rivbulk_pipeline.core.rules.images import (
     MAX_IMAGE_BYTES,
     ImageInfo,
     check_image,

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rivbulk_pipeline.core.errors import InventoryError, ObjectNotFound
-from rivbulk_pipeline.core.inventory import (
+from rivbulk_pipeline.core.inventory.reader import (
     InventoryFile,
     InventoryManifest,
     iter_inventory_batches,
@@ -29,7 +29,7 @@ from rivbulk_pipeline.core.inventory import (
     parse_report_folder,
     report_root,
 )
-from rivbulk_pipeline.core.keys import unquote_plus_array
+from rivbulk_pipeline.core.inventory.keys import unquote_plus_array
 from rivbulk_pipeline.core.model import INVENTORY_SCHEMA, ObjectInfo
 
 import hypothesis
@@ -300,7 +300,7 @@ def test_parse_report_folder():
 
 
 def test_report_folders_keeps_only_timestamp_folders_in_order(store: FolderStore):
-    from rivbulk_pipeline.core.reports import report_folders
+    from rivbulk_pipeline.core.inventory.reports import report_folders
 
     for key in (
         "inv/src/cfg/2026-11-21T08-15Z/manifest.json",

@@ -13,9 +13,9 @@ import pyarrow.orc as porc
 import pyarrow.parquet as pq
 import pytest
 
-from rivbulk_pipeline.core.inventory import iter_inventory_batches, load_manifest
-from rivbulk_pipeline.core.reports import ReportFolder, report_folders
-from rivbulk_pipeline.core.inventory_writer import write_inventory_report
+from rivbulk_pipeline.core.inventory.reader import iter_inventory_batches, load_manifest
+from rivbulk_pipeline.core.inventory.reports import ReportFolder, report_folders
+from rivbulk_pipeline.core.inventory.writer import write_inventory_report
 from rivbulk_pipeline.core.model import ObjectInfo
 
 from .test_inventory import FolderStore

@@ -16,7 +16,7 @@ from typing import Iterator, Optional
 import dagster as dg
 import pytest
 
-from rivbulk_pipeline.core.tags import tag_lookup
+from rivbulk_pipeline.core.rules.tags import tag_lookup
 from rivbulk_pipeline.demo import DEMO_CASES
 from rivbulk_pipeline.load import EXIT_CONFIGURATION, EXIT_OBJECTS_FAILED, EXIT_OK, EXIT_RUN_FAILED
 

@@ -33,8 +33,8 @@ from rivbulk_pipeline.core.errors import DeploymentError
 from rivbulk_pipeline.core.model import (
     CANDIDATE_SCHEMA, INDEXED_SCHEMA, INVENTORY_SCHEMA, QUALIFIED_SCHEMA, HistoryStatus, Outcome, Reason,
 )
-from rivbulk_pipeline.core.reports import report_folders
-from rivbulk_pipeline.core.tags import tag_lookup
+from rivbulk_pipeline.core.inventory.reports import report_folders
+from rivbulk_pipeline.core.rules.tags import tag_lookup
 from rivbulk_pipeline.defs.partitions import inventory_dates
 from rivbulk_pipeline.defs.resources import build_resources
 from rivbulk_pipeline.demo import DEMO_CASES, OTHER_BUCKET, face_image, populate_images, preregister

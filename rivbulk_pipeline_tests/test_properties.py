@@ -4,7 +4,7 @@ import pytest
 
 from rivbulk_pipeline.core.errors import RegistrationRejected
 from rivbulk_pipeline.core.model import Reason
-from rivbulk_pipeline.core.properties import parse_properties, parse_properties_uri
+from rivbulk_pipeline.core.rules.properties import parse_properties, parse_properties_uri
 
 
 def test_a_mapping_of_strings_is_accepted():

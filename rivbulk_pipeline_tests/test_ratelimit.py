@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from rivbulk_pipeline.core.ratelimit import (
+from rivbulk_pipeline.core.rules.ratelimit import (
     RateLimiter,
     backoff_delay,
     max_calls_in_any_window,

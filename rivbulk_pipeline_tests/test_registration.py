@@ -6,7 +6,7 @@ import pytest
 
 from rivbulk_pipeline.core.errors import RegistrationRejected
 from rivbulk_pipeline.core.model import CANDIDATE_SCHEMA, ObjectRef, Reason
-from rivbulk_pipeline.core.qualify import decide_from_tags, qualify_candidates
+from rivbulk_pipeline.core.steps.qualify import decide_from_tags, qualify_candidates
 from rivbulk_pipeline.resources.history import SqliteImportHistory
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 from rivbulk_pipeline.resources.registration import CustomRegistrationProvider, S3TagRegistrationProvider

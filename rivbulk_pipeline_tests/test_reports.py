@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from rivbulk_pipeline.core.errors import InventoryError
-from rivbulk_pipeline.core.inventory import report_root
-from rivbulk_pipeline.core.inventory_writer import write_inventory_report
+from rivbulk_pipeline.core.inventory.reader import report_root
+from rivbulk_pipeline.core.inventory.writer import write_inventory_report
 from rivbulk_pipeline.core.model import ObjectInfo
-from rivbulk_pipeline.core.reports import SensorCursor, newest_complete_report, report_folders, scan_for_new_reports
+from rivbulk_pipeline.core.inventory.reports import SensorCursor, newest_complete_report, report_folders, scan_for_new_reports
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 
 BUCKET = "inventory-bucket"
@@ -200,7 +200,7 @@ def test_sensor_cursor_text_round_trips_and_empty_means_fresh():
 
 
 def test_a_report_delivered_late_with_an_older_name_is_still_found(tmp_path):
-    from rivbulk_pipeline.core.reports import SensorCursor, scan_for_new_reports
+    from rivbulk_pipeline.core.inventory.reports import SensorCursor, scan_for_new_reports
 
     store = LocalObjectStore(root=str(tmp_path / "late"))
     store.create_bucket("inventory")

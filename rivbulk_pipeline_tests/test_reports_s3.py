@@ -6,7 +6,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from rivbulk_pipeline.core.reports import SensorCursor, scan_for_new_reports
+from rivbulk_pipeline.core.inventory.reports import SensorCursor, scan_for_new_reports
 from rivbulk_pipeline.resources.aws import AwsClients
 from rivbulk_pipeline.resources.object_store import S3ObjectStore
 

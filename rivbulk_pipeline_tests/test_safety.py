@@ -6,10 +6,10 @@ import pyarrow as pa
 import pytest
 
 from rivbulk_pipeline.core.errors import DeploymentError, RegistrationRejected
-from rivbulk_pipeline.core.indexing import IndexingPolicy, index_qualified
+from rivbulk_pipeline.core.steps.indexing import IndexingPolicy, index_qualified
 from rivbulk_pipeline.core.model import CANDIDATE_SCHEMA, QUALIFIED_SCHEMA, HistoryStatus, ObjectRef, RegistrationInfo
-from rivbulk_pipeline.core.qualify import qualify_candidates
-from rivbulk_pipeline.core.ratelimit import RateLimiter
+from rivbulk_pipeline.core.steps.qualify import qualify_candidates
+from rivbulk_pipeline.core.rules.ratelimit import RateLimiter
 from rivbulk_pipeline.demo import face_image
 from rivbulk_pipeline.resources.gateway import RivHttpGateway
 from rivbulk_pipeline.resources.object_store import LocalObjectStore

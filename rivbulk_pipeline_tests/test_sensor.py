@@ -7,7 +7,7 @@ from typing import Any, Optional
 import dagster as dg
 import pytest
 
-from rivbulk_pipeline.core.reports import report_folders
+from rivbulk_pipeline.core.inventory.reports import report_folders
 from rivbulk_pipeline.defs.jobs import bulk_load_job
 from rivbulk_pipeline.defs.partitions import inventory_dates
 from rivbulk_pipeline.defs.resources import build_resources

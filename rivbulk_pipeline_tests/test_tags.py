@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from rivbulk_pipeline.core.errors import StoreError, TagLimitError
-from rivbulk_pipeline.core.tags import is_true_marker, merge_tag_sets, tag_lookup, validate_tag_set
+from rivbulk_pipeline.core.rules.tags import is_true_marker, merge_tag_sets, tag_lookup, validate_tag_set
 
 WHERE = "s3://images/users/alice.jpg"
 

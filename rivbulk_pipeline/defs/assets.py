@@ -14,17 +14,17 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..core.batch_manifest import BatchManifestWriter, batch_manifest_spec, candidate_mask, exclusion_reasons
-from ..core.indexing import IndexingPolicy, index_qualified
-from ..core.inventory import iter_inventory_batches, load_manifest
+from ..core.inventory.batch_manifest import BatchManifestWriter, batch_manifest_spec, candidate_mask, exclusion_reasons
+from ..core.steps.indexing import IndexingPolicy, index_qualified
+from ..core.inventory.reader import iter_inventory_batches, load_manifest
 from ..core.model import CANDIDATE_SCHEMA, INDEXED_SCHEMA, INVENTORY_SCHEMA, QUALIFIED_SCHEMA, Outcome
-from ..core.progress import Progress
-from ..core.known_outcomes import load_previous_outcomes
-from ..core.qualify import QualifyStats, qualify_candidates
-from ..core.ratelimit import RateLimiter
-from ..core.reports import newest_complete_report
-from ..core.summary import why_nothing_registered
-from ..core.tables import TableLocation, open_table, table_location, write_table
+from ..core.steps.progress import Progress
+from ..core.steps.known_outcomes import load_previous_outcomes
+from ..core.steps.qualify import QualifyStats, qualify_candidates
+from ..core.rules.ratelimit import RateLimiter
+from ..core.inventory.reports import newest_complete_report
+from ..core.steps.summary import why_nothing_registered
+from ..core.steps.tables import TableLocation, open_table, table_location, write_table
 from ..resources.gateway import GatewayResource
 from ..resources.history import ImportHistoryResource
 from ..resources.object_store import ObjectStoreResource

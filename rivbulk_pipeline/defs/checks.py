@@ -13,12 +13,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..core.indexing import HISTORY_STATUS_OF, TAG_NOT_WRITTEN
-from ..core.known_outcomes import combined_hash
+from ..core.steps.indexing import HISTORY_STATUS_OF, TAG_NOT_WRITTEN
+from ..core.steps.known_outcomes import combined_hash
 from ..core.model import Outcome
-from ..core.qualify import history_keys
-from ..core.tables import open_table, released_batches, table_location
-from ..core.tags import is_true_marker, tag_lookup
+from ..core.steps.qualify import history_keys
+from ..core.steps.tables import open_table, released_batches, table_location
+from ..core.rules.tags import is_true_marker, tag_lookup
 from ..resources.history import ImportHistoryResource
 from ..resources.object_store import ObjectStoreResource
 from ..settings import Settings

@@ -11,7 +11,7 @@ from typing import Optional
 
 import dagster as dg
 
-from ..core.reports import newest_complete
+from ..core.inventory.reports import newest_complete
 from ..resources.object_store import ObjectStoreResource
 from ..settings import Settings
 from .assets import inventory_report

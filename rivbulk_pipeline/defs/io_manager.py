@@ -13,7 +13,7 @@ import dagster as dg
 import pandas as pd
 import pyarrow as pa
 
-from ..core.tables import TableLocation, open_table, table_location, write_table
+from ..core.steps.tables import TableLocation, open_table, table_location, write_table
 from ..resources.object_store import ObjectStoreResource
 from ..settings import Settings
 from .metadata import location_metadata

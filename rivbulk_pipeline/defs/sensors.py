@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from ..core.reports import SensorCursor, scan_for_new_reports
+from ..core.inventory.reports import SensorCursor, scan_for_new_reports
 from ..resources.object_store import ObjectStoreResource
 from ..settings import Settings
 from .jobs import bulk_load_job

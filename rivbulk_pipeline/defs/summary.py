@@ -15,7 +15,7 @@ import dagster as dg
 import pandas as pd
 import pyarrow as pa
 
-from ..core.summary import (
+from ..core.steps.summary import (
     DATE_COLUMNS,
     DATE_SCHEMA,
     HISTORY_COLUMNS,
@@ -26,7 +26,7 @@ from ..core.summary import (
     per_date,
     reason_counts,
 )
-from ..core.tables import open_table, table_location
+from ..core.steps.tables import open_table, table_location
 from ..resources.history import ImportHistoryResource
 from ..resources.object_store import ObjectStoreResource
 from ..settings import Settings

@@ -13,7 +13,7 @@ import threading
 from typing import Mapping, Optional
 
 from rivbulk_pipeline.core.model import ObjectRef, RegistrationInfo
-from rivbulk_pipeline.core.properties import parse_properties
+from rivbulk_pipeline.core.rules.properties import parse_properties
 from rivbulk_pipeline.core.ports import ObjectStore
 
 

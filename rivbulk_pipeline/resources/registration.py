@@ -14,8 +14,8 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from ..core.model import ObjectRef, RegistrationInfo
-from ..core.properties import DEFAULT_MAX_PROPERTIES_BYTES, parse_properties, parse_properties_uri
-from ..core.tags import tag_lookup
+from ..core.rules.properties import DEFAULT_MAX_PROPERTIES_BYTES, parse_properties, parse_properties_uri
+from ..core.rules.tags import tag_lookup
 from .object_store import ObjectStoreResource
 
 

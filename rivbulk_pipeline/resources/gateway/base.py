@@ -8,9 +8,9 @@ from typing import Optional
 import dagster as dg
 
 from ...core.errors import ImageRejected
-from ...core.images import ImageInfo, check_image, validate_user_id
+from ...core.rules.images import ImageInfo, check_image, validate_user_id
 from ...core.model import GatewayResult
-from ...core.properties import is_unicode_text
+from ...core.rules.properties import is_unicode_text
 
 
 STEP_FUNCTIONS_PAYLOAD_LIMIT = 262_144  # RIV runs register in a synchronous Express workflow

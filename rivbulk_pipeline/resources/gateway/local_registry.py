@@ -13,10 +13,10 @@ from typing import Any, Optional
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from ...core.images import external_image_id, validate_user_id
+from ...core.rules.images import external_image_id, validate_user_id
 from ...core.model import GatewayResult
 
-from ...core.limits import DYNAMODB_ITEM_LIMIT, dynamodb_item_size
+from ...core.rules.limits import DYNAMODB_ITEM_LIMIT, dynamodb_item_size
 from .base import (
     GatewayResource,
     _Rejected,

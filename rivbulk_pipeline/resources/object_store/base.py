@@ -10,7 +10,7 @@ from ...core.errors import (
     ObjectNotFound,
 )
 from ...core.model import ObjectInfo, ObjectRef
-from ...core.tags import merge_tag_sets, validate_tag_set
+from ...core.rules.tags import merge_tag_sets, validate_tag_set
 
 CHUNK_BYTES = 1 << 20  # 1 MiB: copy and read buffer
 

@@ -25,7 +25,7 @@ from ...core.errors import (
     ObjectNotFound,
 )
 from ...core.model import ObjectInfo, ObjectRef
-from ...core.tags import merge_tag_sets, validate_tag_set
+from ...core.rules.tags import merge_tag_sets, validate_tag_set
 
 from .base import CHUNK_BYTES, ObjectStoreResource
 

@@ -30,7 +30,7 @@ from ...core.errors import (
     TransientStoreError,
 )
 from ...core.model import ObjectInfo, ObjectRef
-from ...core.tags import validate_tag_set
+from ...core.rules.tags import validate_tag_set
 
 from ..aws import AwsClients
 from .base import CHUNK_BYTES, ObjectStoreResource

@@ -11,7 +11,7 @@ from typing import Iterable, Iterator, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .ports import ObjectStore
+from ..ports import ObjectStore
 
 
 @dataclass(frozen=True)

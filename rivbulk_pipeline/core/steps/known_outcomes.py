@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .model import Outcome, Reason
-from .ports import ObjectStore
+from ..model import Outcome, Reason
+from ..ports import ObjectStore
 from .tables import open_table, released_batches, table_location
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)

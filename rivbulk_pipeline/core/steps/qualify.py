@@ -15,20 +15,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import AccessDenied, ObjectNotFound, RegistrationRejected, StoreError
-from .images import validate_user_id
+from ..errors import AccessDenied, ObjectNotFound, RegistrationRejected, StoreError
+from ..rules.images import validate_user_id
 from .known_outcomes import Known, KnownOutcomes
-from .model import NULL_VERSION, QUALIFIED_SCHEMA, HistoryStatus, ObjectRef, Reason
-from .ports import ImportHistory, ObjectStore, RegistrationProvider
+from ..model import NULL_VERSION, QUALIFIED_SCHEMA, HistoryStatus, ObjectRef, Reason
+from ..ports import ImportHistory, ObjectStore, RegistrationProvider
 from .progress import Progress
-from .reasons import reason_token
-from .tags import is_true_marker, tag_lookup
+from ..rules.reasons import reason_token
+from ..rules.tags import is_true_marker, tag_lookup
 
 
 @dataclass(frozen=True)
 class Decision:
     qualified: bool
-    reason: str  # a Reason value, or a provider's own token (see core.reasons)
+    reason: str  # a Reason value, or a provider's own token (see core.rules.reasons)
     detail: str
     user_id: Optional[str] = None
     properties_ref: Optional[str] = None

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .model import HistoryStatus, Outcome, Reason
+from ..model import HistoryStatus, Outcome, Reason
 
 # What the per-date table holds, in order (also its column schema in the UI).
 DATE_COLUMNS = {

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Mapping, Optional
 
-from .errors import TagLimitError
+from ..errors import TagLimitError
 
 MAX_TAGS = 10
 MAX_KEY_CHARS = 128

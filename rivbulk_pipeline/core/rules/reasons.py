@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from .model import Reason
+from ..model import Reason
 
 _TOKEN = re.compile(r"[a-z][a-z0-9_]{0,63}")
 

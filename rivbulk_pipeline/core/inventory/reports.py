@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Optional
 
-from .errors import InventoryError
-from .inventory import parse_report_folder
-from .ports import ObjectStore
+from ..errors import InventoryError
+from .reader import parse_report_folder
+from ..ports import ObjectStore
 
 
 @dataclass(frozen=True, order=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from .errors import ImageRejected
+from ..errors import ImageRejected
 
 MAX_IMAGE_BYTES = 5_242_880  # Rekognition: raw image bytes <= 5 MB
 MIN_DIMENSION = 80  # Rekognition: at least 80x80 px

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from typing import Iterable
 
-from .errors import RegistrationRejected
-from .model import Reason
+from ..errors import RegistrationRejected
+from ..model import Reason
 
 DEFAULT_MAX_PROPERTIES_BYTES = 64 * 1024
 
