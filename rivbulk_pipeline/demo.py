@@ -13,6 +13,8 @@ from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image, ImageDraw
 
 from .core.inventory.writer import write_inventory_report
@@ -135,7 +137,10 @@ def preregister(gateway) -> None:
 
 def write_report(store, settings: Settings, created_at: datetime, file_format: str = "CSV") -> str:
     """A real S3 Inventory report of the image bucket as it stood at `created_at`."""
-    listed = (o for o in store.list_objects(settings.image_bucket) if o.last_modified <= created_at)
+    listed = (
+        batch.filter(pc.less_equal(batch.column("last_modified"), pa.scalar(created_at, batch.schema.field("last_modified").type)))
+        for batch in store.list_object_batches(settings.image_bucket)
+    )
     return write_inventory_report(
         store,
         listed,

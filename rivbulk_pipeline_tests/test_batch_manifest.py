@@ -6,7 +6,7 @@ import io
 import random
 from pathlib import Path
 from typing import Optional
-from urllib.parse import quote, unquote
+from urllib.parse import quote, quote_plus, unquote
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -90,24 +90,27 @@ def test_spec():
 QUOTE_PIECES = ["a", "Z", "0", "/", " ", "+", "%", "~", "_", ".", "-", ",", '"', "é", "😀", "写", "\n", "\u0000", "?", "#"]
 
 
-def test_quote_array_matches_the_stdlib_on_random_keys():
+@pytest.mark.parametrize("space_as_plus, reference", [(False, quote), (True, quote_plus)])
+def test_quote_array_matches_the_stdlib_on_random_keys(space_as_plus, reference):
     rnd = random.Random(20180820)
     for _ in range(300):
         keys = ["".join(rnd.choice(QUOTE_PIECES) for _ in range(rnd.randint(0, 10))) for _ in range(rnd.randint(0, 25))]
         keys += [None] if rnd.random() < 0.2 else []
         rnd.shuffle(keys)
         arr = pa.array(keys, pa.string())
-        assert quote_array(arr).to_pylist() == [None if k is None else quote(k, safe="/") for k in keys]
+        expected = [None if k is None else reference(k, safe="/") for k in keys]
+        assert quote_array(arr, space_as_plus).to_pylist() == expected
         if len(arr) > 2:
-            sliced = arr.slice(2)
-            assert quote_array(sliced).to_pylist() == [None if k is None else quote(k, safe="/") for k in keys[2:]]
-
+            assert quote_array(arr.slice(2), space_as_plus).to_pylist() == expected[2:]
 
 
 @hypothesis.settings(max_examples=200, deadline=None)
 @hypothesis.given(st.lists(st.text(st.characters(codec="utf-8"), max_size=12), max_size=20))
 def test_quote_array_property(keys: list[str]):
     assert quote_array(pa.array(keys, pa.string())).to_pylist() == [quote(k, safe="/") for k in keys]
+    assert quote_array(pa.array(keys, pa.string()), space_as_plus=True).to_pylist() == [
+        quote_plus(k, safe="/") for k in keys
+    ]
 
 
 # ---------------------------------------------------------------- the writer

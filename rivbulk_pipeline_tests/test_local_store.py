@@ -388,7 +388,7 @@ def test_files_that_cannot_be_objects_are_not_listed(local: LocalObjectStore, tm
 def test_listing_streams_folder_by_folder(local: LocalObjectStore, tmp_path: Path, monkeypatch) -> None:
     # The listing reads a page of files ahead (their ETags in one query, as S3 lists pages);
     # with one-file pages, the streaming beyond the page shows.
-    monkeypatch.setattr("rivbulk_pipeline.resources.object_store.local._LIST_CHUNK", 1)
+    monkeypatch.setattr("rivbulk_pipeline.resources.object_store.local_listing.PAGE_FILES", 1)
     local.put_bytes(BUCKET, "a/1.jpg", b"1")
     local.put_bytes(BUCKET, "b/old.jpg", b"2")
     listing = local.list_objects(BUCKET)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Mapping, Optional
+from typing import Iterator, Mapping, Optional, Sequence
 
 import pyarrow as pa
 
@@ -38,6 +38,40 @@ class ObjectInfo:
     is_latest: bool = True
     is_delete_marker: bool = False
     storage_class: str = "STANDARD"
+
+
+# A listing in columns (`ObjectStore.list_object_batches`): current versions only, in key
+# order, one row per object; what `ObjectInfo` says of each, without a Python object per row.
+LISTING_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("size", pa.int64()),
+        ("last_modified", pa.timestamp("us", tz="UTC")),
+        ("etag", pa.string()),  # hex, without quotes
+        ("storage_class", pa.string()),
+    ]
+)
+
+
+def listing_batch(objects: Sequence[ObjectInfo]) -> pa.RecordBatch:
+    """Listed objects (current versions) as one LISTING_SCHEMA batch."""
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array([o.key for o in objects], pa.string()),
+            pa.array([o.size for o in objects], pa.int64()),
+            pa.array([o.last_modified for o in objects], pa.timestamp("us", tz="UTC")),
+            pa.array([o.etag for o in objects], pa.string()),
+            pa.array([o.storage_class for o in objects], pa.string()),
+        ],
+        schema=LISTING_SCHEMA,
+    )
+
+
+def listed_objects(bucket: str, batch: pa.RecordBatch) -> Iterator[ObjectInfo]:
+    """The ObjectInfo of every row of a LISTING_SCHEMA batch."""
+    columns = [batch.column(name).to_pylist() for name in LISTING_SCHEMA.names]
+    for key, size, last_modified, etag, storage_class in zip(*columns):
+        yield ObjectInfo(bucket, key, size, etag, last_modified, storage_class=storage_class)
 
 
 # ---- tables: the asset outputs, persisted as Parquet (never image bytes, never properties) ----

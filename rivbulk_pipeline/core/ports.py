@@ -44,6 +44,10 @@ class ObjectStore(Protocol):
         """Every object under prefix, in key (UTF-8 byte) order, paginated under the hood."""
         ...
 
+    def list_object_batches(self, bucket: str, prefix: str = "", start_after: str = "") -> Iterator[pa.RecordBatch]:
+        """The same listing in LISTING_SCHEMA batches (core.model), for listings of millions."""
+        ...
+
     def list_prefixes(self, bucket: str, prefix: str = "") -> Iterator[str]:
         """The common prefixes one level below `prefix` (S3 ListObjectsV2 with Delimiter='/')."""
         ...

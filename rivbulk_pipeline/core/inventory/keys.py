@@ -131,21 +131,23 @@ def _repair_utf8(decoded: pa.BinaryArray, original: pa.StringArray, suspects: np
     return pc.replace_with_mask(decoded, pa.array(mask), pa.array(fixed, pa.binary())).cast(pa.string())
 
 
-def quote_array(arr: pa.Array | pa.ChunkedArray) -> pa.StringArray:
-    """`urllib.parse.quote(s, safe='/')` applied to every string of `arr` (nulls stay null).
+def quote_array(arr: pa.Array | pa.ChunkedArray, space_as_plus: bool = False) -> pa.StringArray:
+    """`urllib.parse.quote(s, safe='/')` applied to every string of `arr` (nulls stay null);
+    with `space_as_plus`, `quote_plus(s, safe='/')` (S3 Inventory CSV's encoding).
 
     Each UTF-8 byte outside A-Z a-z 0-9 '_.-~/' becomes %XX (upper-case hex), so a
-    space is '%20' and '+' is '%2B'.
+    space is '%20' ('+' with `space_as_plus`) and '+' is '%2B'.
     """
     arr = _as_string_array(arr)
     valid = arr.is_valid()
     offsets, data = string_buffers(arr)
-    safe = _QUOTE_SAFE[data]
+    space = (data == 0x20) if space_as_plus else np.zeros(len(data), dtype=bool)
+    safe = _QUOTE_SAFE[data] | space
     width = np.where(safe, 1, 3)
     end = np.cumsum(width)
     start = end - width
     out = np.empty(int(end[-1]) if len(end) else 0, dtype=np.uint8)
-    out[start[safe]] = data[safe]
+    out[start[safe]] = np.where(space[safe], np.uint8(0x2B), data[safe])
     esc, byte = start[~safe], data[~safe]
     out[esc] = 0x25
     out[esc + 1] = _HEX_UPPER[byte >> 4]

@@ -6,6 +6,7 @@ Data files are streamed: each is spooled to a local temp file, then uploaded.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -13,8 +14,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Iterable, Optional
-from urllib.parse import quote_plus
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,12 +22,14 @@ import pyarrow.csv as pcsv
 import pyarrow.orc as porc
 import pyarrow.parquet as pq
 
+from .keys import quote_array
 from .reader import FILE_FORMATS, REPORT_FOLDER_FORMAT, InventoryFile, report_root
-from ..model import ObjectInfo
+from ..model import LISTING_SCHEMA, ObjectInfo
 from ..ports import ObjectStore
 
 MANIFEST_VERSION = "2016-11-30"
 _CHUNK_ROWS = 8192
+_GZIP_LEVEL = 1  # 10% larger than gzip's default 6 in half its time (Arrow's own stream would use 9: 7x slower)
 _MILLISECOND = timedelta(milliseconds=1)
 
 
@@ -80,7 +82,7 @@ class _DataFileWriter:
         self.format = file_format
         self.rows = 0
         if file_format == "CSV":
-            self._sink = pa.CompressedOutputStream(self.path, "gzip")
+            self._sink = gzip.GzipFile(self.path, "wb", compresslevel=_GZIP_LEVEL)
             text_schema = pa.schema([(f.name, pa.string()) for f in schema])
             # AWS quotes every field, and writes no header
             options = pcsv.WriteOptions(include_header=False, quoting_style="all_valid")
@@ -122,30 +124,76 @@ def _as_csv_text(batch: pa.RecordBatch) -> pa.RecordBatch:
     columns = []
     for col in batch.columns:
         if pa.types.is_timestamp(col.type):
-            col = pc.strftime(col, format="%Y-%m-%dT%H:%M:%SZ")  # %S carries the milliseconds
+            # '2026-11-20 08:15:00.000' from the UTC wall time (a zone-aware cast or strftime
+            # is four times slower), then the 'T' and the 'Z' AWS writes
+            text = col.cast(pa.timestamp(col.type.unit)).cast(pa.string())
+            col = pc.binary_join_element_wise(pc.utf8_replace_slice(text, 10, 11, "T"), "Z", "")
         columns.append(pc.fill_null(col.cast(pa.string()), ""))
     return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 
 
-def _row(obj: ObjectInfo, include_versions: bool, encode_key: bool) -> list:
-    key = quote_plus(obj.key, safe="/") if encode_key else obj.key
-    marker = include_versions and obj.is_delete_marker
-    row: list = [obj.bucket, key]
-    if include_versions:
-        row += [obj.version_id or "", obj.is_latest, obj.is_delete_marker]
+def _object_rows(objects: Sequence[ObjectInfo], columns: Sequence[_Column], include_versions: bool) -> pa.RecordBatch:
+    """ObjectInfo one by one as a batch of the report's columns (keys not encoded yet)."""
+    if not include_versions:  # current versions only
+        objects = [o for o in objects if o.is_latest and not o.is_delete_marker]
     # a delete marker has no size, ETag or storage class
-    row += [
-        None if marker else obj.size,
-        obj.last_modified,
-        None if marker else obj.etag,
-        None if marker else obj.storage_class,
-    ]
-    return row
+    values = {
+        "bucket": [o.bucket for o in objects],
+        "key": [o.key for o in objects],
+        "version_id": [o.version_id or "" for o in objects],
+        "is_latest": [o.is_latest for o in objects],
+        "is_delete_marker": [o.is_delete_marker for o in objects],
+        "size": [None if o.is_delete_marker else o.size for o in objects],
+        "last_modified_date": [o.last_modified for o in objects],
+        "e_tag": [None if o.is_delete_marker else o.etag for o in objects],
+        "storage_class": [None if o.is_delete_marker else o.storage_class for o in objects],
+    }
+    return pa.RecordBatch.from_arrays([pa.array(values[c.name], c.type) for c in columns], names=[c.name for c in columns])
+
+
+def _listing_rows(listing: pa.RecordBatch, bucket: str, columns: Sequence[_Column]) -> pa.RecordBatch:
+    """A LISTING_SCHEMA batch (current versions, none a delete marker) as the report's columns."""
+    n = listing.num_rows
+    values = {
+        "bucket": pa.repeat(pa.scalar(bucket, pa.string()), n),
+        "key": listing.column("key"),
+        "version_id": pa.repeat(pa.scalar("", pa.string()), n),  # the null version
+        "is_latest": pa.repeat(True, n),
+        "is_delete_marker": pa.repeat(False, n),
+        "size": listing.column("size"),
+        "last_modified_date": pc.cast(listing.column("last_modified"), pa.timestamp("ms", tz="UTC"), safe=False),
+        "e_tag": listing.column("etag"),
+        "storage_class": listing.column("storage_class"),
+    }
+    return pa.RecordBatch.from_arrays([values[c.name] for c in columns], names=[c.name for c in columns])
+
+
+Listing = Union[Iterable[ObjectInfo], Iterable[pa.RecordBatch]]
+
+
+def _report_rows(objects: Listing, bucket: str, columns: Sequence[_Column], include_versions: bool) -> Iterator[pa.RecordBatch]:
+    """The report's rows in batches, from ObjectInfo one by one or from listing batches."""
+    pending: list[ObjectInfo] = []
+    for item in objects:
+        if isinstance(item, pa.RecordBatch):
+            if pending:
+                yield _object_rows(pending, columns, include_versions)
+                pending = []
+            if item.schema != LISTING_SCHEMA:
+                raise ValueError(f"a listing batch must have the schema {LISTING_SCHEMA}, not {item.schema}")
+            yield _listing_rows(item, bucket, columns)
+        else:
+            pending.append(item)
+            if len(pending) >= _CHUNK_ROWS:
+                yield _object_rows(pending, columns, include_versions)
+                pending = []
+    if pending:
+        yield _object_rows(pending, columns, include_versions)
 
 
 def write_inventory_report(
     store: ObjectStore,
-    objects: Iterable[ObjectInfo],
+    objects: Listing,
     *,
     source_bucket: str,
     destination_bucket: str,
@@ -160,6 +208,8 @@ def write_inventory_report(
 ) -> str:
     """Write a complete inventory report of `objects` and return its manifest.json key.
 
+    `objects`: ObjectInfo one by one, or a store's listing in LISTING_SCHEMA batches (the
+    objects of `source_bucket`, current versions; no Python object per row).
     Layout under `<prefix>/<source_bucket>/<config_id>/`: `data/<uuid>.csv.gz|.orc|.parquet`
     (at most `rows_per_file` rows each), then `<YYYY-MM-DDTHH-MMZ>/manifest.json`, then
     `hive/dt=<YYYY-MM-DD-HH-MM>/symlink.txt`, then `manifest.checksum` last, as AWS does.
@@ -182,19 +232,6 @@ def write_inventory_report(
 
     files: list[InventoryFile] = []
     current: Optional[_DataFileWriter] = None
-    pending: list[list] = []
-
-    def flush() -> None:
-        nonlocal current, pending
-        if not pending:
-            return
-        if current is None:
-            current = _DataFileWriter(fmt, schema, spool_dir)
-        values = zip(*pending)  # rows -> columns
-        current.write(pa.RecordBatch.from_arrays([pa.array(v, c.type) for v, c in zip(values, columns)], schema=schema))
-        pending = []
-        if current.rows >= rows_per_file:
-            finish()
 
     def finish() -> None:
         nonlocal current
@@ -208,14 +245,17 @@ def write_inventory_report(
             current = None
 
     try:
-        for obj in objects:
-            if not include_versions and (obj.is_delete_marker or not obj.is_latest):
-                continue
-            pending.append(_row(obj, include_versions, encode_key))
-            rows_in_file = (current.rows if current else 0) + len(pending)
-            if len(pending) >= _CHUNK_ROWS or rows_in_file >= rows_per_file:
-                flush()
-        flush()
+        for rows in _report_rows(objects, source_bucket, columns, include_versions):
+            if encode_key:
+                rows = rows.set_column(1, "key", quote_array(rows.column(1), space_as_plus=True))
+            while rows.num_rows:
+                if current is None:
+                    current = _DataFileWriter(fmt, schema, spool_dir)
+                room = rows_per_file - current.rows
+                current.write(rows.slice(0, room))
+                rows = rows.slice(room)
+                if current.rows >= rows_per_file:
+                    finish()
         finish()
     finally:
         if current is not None:  # an error mid-file: drop the spool

@@ -1,15 +1,17 @@
 """The object store interface the Dagster wiring binds: a local folder or S3."""
 from __future__ import annotations
 
+import itertools
 from typing import BinaryIO, ContextManager, Iterator, Mapping, Optional
 
 import dagster as dg
+import pyarrow as pa
 
 from ...core.errors import (
     InvalidKey,
     ObjectNotFound,
 )
-from ...core.model import ObjectInfo, ObjectRef
+from ...core.model import ObjectInfo, ObjectRef, listing_batch
 from ...core.rules.tags import merge_tag_sets, validate_tag_set
 
 CHUNK_BYTES = 1 << 20  # 1 MiB: copy and read buffer
@@ -46,6 +48,11 @@ class ObjectStoreResource(dg.ConfigurableResource):
 
     def list_objects(self, bucket: str, prefix: str = "", start_after: str = "") -> Iterator[ObjectInfo]:
         raise NotImplementedError
+
+    def list_object_batches(self, bucket: str, prefix: str = "", start_after: str = "") -> Iterator[pa.RecordBatch]:
+        """`list_objects` in LISTING_SCHEMA batches of a thousand (S3's page size)."""
+        objects = self.list_objects(bucket, prefix, start_after)
+        return (listing_batch(page) for page in iter(lambda: list(itertools.islice(objects, 1000)), []))
 
     def list_prefixes(self, bucket: str, prefix: str = "") -> Iterator[str]:
         raise NotImplementedError

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import itertools
 import json
 import os
 import re
@@ -12,10 +11,10 @@ import secrets
 import sqlite3
 import stat
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import BinaryIO, ContextManager, Iterable, Iterator, Mapping, Optional
 
+import pyarrow as pa
 from pydantic import Field, PrivateAttr
 
 from ...core.errors import (
@@ -24,35 +23,24 @@ from ...core.errors import (
     InvalidKey,
     ObjectNotFound,
 )
-from ...core.model import ObjectInfo, ObjectRef
+from ...core.model import ObjectInfo, ObjectRef, listed_objects
 from ...core.rules.tags import merge_tag_sets, validate_tag_set
 
 from .base import CHUNK_BYTES, ObjectStoreResource
+from .local_listing import (
+    INHERITED_CONNECTIONS,
+    MAX_KEY_BYTES,
+    TMP_PREFIX,
+    connect,
+    list_batches,
+    signature,
+    walk,
+)
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_TMP_PREFIX = ".rivbulk-tmp-"
 _DB_NAME = ".rivbulk-store.sqlite"
-_LIST_THREADS = 4  # hashing threads when listing (file reads release the GIL)
-_LIST_CHUNK = 500  # files per ETag-cache query when listing (bound parameters stay far below SQLite's limit)
-MAX_KEY_BYTES = 1024
 MAX_SEGMENT_BYTES = 255
-
-# `objects` caches ETags (valid while the file's stat signature is unchanged); `tags` holds
-# each object's tag set with the inode it was written for, so tags never outlive the file
-# they belong to, even when a file is replaced by hand or a crash interrupts a write.
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS objects (
-    bucket TEXT NOT NULL, key TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
-    ctime_ns INTEGER NOT NULL, ino INTEGER NOT NULL, etag TEXT NOT NULL,
-    PRIMARY KEY (bucket, key)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS tags (
-    bucket TEXT NOT NULL, key TEXT NOT NULL, ino INTEGER NOT NULL, tags TEXT NOT NULL,
-    PRIMARY KEY (bucket, key)) WITHOUT ROWID;
-"""
-
-# Connections inherited through fork must never be used or closed by the child (SQLite's
-# rule); keeping a reference stops the garbage collector from closing them.
-_INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
 
 
 def _key_problem(key: str) -> Optional[str]:
@@ -74,34 +62,19 @@ def _key_problem(key: str) -> Optional[str]:
             return f"a {segment!r} segment names a folder on disk, not a file"
         if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
             return f"a segment over {MAX_SEGMENT_BYTES} bytes is longer than a file name can be"
-        if segment.startswith(_TMP_PREFIX):
-            return f"segments starting with {_TMP_PREFIX!r} are reserved for temporary files"
+        if segment.startswith(TMP_PREFIX):
+            return f"segments starting with {TMP_PREFIX!r} are reserved for temporary files"
     return None
 
 
 def _utc(st: os.stat_result) -> datetime:
-    return datetime.fromtimestamp(st.st_mtime, tz=timezone.utc)
-
-
-def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
-    # ctime and inode catch a same-size replacement that kept the mtime (cp -p, rsync -t).
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    # from the integer nanoseconds, floored to microseconds (the float st_mtime rounds)
+    return _EPOCH + timedelta(microseconds=st.st_mtime_ns // 1000)
 
 
 def _md5_file(path: str | bytes) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
-
-
-def _md5_if_unchanged(path: bytes, st: os.stat_result) -> tuple[Optional[str], bool]:
-    """(MD5 of the file, whether it still has the listed stat signature); (None, False) when gone."""
-    try:
-        with open(path, "rb") as f:
-            etag = hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
-            # the signature is keyed by inode: a file renamed over this path is hashed anew next time
-            return etag, _signature(os.fstat(f.fileno())) == _signature(st)
-    except FileNotFoundError:
-        return None, False
 
 
 def _fsync_dir(folder: str) -> None:
@@ -111,33 +84,6 @@ def _fsync_dir(folder: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _walk(folder: bytes, key_prefix: bytes, prefix: bytes, start_after: bytes) -> Iterator[tuple[bytes, bytes]]:
-    """(key, path) of every file under `folder` with key > start_after and starting with
-    prefix, in byte order of keys. A folder sorts as its name + '/', which puts its keys
-    exactly where a global byte sort would. Memory: one sorted folder listing per level of
-    the current path, never the whole tree."""
-    try:
-        with os.scandir(folder) as it:
-            entries = sorted(
-                (key_prefix + e.name + (b"/" if e.is_dir(follow_symlinks=False) else b""), e.path)
-                for e in it
-                if not e.name.startswith(_TMP_PREFIX.encode())
-            )
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    for key, path in entries:
-        if key > prefix and not key.startswith(prefix):
-            return  # sorted: every later entry is past the prefix too
-        if key.endswith(b"/"):
-            if not (key.startswith(prefix) or prefix.startswith(key)):
-                continue
-            if start_after > key and not start_after.startswith(key):
-                continue  # every key in this folder sorts before start_after
-            yield from _walk(path, key, prefix, start_after)
-        elif key.startswith(prefix) and key > start_after:
-            yield key, path
 
 
 class LocalObjectStore(ObjectStoreResource):
@@ -161,15 +107,9 @@ class LocalObjectStore(ObjectStoreResource):
         conn: Optional[sqlite3.Connection] = getattr(state, "conn", None)
         if conn is None or state.pid != os.getpid():
             if conn is not None:
-                _INHERITED_CONNECTIONS.append(conn)
+                INHERITED_CONNECTIONS.append(conn)
             os.makedirs(self._root, exist_ok=True)
-            conn = sqlite3.connect(os.path.join(self._root, _DB_NAME), timeout=30, isolation_level=None)
-            conn.execute("PRAGMA busy_timeout = 30000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            # NORMAL in WAL mode: a commit survives a killed process; a power cut may lose the
-            # last tag writes (object bytes are fsynced by _write regardless).
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.executescript(_SCHEMA)
+            conn = connect(os.path.join(self._root, _DB_NAME))
             state.conn, state.pid = conn, os.getpid()
         return conn
 
@@ -232,17 +172,17 @@ class LocalObjectStore(ObjectStoreResource):
             "SELECT size, mtime_ns, ctime_ns, ino, etag FROM objects WHERE bucket = ? AND key = ?",
             (bucket, key),
         ).fetchone()
-        if row and tuple(row[:4]) == _signature(st):
+        if row and tuple(row[:4]) == signature(st):
             return row[4]
         try:
             etag = _md5_file(path)
-            unchanged = _signature(os.stat(path)) == _signature(st)
+            unchanged = signature(os.stat(path)) == signature(st)
         except FileNotFoundError:  # deleted meanwhile
             raise self._missing(bucket, key) from None
         if unchanged:  # not rewritten while hashing: cacheable
             conn.execute(
                 "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (bucket, key, *_signature(st), etag),
+                (bucket, key, *signature(st), etag),
             )
         return etag
 
@@ -266,7 +206,7 @@ class LocalObjectStore(ObjectStoreResource):
                 ) from None
             except PermissionError:
                 raise AccessDenied(bucket, key, "the folder cannot be written (permission denied)") from None
-            tmp = os.path.join(folder, _TMP_PREFIX + secrets.token_hex(8))
+            tmp = os.path.join(folder, TMP_PREFIX + secrets.token_hex(8))
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
                 break
@@ -295,7 +235,7 @@ class LocalObjectStore(ObjectStoreResource):
                 conn.execute("DELETE FROM tags WHERE bucket = ? AND key = ?", (bucket, key))  # S3: PUT drops tags
                 conn.execute(
                     "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (bucket, key, *_signature(st), etag),
+                    (bucket, key, *signature(st), etag),
                 )
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -310,33 +250,28 @@ class LocalObjectStore(ObjectStoreResource):
             raise ObjectNotFound(bucket, prefix, "no such bucket")
         return folder
 
-    def _files(self, bucket: str, prefix: str, start_after: str) -> Iterator[tuple[str, bytes, os.stat_result]]:
-        """(key, path, stat) of the objects under prefix, in key byte order."""
-        folder = self._existing_bucket(bucket, prefix)
+    def _walk(self, bucket: str, prefix: str, start_after: str) -> Iterator[tuple[list[bytes], list[bytes]]]:
+        """Runs of (keys, paths) of the files under prefix, in key byte order (`local_listing.walk`)."""
+        folder = self._existing_bucket(bucket, prefix)  # raises now for a missing bucket
         # Start in the deepest folder the prefix names instead of scanning the whole bucket.
         folder_part = prefix[: prefix.rfind("/") + 1]
         if folder_part:
             if _key_problem(folder_part[:-1]):
                 return iter(())  # no object key can be under such a prefix here
             folder = os.path.join(folder, *folder_part[:-1].split("/"))
+        return walk(os.fsencode(folder), folder_part.encode(), prefix.encode(), start_after.encode())
 
-        def generate() -> Iterator[tuple[str, bytes, os.stat_result]]:
-            walk = _walk(os.fsencode(folder), folder_part.encode(), prefix.encode(), start_after.encode())
-            for key_bytes, path in walk:
+    def _has_objects(self, bucket: str, prefix: str) -> bool:
+        """Whether an object lives under prefix (nothing hashed: a stat at most per file)."""
+        for keys, paths in self._walk(bucket, prefix, ""):
+            for key_bytes, path in zip(keys, paths):
                 try:
                     key = key_bytes.decode("utf-8")
-                except UnicodeDecodeError:
-                    continue  # a hand-made file whose name is not UTF-8 cannot be an S3 key
-                if _key_problem(key):
-                    continue
-                try:
-                    st = os.stat(path)
-                except OSError:
-                    continue  # deleted while listing
-                if stat.S_ISREG(st.st_mode):
-                    yield key, path, st
-
-        return generate()
+                    if not _key_problem(key) and stat.S_ISREG(os.stat(path).st_mode):
+                        return True
+                except (UnicodeDecodeError, OSError):
+                    continue  # not an S3 key, or deleted meanwhile
+        return False
 
     # ---- the interface ----
 
@@ -378,54 +313,16 @@ class LocalObjectStore(ObjectStoreResource):
             return self._write(bucket, key, iter(functools.partial(source.read, CHUNK_BYTES), b""))
 
     def list_objects(self, bucket: str, prefix: str = "", start_after: str = "") -> Iterator[ObjectInfo]:
-        files = self._files(bucket, prefix, start_after)  # raises now for a missing bucket
+        batches = self.list_object_batches(bucket, prefix, start_after)  # raises now for a missing bucket
+        return (info for batch in batches for info in listed_objects(bucket, batch))
 
-        def generate() -> Iterator[ObjectInfo]:
-            # Hashing is file reads: threads overlap them (the GIL is released while reading).
-            with ThreadPoolExecutor(max_workers=_LIST_THREADS, thread_name_prefix="local-list") as pool:
-                for chunk in iter(lambda: list(itertools.islice(files, _LIST_CHUNK)), []):
-                    yield from self._listed(bucket, chunk, pool)
-
-        return generate()
-
-    def _listed(
-        self, bucket: str, chunk: list[tuple[str, bytes, os.stat_result]], pool: ThreadPoolExecutor
-    ) -> Iterator[ObjectInfo]:
-        """ObjectInfo for a chunk of listed files: the cached ETags read in one query, the
-        missing ones hashed and cached in one transaction (a listing of millions of objects
-        would otherwise cost a query and a commit per object)."""
-        conn = self._db()
-        keys = [key for key, _, _ in chunk]
-        cached = {
-            row[0]: row[1:]
-            for row in conn.execute(
-                f"SELECT key, size, mtime_ns, ctime_ns, ino, etag FROM objects WHERE bucket = ? AND key IN ({','.join('?' * len(keys))})",
-                (bucket, *keys),
-            )
-        }
-        stale = [(key, path, st) for key, path, st in chunk if tuple(cached.get(key, ())[:4]) != _signature(st)]
-        # One task per worker, not per file: a future per small file costs more than hashing it.
-        shares = [stale[i :: _LIST_THREADS] for i in range(_LIST_THREADS)]
-        hashed = {
-            key: found
-            for share in pool.map(lambda share: [(key, _md5_if_unchanged(path, st)) for key, path, st in share], shares)
-            for key, found in share
-        }
-        listed, fresh = [], []
-        for key, path, st in chunk:
-            if key in hashed:
-                etag, unchanged = hashed[key]
-                if etag is None:
-                    continue  # deleted while listing, as S3 would no longer list it
-                if unchanged:  # not rewritten while hashing: cacheable
-                    fresh.append((bucket, key, *_signature(st), etag))
-            else:
-                etag = cached[key][4]
-            listed.append(ObjectInfo(bucket, key, st.st_size, etag, _utc(st)))
-        if fresh:
-            with self._transaction() as conn:
-                conn.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)", fresh)
-        return iter(listed)
+    def list_object_batches(self, bucket: str, prefix: str = "", start_after: str = "") -> Iterator[pa.RecordBatch]:
+        """The listing in LISTING_SCHEMA batches, a page of files each, with one ETag-cache query
+        and one transaction for the ETags it had to compute per page (a listing of millions of
+        objects would otherwise cost a query and a commit per object); see `local_listing`."""
+        runs = self._walk(bucket, prefix, start_after)
+        self._db()  # the cache's tables exist before pages are listed
+        return list_batches(os.path.join(self._root, _DB_NAME), bucket, runs)
 
     def list_prefixes(self, bucket: str, prefix: str = "") -> Iterator[str]:
         folder = self._existing_bucket(bucket, prefix)
@@ -452,7 +349,7 @@ class LocalObjectStore(ObjectStoreResource):
                 except UnicodeDecodeError:
                     continue
                 # S3 reports a prefix only when an object lives under it; an empty folder does not count.
-                if next(self._files(bucket, common, ""), None) is not None:
+                if self._has_objects(bucket, common):
                     yield common
 
         return generate()
