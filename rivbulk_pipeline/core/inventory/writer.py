@@ -22,9 +22,9 @@ import pyarrow.csv as pcsv
 import pyarrow.orc as porc
 import pyarrow.parquet as pq
 
-from .reader import FILE_FORMATS, REPORT_FOLDER_FORMAT, InventoryFile, report_root
 from ..model import ObjectInfo
 from ..ports import ObjectStore
+from .reader import FILE_FORMATS, REPORT_FOLDER_FORMAT, InventoryFile, report_root
 
 MANIFEST_VERSION = "2016-11-30"
 _CHUNK_ROWS = 8192
