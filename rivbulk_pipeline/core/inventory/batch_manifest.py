@@ -12,8 +12,8 @@ from typing import IO, Optional
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .keys import string_buffers, quote_array
 from ..model import CANDIDATE_SCHEMA
+from .keys import string_buffers, quote_array
 
 MANIFEST_FORMAT = "S3BatchOperations_CSV_20180820"
 IMAGE_KEY_RE = r"\.(png|jpe?g)$"  # matched case-insensitively: Rekognition takes JPEG and PNG

@@ -27,9 +27,9 @@ import pyarrow.orc as porc
 import pyarrow.parquet as pq
 
 from ..errors import InventoryError, ObjectNotFound
-from .keys import looks_url_encoded, unquote_plus_array
 from ..model import INVENTORY_SCHEMA
 from ..ports import ObjectStore
+from .keys import looks_url_encoded, unquote_plus_array
 
 FILE_FORMATS = ("CSV", "ORC", "Parquet")
 REPORT_FOLDER_FORMAT = "%Y-%m-%dT%H-%MZ"

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Optional
 
 from ..errors import InventoryError
-from .reader import parse_report_folder
 from ..ports import ObjectStore
+from .reader import parse_report_folder
 
 
 @dataclass(frozen=True, order=True)

@@ -22,10 +22,10 @@ import pyarrow.csv as pcsv
 import pyarrow.orc as porc
 import pyarrow.parquet as pq
 
-from .keys import quote_array
-from .reader import FILE_FORMATS, REPORT_FOLDER_FORMAT, InventoryFile, report_root
 from ..model import LISTING_SCHEMA, ObjectInfo
 from ..ports import ObjectStore
+from .keys import quote_array
+from .reader import FILE_FORMATS, REPORT_FOLDER_FORMAT, InventoryFile, report_root
 
 MANIFEST_VERSION = "2016-11-30"
 _CHUNK_ROWS = 8192

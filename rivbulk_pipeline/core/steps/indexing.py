@@ -19,9 +19,9 @@ import pyarrow as pa
 from ..errors import DeploymentError, HistoryError, ObjectChanged, ObjectNotFound, RegistrationRejected, StoreError
 from ..model import INDEXED_SCHEMA, GatewayResult, HistoryRecord, HistoryStatus, ObjectRef, Outcome
 from ..ports import Gateway, ImportHistory, ObjectStore, RegistrationProvider
-from .progress import Progress
 from ..rules.ratelimit import RateLimiter, backoff_delay
 from ..rules.reasons import reason_token
+from .progress import Progress
 
 STALE_CHANGED = "stale_inventory"  # the object's ETag is no longer the listed one
 STALE_GONE = "object_not_found"  # the object is gone since the inventory

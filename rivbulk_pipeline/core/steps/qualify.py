@@ -16,13 +16,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import AccessDenied, ObjectNotFound, RegistrationRejected, StoreError
-from ..rules.images import validate_user_id
-from .known_outcomes import Known, KnownOutcomes
 from ..model import NULL_VERSION, QUALIFIED_SCHEMA, HistoryStatus, ObjectRef, Reason
 from ..ports import ImportHistory, ObjectStore, RegistrationProvider
-from .progress import Progress
+from ..rules.images import validate_user_id
 from ..rules.reasons import reason_token
 from ..rules.tags import is_true_marker, tag_lookup
+from .known_outcomes import Known, KnownOutcomes
+from .progress import Progress
 
 
 @dataclass(frozen=True)
