@@ -13,6 +13,12 @@ from .settings import Settings, SettingsError
 
 
 def _store(settings: Settings):
+    if settings.deployment == "local":
+        # The folder alone: building every resource would import boto3, dagster-aws and the
+        # registry, a second of start-up for `rivbulk inventory`.
+        from .resources.object_store.local import LocalObjectStore
+
+        return LocalObjectStore(root=str(settings.local_store_root))
     from .defs.resources import build_resources
 
     return build_resources(settings)["store"]
@@ -38,7 +44,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_inventory(args: argparse.Namespace, settings: Settings) -> int:
-    from .demo import write_report
+    from .bucket_report import write_report
 
     created_at = datetime.fromisoformat(args.at) if args.at else datetime.now(timezone.utc)
     if created_at.tzinfo is None:

@@ -13,11 +13,9 @@ from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
-import pyarrow as pa
-import pyarrow.compute as pc
 from PIL import Image, ImageDraw
 
-from .core.inventory.writer import write_inventory_report
+from .bucket_report import write_report
 from .resources.gateway import LocalRegistryGateway
 from .resources.object_store import LocalObjectStore
 from .settings import Settings
@@ -97,7 +95,7 @@ def create_demo(settings: Settings, now: Optional[datetime] = None) -> Path:
     """Write the demo bucket, the registry's existing users and the inventory reports under settings.home."""
     now = (now or datetime.now(timezone.utc)).replace(second=0, microsecond=0)
     home = settings.home_path
-    store = LocalObjectStore(root=str(home / "store"))
+    store = LocalObjectStore(root=str(settings.local_store_root))
 
     def backdate(key: str, appeared: datetime) -> None:  # the local store's Last-Modified is the file's mtime
         os.utime(home / "store" / settings.image_bucket / key, (appeared.timestamp(), appeared.timestamp()))
@@ -133,21 +131,3 @@ def preregister(gateway) -> None:
         result = gateway.register(user_id, face_image(seed), {})
         if result.outcome.value != "indexed":
             raise RuntimeError(f"could not pre-register demo user {user_id}: {result.reason}")
-
-
-def write_report(store, settings: Settings, created_at: datetime, file_format: str = "CSV") -> str:
-    """A real S3 Inventory report of the image bucket as it stood at `created_at`."""
-    listed = (
-        batch.filter(pc.less_equal(batch.column("last_modified"), pa.scalar(created_at, batch.schema.field("last_modified").type)))
-        for batch in store.list_object_batches(settings.image_bucket)
-    )
-    return write_inventory_report(
-        store,
-        listed,
-        source_bucket=settings.image_bucket,
-        destination_bucket=settings.inventory_bucket,
-        destination_prefix=settings.inventory_prefix,
-        config_id=settings.inventory_config_id,
-        created_at=created_at,
-        file_format=file_format,
-    )

@@ -149,6 +149,11 @@ class Settings(dg.ConfigurableResource):
         return Path(self.home).expanduser().resolve()
 
     @property
+    def local_store_root(self) -> Path:
+        """local only: the folder of the local object store (one sub-folder per bucket)."""
+        return self.home_path / "store"
+
+    @property
     def report_root(self) -> str:
         """<dest-prefix>/<source-bucket>/<config-id>, as S3 Inventory delivers."""
         return "/".join(p for p in (self.inventory_prefix.strip("/"), self.image_bucket, self.inventory_config_id) if p)

@@ -16,7 +16,7 @@ import pytest
 from rivbulk_pipeline.core.inventory.reader import iter_inventory_batches, load_manifest
 from rivbulk_pipeline.core.inventory.reports import ReportFolder, report_folders
 from rivbulk_pipeline.core.inventory.writer import write_inventory_report
-from rivbulk_pipeline.core.model import ObjectInfo
+from rivbulk_pipeline.core.model import ObjectInfo, listing_batch
 
 from .test_inventory import FolderStore
 
@@ -258,3 +258,41 @@ def test_created_at_in_another_zone_is_converted_to_utc(store: FolderStore):
     local = datetime(2026, 11, 20, 1, 15, tzinfo=timezone(timedelta(hours=-7)))
     manifest_key = write(store, [], created_at=local)
     assert manifest_key.endswith("/2026-11-20T08-15Z/manifest.json")
+
+
+@pytest.mark.parametrize("fmt", ["CSV", "ORC", "Parquet"])
+def test_a_listing_in_batches_gives_the_same_rows_as_objects_one_by_one(store: FolderStore, fmt: str):
+    objects = [info(k, i, last_modified=datetime(2026, 11, 1, 12, 0, 0, 123456, tzinfo=timezone.utc) + timedelta(seconds=i))
+               for i, k in enumerate(sorted(TRICKY_KEYS * 3, key=str.encode))]
+    one_by_one = write(store, objects, file_format=fmt, config_id="objects")
+    in_batches = write(store, [listing_batch(objects[:7]), listing_batch([]), listing_batch(objects[7:])],
+                       file_format=fmt, config_id="batches")
+
+    def data(manifest_key: str):
+        """The data file's rows as written: CSV text, or the ORC/Parquet table with its schema."""
+        [data_file] = load_manifest(store, DEST, manifest_key.rsplit("/", 1)[0]).files
+        path = str(store._path(DEST, data_file.key))
+        if fmt == "CSV":
+            return gzip.decompress(store.get_bytes(DEST, data_file.key))
+        return porc.ORCFile(path).read() if fmt == "ORC" else pq.read_table(path)
+
+    assert data(in_batches).equals(data(one_by_one)) if fmt != "CSV" else data(in_batches) == data(one_by_one)
+    assert [r["key"] for r in read_rows(store, in_batches)] == [o.key for o in objects]
+
+
+def test_every_csv_line_is_what_the_stdlib_writes(store: FolderStore):
+    objects = [info(k, i) for i, k in enumerate(TRICKY_KEYS)]
+    manifest = load_manifest(store, DEST, write(store, [listing_batch(objects)]).rsplit("/", 1)[0])
+    text = gzip.decompress(store.get_bytes(DEST, manifest.files[0].key)).decode()
+    expected = io.StringIO()
+    writer = csv.writer(expected, quoting=csv.QUOTE_ALL, lineterminator="\n")
+    for o in objects:
+        stamp = o.last_modified.strftime("%Y-%m-%dT%H:%M:%S.") + f"{o.last_modified.microsecond // 1000:03d}Z"
+        writer.writerow(["src", quote_plus(o.key, safe="/"), o.size, stamp, o.etag, "STANDARD"])
+    assert text == expected.getvalue()
+
+
+def test_a_listing_batch_of_another_shape_is_refused(store: FolderStore):
+    with pytest.raises(ValueError, match="listing batch"):
+        write(store, [listing_batch([info("a.jpg")]).drop_columns(["etag"])])
+    assert store.writes == []

@@ -20,6 +20,7 @@ import pytest
 from moto import mock_aws
 
 from rivbulk_pipeline.core.errors import InvalidKey, ObjectNotFound, TagLimitError
+from rivbulk_pipeline.core.model import LISTING_SCHEMA
 from rivbulk_pipeline.resources.aws import AwsClients
 from rivbulk_pipeline.resources.object_store import LocalObjectStore, ObjectStoreResource, S3ObjectStore
 
@@ -101,6 +102,20 @@ def test_odd_keys_round_trip_through_put_get_head_list_and_tags(store: ObjectSto
     listed = list(store.list_objects(BUCKET))
     assert [o.key for o in listed] == sorted(ODD_KEYS, key=str.encode)
     assert all(o.etag == md5(store.get_bytes(BUCKET, o.key)) and o.bucket == BUCKET for o in listed)
+
+
+def test_listing_in_batches_says_what_list_objects_says(store: ObjectStoreResource) -> None:
+    put_all(store, ORDER_KEYS)
+    batches = list(store.list_object_batches(BUCKET, prefix="b"))
+    assert all(batch.schema == LISTING_SCHEMA for batch in batches)
+    rows = [row for batch in batches for row in batch.to_pylist()]
+    listed = list(store.list_objects(BUCKET, prefix="b"))
+    assert [r["key"] for r in rows] == [k for k in ORDER_EXPECTED if k.startswith("b")]
+    assert rows == [
+        {"key": o.key, "size": o.size, "last_modified": o.last_modified, "etag": o.etag, "storage_class": o.storage_class}
+        for o in listed
+    ]
+    assert all(r["etag"] == md5(r["key"].encode()) and r["size"] == len(r["key"].encode()) for r in rows)
 
 
 def test_listing_is_in_utf8_byte_order(store: ObjectStoreResource) -> None:

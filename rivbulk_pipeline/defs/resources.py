@@ -31,7 +31,7 @@ def aws_clients(settings: Settings) -> AwsClients:
 def build_resources(settings: Settings) -> dict[str, Any]:
     if settings.deployment == "local":
         home = settings.home_path
-        store = LocalObjectStore(root=str(home / "store"))
+        store = LocalObjectStore(root=str(settings.local_store_root))
         history = SqliteImportHistory(db_path=str(home / "import_history.sqlite"))
         gateway = LocalRegistryGateway(db_path=str(home / "registry.sqlite"))
     elif settings.deployment == "aws":

@@ -82,7 +82,7 @@ class _DataFileWriter:
         self.format = file_format
         self.rows = 0
         if file_format == "CSV":
-            self._sink = gzip.GzipFile(self.path, "wb", compresslevel=_GZIP_LEVEL)
+            self._sink = gzip.GzipFile(self.path, "wb", compresslevel=_GZIP_LEVEL, mtime=0)  # same rows, same bytes
             text_schema = pa.schema([(f.name, pa.string()) for f in schema])
             # AWS quotes every field, and writes no header
             options = pcsv.WriteOptions(include_header=False, quoting_style="all_valid")

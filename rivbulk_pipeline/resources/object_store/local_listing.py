@@ -9,6 +9,7 @@ They are forked (nothing to import: a spawned worker would import Dagster again)
 from __future__ import annotations
 
 import collections
+import errno
 import hashlib
 import multiprocessing
 import os
@@ -159,12 +160,28 @@ def _s3_keys(keys: list[bytes], paths: list[bytes]) -> tuple[pa.StringArray, lis
     return text, text.to_pylist(), paths
 
 
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a FIFO must not hang the listing
+_NOATIME = getattr(os, "O_NOATIME", 0)  # Linux: reading a file for its ETag is no access to it
+
+
+def _open(path: bytes) -> int:
+    global _NOATIME
+    if _NOATIME:
+        try:
+            return os.open(path, _OPEN_FLAGS | _NOATIME)
+        except PermissionError as error:
+            if error.errno != errno.EPERM:
+                raise  # EACCES: the file may not be read at all
+            _NOATIME = 0  # only a file's owner may skip the access time: not this process
+    return os.open(path, _OPEN_FLAGS)
+
+
 def _hash(path: bytes) -> Optional[tuple[str, tuple[int, int, int, int], bool]]:
     """(MD5 of the file, its stat signature, whether it kept that signature while it was
     read); None when it is gone or not a regular file. Low-level calls: for the small files
     of a test bucket, `open()`'s layers cost more than the hashing."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # NONBLOCK: a FIFO must not hang the listing
+        fd = _open(path)
     except (FileNotFoundError, NotADirectoryError):
         return None  # deleted while listing, as S3 would no longer list it
     try:

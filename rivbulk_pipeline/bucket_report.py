@@ -1,0 +1,34 @@
+"""`rivbulk inventory`: a real S3 Inventory report of the image bucket, for a bucket that has no
+inventory configuration (the local store, a bucket we may not configure).
+
+Imports only the store it is given and the report writer: the command starts in well under a
+second (the demo, the gateways and boto3 stay unimported on the local store).
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .core.inventory.writer import write_inventory_report
+from .core.ports import ObjectStore
+from .settings import Settings
+
+
+def write_report(store: ObjectStore, settings: Settings, created_at: datetime, file_format: str = "CSV") -> str:
+    """A real S3 Inventory report of the image bucket as it stood at `created_at`."""
+    listed = (
+        batch.filter(pc.less_equal(batch.column("last_modified"), pa.scalar(created_at, batch.schema.field("last_modified").type)))
+        for batch in store.list_object_batches(settings.image_bucket)
+    )
+    return write_inventory_report(
+        store,
+        listed,
+        source_bucket=settings.image_bucket,
+        destination_bucket=settings.inventory_bucket,
+        destination_prefix=settings.inventory_prefix,
+        config_id=settings.inventory_config_id,
+        created_at=created_at,
+        file_format=file_format,
+    )
