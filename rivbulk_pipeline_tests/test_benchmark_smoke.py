@@ -152,3 +152,30 @@ def test_scale_section_runs_the_daily_job_and_counts_what_it_asked(tmp_path):
     assert by[(0.01, "batch_get")]["chosen_automatically"] == "batch_get"
     assert by[(1.0, "scan")]["chosen_automatically"] == "scan"
     assert len(_scale_lines(r)) == 3 * 2 + 1 + 4
+
+
+def test_listing_section_runs_the_command_twice_and_checks_each_report(tmp_path):
+    from dataclasses import replace
+
+    sizes = replace(TINY, listing_objects=(2_500,))
+    [run] = run_measurements(sizes, ["listing"], str(tmp_path), log=lambda m: None)["listing"]["runs"]
+    assert run["objects"] == 2_500
+    for case in ("never_listed", "already_listed"):
+        assert run[case]["seconds"] > 0 and run[case]["peak_rss_bytes"] > 50_000_000
+    lines = build_lines({"listing": {"runs": [run]}})
+    assert [line.passed for line in lines] == [None, None]  # the target is for 1M files (--full)
+
+
+def test_the_listing_check_catches_a_report_that_is_not_the_bucket(tmp_path):
+    from benchmarks.listing import build_bucket, check_report, file_key, run_command
+
+    home = str(tmp_path / "home")
+    build_bucket(home, 50)
+    run_command(home)
+    check_report(home, 50)
+    changed = tmp_path / "home" / "store" / "rivbulk-images" / file_key(7)
+    changed.write_bytes(b"other bytes")
+    with pytest.raises(AssertionError, match=file_key(7)):
+        check_report(home, 50)
+    with pytest.raises(AssertionError, match="lists 50 objects, the bucket holds 51"):
+        check_report(home, 51)

@@ -5,6 +5,15 @@ Both satisfy `core.ports.ObjectStore`. The Dagster wiring annotates a parameter 
 """
 from .base import ObjectStoreResource
 from .local import LocalObjectStore
-from .s3 import S3ObjectStore
 
 __all__ = ["ObjectStoreResource", "LocalObjectStore", "S3ObjectStore"]
+
+
+def __getattr__(name: str):
+    # Imported on first use: boto3 and dagster-aws cost a second of start-up that
+    # `rivbulk inventory` on the local store does not need.
+    if name == "S3ObjectStore":
+        from .s3 import S3ObjectStore
+
+        return S3ObjectStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
