@@ -83,6 +83,7 @@ def test_never_listed_files_list_with_the_md5_of_their_bytes_and_are_cached(
 ) -> None:
     if where == "processes":
         request.getfixturevalue("in_processes")
+        assert threading.active_count() == 1  # else pages are listed in this thread (no fork)
     root = tmp_path / "store"
     files = many_files(300)
     copy_in(root, files)
@@ -151,6 +152,7 @@ def test_a_listing_reads_pages_ahead_but_never_the_whole_bucket(
 
 
 def test_listings_from_several_threads_at_once_agree(local: LocalObjectStore, tmp_path: Path, in_processes: None) -> None:
+    # With other threads running, pages are listed in each listing's own thread (no fork).
     root = tmp_path / "store"
     files = many_files(200)
     copy_in(root, files)
@@ -167,3 +169,23 @@ def test_listings_from_several_threads_at_once_agree(local: LocalObjectStore, tm
         t.join()
     assert results == [expected] * 3
     assert cached_etags(root) == {r["key"]: r["etag"] for r in expected}
+
+
+def test_a_page_listed_by_a_worker_process_is_what_this_thread_lists(tmp_path: Path, in_processes: None) -> None:
+    root = tmp_path / "store"
+    copy_in(root, many_files(40))
+    db = str(tmp_path / "cache.sqlite")
+    keys = sorted(many_files(40), key=str.encode)
+    paths = [os.fsencode(root / BUCKET / key) for key in keys]
+    in_thread = local_listing._Workers()
+    mine = in_thread.submit(db, BUCKET, keys[:10], paths[:10]).result()  # below POOL_MIN_FILES
+    assert in_thread.pages_ahead == 0
+    workers = local_listing._Workers()
+    try:
+        theirs = workers.submit(db, BUCKET, keys, paths).result()
+        assert workers.pages_ahead == local_listing.PROCESSES + 1  # a pool was started
+    finally:
+        workers.close()
+    sizes, mtimes, etags, denied = theirs
+    assert denied is None and [s[:10] for s in (sizes, mtimes, etags)] == list(mine[:3])
+    assert etags == [hashlib.md5((root / BUCKET / key).read_bytes()).hexdigest() for key in keys]

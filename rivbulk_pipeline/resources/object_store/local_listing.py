@@ -4,7 +4,8 @@ The main thread walks the folders in key order and builds the batches; the per-f
 (a stat, or an MD5 when the cached ETag is missing or stale, and caching it) runs in worker
 processes page by page, several pages ahead. Processes, not threads: MD5 of a file under
 2 KB holds the GIL, and so does the Python around each system call, so threads take turns.
-They are forked (nothing to import: a spawned worker would import Dagster again).
+They are forked (nothing to import: a spawned worker would import Dagster again), and only
+from a process with no other thread running.
 """
 from __future__ import annotations
 
@@ -264,7 +265,10 @@ class _Workers:
         return PROCESSES + 1 if self._pool else 0
 
     def submit(self, db_path: str, bucket: str, keys: list[str], paths: list[bytes]) -> Future:
-        if self._pool is None and (len(keys) < POOL_MIN_FILES or PROCESSES < 2):
+        # Forking is safe only while no other thread can hold a lock the child needs (SQLite's
+        # mutexes): a listing from a process running other threads (a Dagster run, a server)
+        # lists its pages in its own thread. The pool's own threads start after its forks.
+        if self._pool is None and (len(keys) < POOL_MIN_FILES or PROCESSES < 2 or threading.active_count() > 1):
             done: Future = Future()
             done.set_result(list_page(db_path, bucket, keys, paths))
             return done
