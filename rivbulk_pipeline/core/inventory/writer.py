@@ -247,7 +247,8 @@ def write_inventory_report(
     try:
         for rows in _report_rows(objects, source_bucket, columns, include_versions):
             if encode_key:
-                rows = rows.set_column(1, "key", quote_array(rows.column(1), space_as_plus=True))
+                at = rows.schema.get_field_index("key")
+                rows = rows.set_column(at, "key", quote_array(rows.column(at), space_as_plus=True))
             while rows.num_rows:
                 if current is None:
                     current = _DataFileWriter(fmt, schema, spool_dir)
