@@ -13,11 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rivbulk_pipeline.core.model import CANDIDATE_SCHEMA, INDEXED_SCHEMA, INVENTORY_SCHEMA, QUALIFIED_SCHEMA, HistoryRecord, HistoryStatus, ObjectRef
 from rivbulk_pipeline.core.inventory.reports import report_folders
+from rivbulk_pipeline.core.model import CANDIDATE_SCHEMA, INDEXED_SCHEMA, INVENTORY_SCHEMA, QUALIFIED_SCHEMA, HistoryRecord, HistoryStatus, ObjectRef
 from rivbulk_pipeline.defs.assets import bulk_load_assets, indexed_users
-from rivbulk_pipeline.defs.metadata import FailedRows
 from rivbulk_pipeline.defs.inventory_freshness import inventory_age_result, inventory_is_fresh
+from rivbulk_pipeline.defs.metadata import FailedRows
 from rivbulk_pipeline.defs.partitions import inventory_dates
 from rivbulk_pipeline.defs.resources import build_resources
 from rivbulk_pipeline.defs.summary import import_summary

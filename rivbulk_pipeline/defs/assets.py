@@ -15,21 +15,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..core.inventory.batch_manifest import BatchManifestWriter, batch_manifest_spec, candidate_mask, exclusion_reasons
-from ..core.steps.indexing import IndexingPolicy, index_qualified
 from ..core.inventory.reader import iter_inventory_batches, load_manifest
-from ..core.model import CANDIDATE_SCHEMA, INDEXED_SCHEMA, INVENTORY_SCHEMA, QUALIFIED_SCHEMA, Outcome
-from ..core.steps.progress import Progress
-from ..core.steps.known_outcomes import load_previous_outcomes
-from ..core.steps.qualify import QualifyStats, qualify_candidates
-from ..core.rules.ratelimit import RateLimiter
 from ..core.inventory.reports import newest_complete_report
+from ..core.model import CANDIDATE_SCHEMA, INDEXED_SCHEMA, INVENTORY_SCHEMA, QUALIFIED_SCHEMA, Outcome
+from ..core.rules.ratelimit import RateLimiter
+from ..core.steps.indexing import IndexingPolicy, index_qualified
+from ..core.steps.known_outcomes import load_previous_outcomes
+from ..core.steps.progress import Progress
+from ..core.steps.qualify import QualifyStats, qualify_candidates
 from ..core.steps.summary import why_nothing_registered
 from ..core.steps.tables import TableLocation, open_table, table_location, write_table
 from ..resources.gateway import GatewayResource
 from ..resources.history import ImportHistoryResource
 from ..resources.object_store import ObjectStoreResource
-from ..settings import Settings
 from ..resources.registration import RegistrationProviderResource
+from ..settings import Settings
 from .metadata import FailedRows, location_metadata, not_indexed, not_qualified, schema_metadata, warn_permanent_failures
 from .partitions import inventory_dates
 from .pools import GATEWAY_POOL
