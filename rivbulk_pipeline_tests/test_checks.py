@@ -49,9 +49,7 @@ def _evaluations(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEv
 
 
 def _run_checks(resources: dict, instance: dg.DagsterInstance, *checks) -> dict[str, dg.AssetCheckEvaluation]:
-    checks_only = dg.define_asset_job(
-        "checks_only", selection=dg.AssetSelection.checks(*checks), partitions_def=inventory_dates
-    )
+    checks_only = dg.define_asset_job("checks_only", selection=dg.AssetSelection.checks(*checks))
     defs = dg.Definitions(assets=bulk_load_assets, asset_checks=bulk_load_checks, jobs=[checks_only], resources=resources)
     # A run of checks alone, for one date (execute_in_process refuses partition_key without an asset).
     result = defs.resolve_job_def("checks_only").execute_in_process(
