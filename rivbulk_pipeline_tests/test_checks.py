@@ -44,6 +44,18 @@ def demo(local_settings):
     return local_settings, instance
 
 
+@pytest.fixture
+def loaded(demo):
+    """The demo date loaded, every check passing: the tests then break what was stored."""
+    settings, instance = demo
+    resources = build_resources(settings)
+    result = dg.materialize(
+        [*bulk_load_assets, *bulk_load_checks], partition_key=DATE, resources=resources, instance=instance
+    )
+    assert result.success and all(e.passed for e in result.get_asset_check_evaluations())
+    return settings, instance, resources
+
+
 def _evaluations(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
     return {e.check_name: e for e in result.get_asset_check_evaluations()}
 
@@ -75,12 +87,8 @@ def test_doubled_decisions_fail_the_blocking_check_and_nobody_is_registered(demo
     assert resources["gateway"].register_calls() == calls_before
 
 
-def test_a_lost_history_record_and_a_lost_tag_fail_their_checks(demo):
-    settings, instance = demo
-    resources = build_resources(settings)
-    assert dg.materialize(
-        [*bulk_load_assets, *bulk_load_checks], partition_key=DATE, resources=resources, instance=instance
-    ).success
+def test_a_lost_history_record_and_a_lost_tag_fail_their_checks(loaded):
+    settings, instance, resources = loaded
     store = resources["store"]
     with sqlite3.connect(settings.home_path / "import_history.sqlite") as db:
         db.execute("DELETE FROM import_history WHERE object_uri = ?", (f"s3://{settings.image_bucket}/alice/portrait.png",))
@@ -94,12 +102,8 @@ def test_a_lost_history_record_and_a_lost_tag_fail_their_checks(demo):
     assert not tag_check.passed and tag_check.metadata["untagged_examples"].value == ["carol/face.jpeg"]
 
 
-def test_a_doubled_a_lost_and_an_unasked_outcome_fail_the_outcome_check(demo):
-    settings, instance = demo
-    resources = build_resources(settings)
-    assert dg.materialize(
-        [*bulk_load_assets, *bulk_load_checks], partition_key=DATE, resources=resources, instance=instance
-    ).success
+def test_a_doubled_a_lost_and_an_unasked_outcome_fail_the_outcome_check(loaded):
+    settings, instance, resources = loaded
     location = table_location(settings.output_bucket_name, settings.output_prefix, "indexed_users", DATE)
     path = resources["store"].root + "/" + location.bucket + "/" + location.key
     outcomes = pq.read_table(path).sort_by("key")

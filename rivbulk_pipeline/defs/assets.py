@@ -42,6 +42,12 @@ def _location(settings: Settings, asset: str, partition: str) -> TableLocation:
     return table_location(settings.output_bucket_name, settings.output_prefix, asset, partition)
 
 
+def _throughput(name: str, count: int, started: float) -> dict[str, float]:
+    """The step's duration and `name` per second, for the asset's page."""
+    elapsed = time.monotonic() - started
+    return {"duration_seconds": round(elapsed, 3), f"{name}_per_second": round(count / elapsed, 2) if elapsed else 0.0}
+
+
 def _counted(batches: Iterable[pa.RecordBatch], column: str, counts: collections.Counter) -> Iterator[pa.RecordBatch]:
     """Pass batches through while counting the values of one column (vectorised)."""
     for batch in batches:
@@ -69,7 +75,6 @@ def inventory_report(
             yield batch
 
     table = write_table(store, _location(settings, "inventory_report", context.partition_key), INVENTORY_SCHEMA, batches())
-    elapsed = time.monotonic() - started
     return dg.MaterializeResult(
         metadata={
             "report_folder": folder.name,
@@ -79,8 +84,7 @@ def inventory_report(
             "dagster/row_count": table.rows,
             **location_metadata(store, table.location),
             "table_bytes": table.bytes,
-            "duration_seconds": round(elapsed, 3),
-            "rows_per_second": round(table.rows / elapsed, 1) if elapsed else 0.0,
+            **_throughput("rows", table.rows, started),
         }
     )
 
@@ -173,7 +177,6 @@ def qualified_objects(
             QUALIFIED_SCHEMA,
             failed.watch(_counted(decisions, "reason", reasons), not_qualified, attempts=None),
         )
-    elapsed = time.monotonic() - started
     context.log.info(progress.summary())
     return dg.MaterializeResult(
         metadata={
@@ -189,8 +192,7 @@ def qualified_objects(
             "history_lookups": stats.history_calls,
             "history_keys_asked": stats.history_keys,
             "tag_reads": stats.tag_reads,
-            "duration_seconds": round(elapsed, 3),
-            "objects_per_second": round(table.rows / elapsed, 1) if elapsed else 0.0,
+            **_throughput("objects", table.rows, started),
         },
     )
 
@@ -247,7 +249,6 @@ def indexed_users(
             INDEXED_SCHEMA,
             failed.watch(warn_permanent_failures(_counted(results, "outcome", outcomes), context.log.warning), not_indexed),
         )
-    elapsed = time.monotonic() - started
     context.log.info(progress.summary())
     registered = outcomes.get(Outcome.INDEXED.value, 0)
     context.log.info(
@@ -261,8 +262,7 @@ def indexed_users(
             **failed.metadata(),
             **({"note": why_nothing_registered(decisions + failed.reasons)} if not registered else {}),
             **location_metadata(store, table.location),
-            "duration_seconds": round(elapsed, 3),
-            "registrations_per_second": round(outcomes.get("indexed", 0) / elapsed, 2) if elapsed else 0.0,
+            **_throughput("registrations", outcomes.get(Outcome.INDEXED.value, 0), started),
             "configured_rate_per_second": settings.index_rate,
         },
     )
