@@ -8,9 +8,9 @@ from typing import Callable
 
 import pyarrow as pa
 
-from rivbulk_pipeline.core.steps.indexing import IndexingPolicy, index_qualified
 from rivbulk_pipeline.core.model import INDEXED_SCHEMA, QUALIFIED_SCHEMA, ObjectRef, Outcome, Reason
 from rivbulk_pipeline.core.rules.ratelimit import RateLimiter, max_calls_in_any_window
+from rivbulk_pipeline.core.steps.indexing import IndexingPolicy, index_qualified
 from rivbulk_pipeline.resources.history import SqliteImportHistory
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 from rivbulk_pipeline.resources.registration import S3TagRegistrationProvider

@@ -20,10 +20,10 @@ from typing import Callable, Optional, Sequence
 
 import pyarrow as pa
 
+from .dynamo_lookup import measure_dynamo_lookup
 from .ingest import measure_ingest
 from .listing import measure_listing
 from .qualification import measure_incremental, measure_qualification
-from .dynamo_lookup import measure_dynamo_lookup
 from .rate import measure_rate
 from .scale import measure_size
 from .summary import measure_summary

@@ -194,7 +194,7 @@ def build(home: str, objects: int, new_fraction: float = 0.01, log: Callable[[st
 def _bulk_load_job():
     from rivbulk_pipeline.definitions import defs
 
-    return defs.get_job_def("bulk_load_job")
+    return defs.resolve_job_def("bulk_load_job")
 
 
 def run_daily(home: str, partition: str, previous: bool = True, executor: str = "") -> dict:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from rivbulk_pipeline.core.steps.known_outcomes import Known, KnownOutcomes, fingerprints, load_previous_outcomes
 from rivbulk_pipeline.core.model import CANDIDATE_SCHEMA, INDEXED_SCHEMA, QUALIFIED_SCHEMA, HistoryRecord, HistoryStatus, ObjectRef
+from rivbulk_pipeline.core.steps.known_outcomes import Known, KnownOutcomes, fingerprints, load_previous_outcomes
 from rivbulk_pipeline.core.steps.qualify import QualifyStats, qualify_candidates
 from rivbulk_pipeline.core.steps.tables import table_location, write_table
 from rivbulk_pipeline.demo import face_image

@@ -7,8 +7,8 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 
-from rivbulk_pipeline.core.model import Outcome
 from rivbulk_pipeline.core.inventory.reports import report_folders
+from rivbulk_pipeline.core.model import Outcome
 from rivbulk_pipeline.defs.assets import bulk_load_assets
 from rivbulk_pipeline.defs.checks import bulk_load_checks
 from rivbulk_pipeline.defs.partitions import inventory_dates

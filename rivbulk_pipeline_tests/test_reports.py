@@ -11,9 +11,9 @@ import pytest
 
 from rivbulk_pipeline.core.errors import InventoryError
 from rivbulk_pipeline.core.inventory.reader import report_root
+from rivbulk_pipeline.core.inventory.reports import SensorCursor, newest_complete_report, report_folders, scan_for_new_reports
 from rivbulk_pipeline.core.inventory.writer import write_inventory_report
 from rivbulk_pipeline.core.model import ObjectInfo
-from rivbulk_pipeline.core.inventory.reports import SensorCursor, newest_complete_report, report_folders, scan_for_new_reports
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 
 BUCKET = "inventory-bucket"

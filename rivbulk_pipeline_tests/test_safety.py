@@ -6,10 +6,10 @@ import pyarrow as pa
 import pytest
 
 from rivbulk_pipeline.core.errors import DeploymentError, RegistrationRejected
-from rivbulk_pipeline.core.steps.indexing import IndexingPolicy, index_qualified
 from rivbulk_pipeline.core.model import CANDIDATE_SCHEMA, QUALIFIED_SCHEMA, HistoryStatus, ObjectRef, RegistrationInfo
-from rivbulk_pipeline.core.steps.qualify import qualify_candidates
 from rivbulk_pipeline.core.rules.ratelimit import RateLimiter
+from rivbulk_pipeline.core.steps.indexing import IndexingPolicy, index_qualified
+from rivbulk_pipeline.core.steps.qualify import qualify_candidates
 from rivbulk_pipeline.demo import face_image
 from rivbulk_pipeline.resources.gateway import RivHttpGateway
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
@@ -259,3 +259,20 @@ def test_a_report_without_etags_loads_with_the_objects_own_etag(parts):
 def test_an_etagless_row_for_a_gone_object_is_object_not_found(parts):
     decided = _qualify(parts, [("people/nobody.png", None)])
     assert decided["people/nobody.png"]["reason"] == "object_not_found"
+
+
+def test_tag_reads_in_chunks_keep_every_row_with_its_own_decision(parts, monkeypatch):
+    store, history, _, _ = parts
+    monkeypatch.setattr("rivbulk_pipeline.core.steps.qualify._READS_QUEUED", 3)  # 11 rows: chunks of 3, 3, 3, 2
+    rows = []
+    for n in range(8):
+        key, etag = _put(store, f"user{n}", n + 1)
+        rows.append((key, etag if n % 3 else None))  # every third row's ETag comes from a HEAD
+    rows[4:4] = [(f"people/gone{n}.png", None) for n in range(3)]  # HEAD fails: decided without a tag read
+    decided = _qualify(parts, rows)
+    assert len(decided) == 11
+    for key, _ in rows:
+        if "gone" in key:
+            assert decided[key]["reason"] == "object_not_found" and not decided[key]["qualified"]
+        else:
+            assert decided[key]["qualified"] and decided[key]["user_id"] == key.split("/")[1].removesuffix(".png")

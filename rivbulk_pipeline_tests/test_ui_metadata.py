@@ -13,11 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rivbulk_pipeline.core.model import CANDIDATE_SCHEMA, INDEXED_SCHEMA, INVENTORY_SCHEMA, QUALIFIED_SCHEMA, HistoryRecord, HistoryStatus, ObjectRef
 from rivbulk_pipeline.core.inventory.reports import report_folders
+from rivbulk_pipeline.core.model import CANDIDATE_SCHEMA, INDEXED_SCHEMA, INVENTORY_SCHEMA, QUALIFIED_SCHEMA, HistoryRecord, HistoryStatus, ObjectRef
 from rivbulk_pipeline.defs.assets import bulk_load_assets, indexed_users
-from rivbulk_pipeline.defs.metadata import FailedRows
 from rivbulk_pipeline.defs.inventory_freshness import inventory_age_result, inventory_is_fresh
+from rivbulk_pipeline.defs.metadata import FailedRows
 from rivbulk_pipeline.defs.partitions import inventory_dates
 from rivbulk_pipeline.defs.resources import build_resources
 from rivbulk_pipeline.defs.summary import import_summary
@@ -210,8 +210,11 @@ def test_no_property_value_user_detail_or_image_byte_in_dagster_storage(demo, tm
         _load(instance, resources, NEWEST)
         _load(instance, resources, OLDEST)
         _summary(instance, resources)
-        stored_metadata = repr([e.event_log_entry for e in instance.get_event_records(
-            dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_MATERIALIZATION))])
+        stored_metadata = repr([
+            record.event_log_entry
+            for key in instance.get_asset_keys()
+            for record in instance.fetch_materializations(key, limit=1000).records
+        ])
     assert "failed_rows" in stored_metadata and "by_date" in stored_metadata  # the tables are there
     blob = b"".join(p.read_bytes() for p in dagster_home.rglob("*") if p.is_file())
     for secret in (b"Alice", b"Blue", b"Carol", b"Judy"):  # property values in the demo

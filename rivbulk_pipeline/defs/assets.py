@@ -15,21 +15,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..core.inventory.batch_manifest import BatchManifestWriter, batch_manifest_spec, candidate_mask, exclusion_reasons
-from ..core.steps.indexing import IndexingPolicy, index_qualified
 from ..core.inventory.reader import iter_inventory_batches, load_manifest
-from ..core.model import CANDIDATE_SCHEMA, INDEXED_SCHEMA, INVENTORY_SCHEMA, QUALIFIED_SCHEMA, Outcome
-from ..core.steps.progress import Progress
-from ..core.steps.known_outcomes import load_previous_outcomes
-from ..core.steps.qualify import QualifyStats, qualify_candidates
-from ..core.rules.ratelimit import RateLimiter
 from ..core.inventory.reports import newest_complete_report
+from ..core.model import CANDIDATE_SCHEMA, INDEXED_SCHEMA, INVENTORY_SCHEMA, QUALIFIED_SCHEMA, Outcome
+from ..core.rules.ratelimit import RateLimiter
+from ..core.steps.indexing import IndexingPolicy, index_qualified
+from ..core.steps.known_outcomes import load_previous_outcomes
+from ..core.steps.progress import Progress
+from ..core.steps.qualify import QualifyStats, qualify_candidates
 from ..core.steps.summary import why_nothing_registered
 from ..core.steps.tables import TableLocation, open_table, table_location, write_table
 from ..resources.gateway import GatewayResource
 from ..resources.history import ImportHistoryResource
 from ..resources.object_store import ObjectStoreResource
-from ..settings import Settings
 from ..resources.registration import RegistrationProviderResource
+from ..settings import Settings
 from .metadata import FailedRows, location_metadata, not_indexed, not_qualified, schema_metadata, warn_permanent_failures
 from .partitions import inventory_dates
 from .pools import GATEWAY_POOL
@@ -40,6 +40,12 @@ BATCH_ROWS = 65_536  # rows per batch read back from a stored table: bounds memo
 
 def _location(settings: Settings, asset: str, partition: str) -> TableLocation:
     return table_location(settings.output_bucket_name, settings.output_prefix, asset, partition)
+
+
+def _throughput(name: str, count: int, started: float) -> dict[str, float]:
+    """The step's duration and `name` per second, for the asset's page."""
+    elapsed = time.monotonic() - started
+    return {"duration_seconds": round(elapsed, 3), f"{name}_per_second": round(count / elapsed, 2) if elapsed else 0.0}
 
 
 def _counted(batches: Iterable[pa.RecordBatch], column: str, counts: collections.Counter) -> Iterator[pa.RecordBatch]:
@@ -69,7 +75,6 @@ def inventory_report(
             yield batch
 
     table = write_table(store, _location(settings, "inventory_report", context.partition_key), INVENTORY_SCHEMA, batches())
-    elapsed = time.monotonic() - started
     return dg.MaterializeResult(
         metadata={
             "report_folder": folder.name,
@@ -79,8 +84,7 @@ def inventory_report(
             "dagster/row_count": table.rows,
             **location_metadata(store, table.location),
             "table_bytes": table.bytes,
-            "duration_seconds": round(elapsed, 3),
-            "rows_per_second": round(table.rows / elapsed, 1) if elapsed else 0.0,
+            **_throughput("rows", table.rows, started),
         }
     )
 
@@ -173,7 +177,6 @@ def qualified_objects(
             QUALIFIED_SCHEMA,
             failed.watch(_counted(decisions, "reason", reasons), not_qualified, attempts=None),
         )
-    elapsed = time.monotonic() - started
     context.log.info(progress.summary())
     return dg.MaterializeResult(
         metadata={
@@ -189,8 +192,7 @@ def qualified_objects(
             "history_lookups": stats.history_calls,
             "history_keys_asked": stats.history_keys,
             "tag_reads": stats.tag_reads,
-            "duration_seconds": round(elapsed, 3),
-            "objects_per_second": round(table.rows / elapsed, 1) if elapsed else 0.0,
+            **_throughput("objects", table.rows, started),
         },
     )
 
@@ -247,7 +249,6 @@ def indexed_users(
             INDEXED_SCHEMA,
             failed.watch(warn_permanent_failures(_counted(results, "outcome", outcomes), context.log.warning), not_indexed),
         )
-    elapsed = time.monotonic() - started
     context.log.info(progress.summary())
     registered = outcomes.get(Outcome.INDEXED.value, 0)
     context.log.info(
@@ -261,8 +262,7 @@ def indexed_users(
             **failed.metadata(),
             **({"note": why_nothing_registered(decisions + failed.reasons)} if not registered else {}),
             **location_metadata(store, table.location),
-            "duration_seconds": round(elapsed, 3),
-            "registrations_per_second": round(outcomes.get("indexed", 0) / elapsed, 2) if elapsed else 0.0,
+            **_throughput("registrations", outcomes.get(Outcome.INDEXED.value, 0), started),
             "configured_rate_per_second": settings.index_rate,
         },
     )

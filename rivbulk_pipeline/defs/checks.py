@@ -13,12 +13,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..core.model import Outcome
+from ..core.rules.tags import is_true_marker, tag_lookup
 from ..core.steps.indexing import HISTORY_STATUS_OF, TAG_NOT_WRITTEN
 from ..core.steps.known_outcomes import combined_hash
-from ..core.model import Outcome
 from ..core.steps.qualify import history_keys
 from ..core.steps.tables import open_table, released_batches, table_location
-from ..core.rules.tags import is_true_marker, tag_lookup
 from ..resources.history import ImportHistoryResource
 from ..resources.object_store import ObjectStoreResource
 from ..settings import Settings
@@ -28,30 +28,7 @@ _date_check = functools.partial(dg.asset_check, partitions_def=inventory_dates) 
 _IDENTITY = ["bucket", "key", "version_id"]
 _EXAMPLES = 10  # object keys shown in a failed check: locations only, never content
 _BATCH_ROWS = 65_536
-
-
-def _read(settings: Settings, store: ObjectStoreResource, asset: str, partition: str, columns: list[str]) -> pa.Table:
-    location = table_location(settings.output_bucket_name, settings.output_prefix, asset, partition)
-    with open_table(store, location) as table:
-        return table.read(columns=columns)
-
-
-def _identities(table: pa.Table) -> pa.Table:
-    """Rows per (bucket, key, version); a null version becomes "" so that joins match it."""
-    keys = table.select(_IDENTITY)
-    keys = keys.set_column(2, "version_id", pc.fill_null(keys["version_id"], ""))
-    return keys.group_by(_IDENTITY).aggregate([([], "count_all")])
-
-
-def _doubled(table: pa.Table) -> list[str]:
-    counts = _identities(table)
-    return counts.filter(pc.greater(counts["count_all"], 1))["key"].to_pylist()
-
-
-def _missing(wanted: pa.Table, present: pa.Table) -> list[str]:
-    """Identities of `wanted` that `present` lacks."""
-    joined = _identities(wanted).join(_identities(present), keys=_IDENTITY, join_type="left anti")
-    return joined["key"].to_pylist()
+_TAG_READS_IN_FLIGHT = 4_096
 
 
 def _result(partition: str, problems: dict[str, list[str]], **counts: int) -> dg.AssetCheckResult:
@@ -168,17 +145,23 @@ def indexed_users_one_outcome_per_qualified_object(
     context: dg.AssetCheckExecutionContext, settings: Settings, store: ObjectStoreResource
 ) -> dg.AssetCheckResult:
     partition = context.partition_key
-    qualified_batches = [
-        b.filter(pc.fill_null(b.column("qualified"), False)).select(_IDENTITY)
-        for b in _identity_batches(settings, store, "qualified_objects", partition, [*_IDENTITY, "qualified"])
-    ]  # only the qualified rows are kept: a few of millions on a daily run
-    qualified = pa.Table.from_batches(qualified_batches, schema=pa.schema([(n, pa.string()) for n in _IDENTITY]))
-    outcomes = _read(settings, store, "indexed_users", partition, _IDENTITY)
+    # As fingerprints, like the check above: 8 bytes a row whatever the date's size.
+    qualified = np.sort(np.concatenate([np.zeros(0, np.uint64)] + [
+        _prints(batch.filter(pc.fill_null(batch.column("qualified"), False)))
+        for batch in _identity_batches(settings, store, "qualified_objects", partition, [*_IDENTITY, "qualified"])
+    ]))  # fmt: skip
+    outcomes = _identity_prints(settings, store, "indexed_users", partition)  # sorted
+    doubled = outcomes[1:][outcomes[1:] == outcomes[:-1]]
+    problems = {
+        "doubled": ("indexed_users", np.unique(doubled)),
+        "without_outcome": ("qualified_objects", qualified[~_contained(outcomes, qualified)]),
+        "not_qualified": ("indexed_users", outcomes[~_contained(qualified, outcomes)]),
+    }
     return _result(
         partition,
-        {"doubled": _doubled(outcomes), "without_outcome": _missing(qualified, outcomes), "not_qualified": _missing(outcomes, qualified)},
-        qualified=qualified.num_rows,
-        outcomes=outcomes.num_rows,
+        {name: _keys_of(settings, store, table, partition, prints) for name, (table, prints) in problems.items()},
+        qualified=len(qualified),
+        outcomes=len(outcomes),
     )
 
 
@@ -221,23 +204,26 @@ def indexed_users_carry_the_indexed_tag(
     context: dg.AssetCheckExecutionContext, settings: Settings, store: ObjectStoreResource
 ) -> dg.AssetCheckResult:
     partition = context.partition_key
-    table = _read(settings, store, "indexed_users", partition, [*_IDENTITY, "outcome", "reason"])
-    indexed = table.filter(pc.equal(table["outcome"], Outcome.INDEXED.value))
-    explained = pc.fill_null(pc.match_substring(indexed["reason"], TAG_NOT_WRITTEN), False)
-    to_read = indexed.filter(pc.invert(explained)).to_pylist()
+    indexed = explained = 0
+    missing: list[str] = []
 
     def untagged(row: dict) -> bool:
         tags = store.get_tags(row["bucket"], row["key"], row["version_id"])
         return not is_true_marker(tag_lookup(tags, "Indexed"))
 
+    # Batch by batch, with at most one chunk of tag reads in flight: memory stays flat however
+    # many objects a date indexed (a first load may index millions).
     with ThreadPoolExecutor(max_workers=settings.qualify_concurrency, thread_name_prefix="check-tags") as pool:
-        missing = [row["key"] for row, bad in zip(to_read, pool.map(untagged, to_read)) if bad]
-    return _result(
-        partition,
-        {"untagged": missing},
-        indexed=indexed.num_rows,
-        tag_not_written_explained=indexed.num_rows - len(to_read),
-    )
+        for batch in _identity_batches(settings, store, "indexed_users", partition, [*_IDENTITY, "outcome", "reason"]):
+            batch = batch.filter(pc.equal(batch.column("outcome"), Outcome.INDEXED.value))
+            said_why = pc.fill_null(pc.match_substring(batch.column("reason"), TAG_NOT_WRITTEN), False)
+            indexed += batch.num_rows
+            explained += pc.sum(said_why).as_py() or 0
+            unexplained = batch.filter(pc.invert(said_why))
+            for start in range(0, unexplained.num_rows, _TAG_READS_IN_FLIGHT):
+                rows = unexplained.slice(start, _TAG_READS_IN_FLIGHT).to_pylist()
+                missing += [row["key"] for row, bad in zip(rows, pool.map(untagged, rows)) if bad]
+    return _result(partition, {"untagged": missing}, indexed=indexed, tag_not_written_explained=explained)
 
 
 bulk_load_checks = [

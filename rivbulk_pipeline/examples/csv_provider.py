@@ -13,8 +13,8 @@ import threading
 from typing import Mapping, Optional
 
 from rivbulk_pipeline.core.model import ObjectRef, RegistrationInfo
-from rivbulk_pipeline.core.rules.properties import parse_properties
 from rivbulk_pipeline.core.ports import ObjectStore
+from rivbulk_pipeline.core.rules.properties import parse_properties
 
 
 class CsvRosterProvider:

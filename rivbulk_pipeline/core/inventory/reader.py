@@ -356,7 +356,7 @@ def _prefetched(reader: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
 def _read_parquet(
     path: str, manifest: InventoryManifest, location: str, batch_rows: int, encoded: Optional[bool]
 ) -> Iterator[pa.RecordBatch]:
-    with pq.ParquetFile(path) as source:
+    with pq.ParquetFile(path, pre_buffer=False) as source:  # a local copy: see steps.tables.open_table
 
         def batches(columns: list[str]) -> Iterator[pa.RecordBatch]:
             return source.iter_batches(batch_size=batch_rows, columns=columns)

@@ -25,6 +25,9 @@ from .known_outcomes import Known, KnownOutcomes
 from .progress import Progress
 
 
+_READS_QUEUED = 2_048
+
+
 @dataclass(frozen=True)
 class Decision:
     qualified: bool
@@ -112,14 +115,31 @@ def qualify_candidates(
                 stats.history_keys += len(ask)
                 final, from_history, history_reasons = _history_decisions(batch, ask, history, final)
             pending = np.flatnonzero(final == Known.UNKNOWN)
-            to_read = [int(i) for i in pending if int(i) not in unreadable]
-            stats.tag_reads += len(to_read)
-            refs = _refs(batch.take(pa.array(to_read, pa.int64()))) if to_read else []
-            read = dict(zip(to_read, pool.map(lambda ref: decide_one(ref, store, provider), refs)))
-            decisions = [read.get(int(i)) or unreadable[int(i)] for i in pending]
+            decisions = list(_one_by_one(batch, pending, unreadable, store, provider, pool, stats))
             if progress:
                 progress.advance(batch.num_rows)
             yield _decisions_batch(batch, final, from_history, history_reasons, pending, decisions)
+
+
+def _one_by_one(
+    batch: pa.RecordBatch,
+    pending: np.ndarray,
+    unreadable: dict[int, Decision],
+    store: ObjectStore,
+    provider: RegistrationProvider,
+    pool: ThreadPoolExecutor,
+    stats: QualifyStats,
+) -> Iterator[Decision]:
+    """The decisions of the `pending` rows, in order: a tag read each, unless its HEAD failed.
+    At most _READS_QUEUED reads are queued at a time: a queued read holds a future, a reference
+    and its result, so a batch of new objects would otherwise cost memory in proportion."""
+    for start in range(0, len(pending), _READS_QUEUED):
+        rows = [int(i) for i in pending[start : start + _READS_QUEUED]]
+        to_read = [i for i in rows if i not in unreadable]
+        stats.tag_reads += len(to_read)
+        refs = _refs(batch.take(pa.array(to_read, pa.int64()))) if to_read else []
+        read = dict(zip(to_read, pool.map(lambda ref: decide_one(ref, store, provider), refs)))
+        yield from (read.get(i) or unreadable[i] for i in rows)
 
 
 @dataclass

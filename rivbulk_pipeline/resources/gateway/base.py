@@ -8,8 +8,8 @@ from typing import Optional
 import dagster as dg
 
 from ...core.errors import ImageRejected
-from ...core.rules.images import ImageInfo, check_image, validate_user_id
 from ...core.model import GatewayResult
+from ...core.rules.images import ImageInfo, check_image, validate_user_id
 from ...core.rules.properties import is_unicode_text
 
 

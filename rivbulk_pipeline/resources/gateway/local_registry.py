@@ -13,8 +13,8 @@ from typing import Any, Optional
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from ...core.rules.images import external_image_id, validate_user_id
 from ...core.model import GatewayResult
+from ...core.rules.images import external_image_id, validate_user_id
 
 from ...core.rules.limits import DYNAMODB_ITEM_LIMIT, dynamodb_item_size
 from .base import (

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ...core.errors import HistoryError
-from ...core.rules.limits import DYNAMODB_ITEM_LIMIT, dynamodb_item_size
 from ...core.model import HISTORY_LOOKUP_SCHEMA, NULL_VERSION, HistoryRecord, HistoryStatus, ObjectRef
+from ...core.rules.limits import DYNAMODB_ITEM_LIMIT, dynamodb_item_size
 
 
 

@@ -16,10 +16,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field, PrivateAttr
 
 from ...core.errors import HistoryError
-from ...core.steps.known_outcomes import combined_hash
-from ...core.rules.limits import dynamodb_item_size
-from ..aws import AwsClients
 from ...core.model import HistoryRecord, HistoryStatus, ObjectRef
+from ...core.rules.limits import dynamodb_item_size
+from ...core.steps.known_outcomes import combined_hash
+from ..aws import AwsClients
 
 from .base import (
     LOOKUP_SCHEMA,
