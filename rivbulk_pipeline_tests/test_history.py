@@ -357,7 +357,7 @@ def test_dagster_binds_an_implementation_to_the_base_annotation(tmp_path: Path) 
     @dg.asset
     def claimed(history: ImportHistoryResource) -> dg.MaterializeResult:
         ok = history.claim(ref("dg.jpg"), "e1", "run-dg", 60)
-        assert isinstance(history, SqliteImportHistory) and len(history._connections) == 1
+        assert isinstance(history, SqliteImportHistory) and len(history._threads.connections) == 1
         in_run.append(history)  # Dagster hands the asset its own copy of the resource
         return dg.MaterializeResult(metadata={"claimed": ok})
 
@@ -365,7 +365,7 @@ def test_dagster_binds_an_implementation_to_the_base_annotation(tmp_path: Path) 
     assert result.success
     mats = result.asset_materializations_for_node("claimed")
     assert mats[0].metadata["claimed"].value is True
-    assert len(in_run) == 1 and in_run[0]._connections == []  # teardown closed every connection
+    assert len(in_run) == 1 and in_run[0]._threads.connections == []  # teardown closed every connection
     assert SqliteImportHistory(db_path=str(tmp_path / "h.db")).lookup([ref("dg.jpg")])[ref("dg.jpg")].owner == "run-dg"
 
 

@@ -5,7 +5,6 @@ import hashlib
 import json
 import os
 import sqlite3
-import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any, Optional
@@ -17,6 +16,7 @@ from ...core.model import GatewayResult
 from ...core.rules.images import external_image_id, validate_user_id
 
 from ...core.rules.limits import DYNAMODB_ITEM_LIMIT, dynamodb_item_size
+from ..sqlite_threads import ThreadConnections
 from .base import (
     GatewayResource,
     _Rejected,
@@ -43,9 +43,6 @@ CREATE TABLE IF NOT EXISTS stats (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
 INSERT OR IGNORE INTO stats (name, value) VALUES ('register_calls', 0);
 """
 
-_INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
-
-
 class LocalRegistryGateway(GatewayResource):
     """The embedded identity registry: users in SQLite (WAL), safe from threads and processes.
 
@@ -58,19 +55,14 @@ class LocalRegistryGateway(GatewayResource):
         default=30.0, description="How long a call waits for another writer before answering transient"
     )
 
-    _local: Any = PrivateAttr(default_factory=threading.local)
-    _connections: list = PrivateAttr(default_factory=list)
-    _guard: Any = PrivateAttr(default_factory=threading.Lock)
+    _threads: ThreadConnections = PrivateAttr(default_factory=ThreadConnections)
 
     def _connect(self) -> sqlite3.Connection:
-        """This thread's connection, opened once (sqlite3 connections must not cross threads or
-        forks). `timeout` is SQLite's busy_timeout; isolation_level=None lets us take the write
-        lock up front with BEGIN IMMEDIATE."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            if self._local.pid == os.getpid():
-                return conn
-            _INHERITED_CONNECTIONS.append(conn)  # a forked child must never use or close it
+        return self._threads.get(self._open_connection)
+
+    def _open_connection(self) -> sqlite3.Connection:
+        """`timeout` is SQLite's busy_timeout; isolation_level=None lets us take the write lock
+        up front with BEGIN IMMEDIATE."""
         parent = os.path.dirname(os.path.abspath(self.db_path))
         os.makedirs(parent, exist_ok=True)
         conn = sqlite3.connect(self.db_path, timeout=self.busy_timeout_seconds, isolation_level=None, check_same_thread=False)
@@ -83,18 +75,11 @@ class LocalRegistryGateway(GatewayResource):
         except BaseException:
             conn.close()
             raise
-        self._local.conn, self._local.pid = conn, os.getpid()
-        with self._guard:
-            self._connections.append(conn)
         return conn
 
     def close(self) -> None:
         """Close every connection this resource opened in this process (any thread)."""
-        with self._guard:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-            self._local = threading.local()
+        self._threads.close()
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self.close()

@@ -5,9 +5,8 @@ import json
 import os
 import random
 import sqlite3
-import threading
 import time
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import dagster as dg
 import pyarrow as pa
@@ -16,6 +15,7 @@ from pydantic import Field, PrivateAttr
 from ...core.errors import HistoryError
 from ...core.model import HistoryRecord, HistoryStatus, ObjectRef
 
+from ..sqlite_threads import ThreadConnections
 from .base import (
     ClaimLost,
     ImportHistoryResource,
@@ -75,31 +75,26 @@ class SqliteImportHistory(ImportHistoryResource):
     db_path: str = Field(description="Path of the SQLite file; created with its schema on first use.")
     busy_timeout_ms: int = Field(default=30_000, description="How long a writer waits for another's lock.")
 
-    _local: Any = PrivateAttr(default_factory=threading.local)
-    _connections: list = PrivateAttr(default_factory=list)
-    _guard: Any = PrivateAttr(default_factory=threading.Lock)
+    _threads: ThreadConnections = PrivateAttr(default_factory=ThreadConnections)
 
     def _conn(self) -> sqlite3.Connection:
-        # One connection per thread: sqlite3 connections must not be shared across threads.
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            directory = os.path.dirname(os.path.abspath(self.db_path))
-            os.makedirs(directory, exist_ok=True)
-            # isolation_level=None: we issue BEGIN ourselves; check_same_thread=False only so
-            # close() may run from another thread at teardown.
-            conn = sqlite3.connect(
-                self.db_path, timeout=self.busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
-            )
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-            # WAL + NORMAL: a commit is in the WAL file before COMMIT returns, so a killed process
-            # loses nothing; only a power cut can lose the commits since the last checkpoint.
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA temp_store = MEMORY")
-            self._prepare(conn)
-            self._local.conn = conn
-            with self._guard:
-                self._connections.append(conn)
+        return self._threads.get(self._open_connection)
+
+    def _open_connection(self) -> sqlite3.Connection:
+        directory = os.path.dirname(os.path.abspath(self.db_path))
+        os.makedirs(directory, exist_ok=True)
+        # isolation_level=None: we issue BEGIN ourselves; check_same_thread=False only so
+        # close() may run from another thread at teardown.
+        conn = sqlite3.connect(
+            self.db_path, timeout=self.busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+        )
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        # WAL + NORMAL: a commit is in the WAL file before COMMIT returns, so a killed process
+        # loses nothing; only a power cut can lose the commits since the last checkpoint.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        self._prepare(conn)
         return conn
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
@@ -119,12 +114,8 @@ class SqliteImportHistory(ImportHistoryResource):
                 time.sleep(random.uniform(0.01, 0.05))
 
     def close(self) -> None:
-        """Close every connection this resource opened (any thread)."""
-        with self._guard:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-            self._local = threading.local()
+        """Close every connection this resource opened in this process (any thread)."""
+        self._threads.close()
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self.close()

@@ -1,0 +1,51 @@
+"""One SQLite connection per thread; a forked child opens its own and never closes its parent's."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+
+import pytest
+
+from rivbulk_pipeline.resources.sqlite_threads import ThreadConnections
+
+
+def _opener(path: str):
+    return lambda: sqlite3.connect(path, check_same_thread=False)
+
+
+def test_one_connection_per_thread_and_close_closes_them_all(tmp_path):
+    threads = ThreadConnections()
+    open_connection = _opener(str(tmp_path / "t.db"))
+    mine = threads.get(open_connection)
+    assert threads.get(open_connection) is mine
+    theirs = []
+    worker = threading.Thread(target=lambda: theirs.append(threads.get(open_connection)))
+    worker.start()
+    worker.join()
+    assert theirs[0] is not mine and threads.connections == [mine, theirs[0]]
+    threads.close()
+    assert threads.connections == []
+    for conn in (mine, theirs[0]):
+        with pytest.raises(sqlite3.ProgrammingError):  # closed
+            conn.execute("SELECT 1")
+    assert threads.get(open_connection) is not mine  # a new one after close
+
+
+def test_a_forked_child_opens_its_own_and_leaves_the_parents_open(tmp_path):
+    threads = ThreadConnections()
+    open_connection = _opener(str(tmp_path / "t.db"))
+    parents = threads.get(open_connection)
+    parents.execute("CREATE TABLE t (x)")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave without running the parent's cleanup
+        ok = threads.get(open_connection) is not parents and threads.connections != [parents]
+        threads.close()
+        os.write(write, b"1" if ok else b"0")
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1"
+    assert parents.execute("SELECT count(*) FROM t").fetchone() == (0,)  # still open in the parent
+    threads.close()
