@@ -10,7 +10,6 @@ import re
 import secrets
 import sqlite3
 import stat
-import threading
 from datetime import datetime, timedelta, timezone
 from typing import BinaryIO, ContextManager, Iterable, Iterator, Mapping, Optional
 
@@ -26,9 +25,9 @@ from ...core.errors import (
 from ...core.model import ObjectInfo, ObjectRef, listed_objects
 from ...core.rules.tags import merge_tag_sets, validate_tag_set
 
+from ..sqlite_threads import ThreadConnections
 from .base import CHUNK_BYTES, ObjectStoreResource
 from .local_listing import (
-    INHERITED_CONNECTIONS,
     MAX_KEY_BYTES,
     TMP_PREFIX,
     connect,
@@ -93,7 +92,7 @@ class LocalObjectStore(ObjectStoreResource):
 
     root: str = Field(description="Folder holding one sub-folder per bucket.")
 
-    _local: threading.local = PrivateAttr(default_factory=threading.local)
+    _threads: ThreadConnections = PrivateAttr(default_factory=ThreadConnections)
 
     # ---- plumbing ----
 
@@ -103,15 +102,11 @@ class LocalObjectStore(ObjectStoreResource):
 
     def _db(self) -> sqlite3.Connection:
         """This thread's connection (SQLite connections must not cross threads or forks)."""
-        state = self._local
-        conn: Optional[sqlite3.Connection] = getattr(state, "conn", None)
-        if conn is None or state.pid != os.getpid():
-            if conn is not None:
-                INHERITED_CONNECTIONS.append(conn)
-            os.makedirs(self._root, exist_ok=True)
-            conn = connect(os.path.join(self._root, _DB_NAME))
-            state.conn, state.pid = conn, os.getpid()
-        return conn
+        return self._threads.get(self._connect)
+
+    def _connect(self) -> sqlite3.Connection:
+        os.makedirs(self._root, exist_ok=True)
+        return connect(os.path.join(self._root, _DB_NAME))
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

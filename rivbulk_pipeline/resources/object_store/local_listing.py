@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from ...core.errors import AccessDenied
 from ...core.model import LISTING_SCHEMA
+from ..sqlite_threads import ThreadConnections
 
 TMP_PREFIX = ".rivbulk-tmp-"
 MAX_KEY_BYTES = 1024
@@ -47,11 +48,6 @@ CREATE TABLE IF NOT EXISTS tags (
     PRIMARY KEY (bucket, key)) WITHOUT ROWID;
 """
 
-# Connections inherited through fork must never be used or closed by the child (SQLite's
-# rule); keeping a reference stops the garbage collector from closing them.
-INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
-
-
 def connect(db_path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(db_path, timeout=30, isolation_level=None)
     conn.execute("PRAGMA busy_timeout = 30000")
@@ -63,18 +59,11 @@ def connect(db_path: str) -> sqlite3.Connection:
     return conn
 
 
-_page_db = threading.local()  # the page lister's connection, per thread and process
+_page_connections: dict[str, ThreadConnections] = {}  # the page lister's, per database file
 
 
 def _db(db_path: str) -> sqlite3.Connection:
-    conns: dict[str, sqlite3.Connection] = getattr(_page_db, "conns", {})
-    if getattr(_page_db, "pid", None) != os.getpid():
-        INHERITED_CONNECTIONS.extend(conns.values())
-        conns = _page_db.conns = {}
-        _page_db.pid = os.getpid()
-    if db_path not in conns:
-        conns[db_path] = connect(db_path)
-    return conns[db_path]
+    return _page_connections.setdefault(db_path, ThreadConnections()).get(lambda: connect(db_path))
 
 
 def signature(st: os.stat_result) -> tuple[int, int, int, int]:
