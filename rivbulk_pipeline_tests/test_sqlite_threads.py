@@ -32,6 +32,21 @@ def test_one_connection_per_thread_and_close_closes_them_all(tmp_path):
     assert threads.get(open_connection) is not mine  # a new one after close
 
 
+def test_a_finished_threads_connection_is_closed_when_the_next_one_opens(tmp_path):
+    threads = ThreadConnections()
+    open_connection = _opener(str(tmp_path / "t.db"))
+    finished = []
+    worker = threading.Thread(target=lambda: finished.append(threads.get(open_connection)))
+    worker.start()
+    worker.join()
+    assert threads.connections == finished
+    mine = threads.get(open_connection)
+    assert threads.connections == [mine]
+    with pytest.raises(sqlite3.ProgrammingError):  # closed
+        finished[0].execute("SELECT 1")
+    threads.close()
+
+
 def test_a_forked_child_opens_its_own_and_leaves_the_parents_open(tmp_path):
     threads = ThreadConnections()
     open_connection = _opener(str(tmp_path / "t.db"))

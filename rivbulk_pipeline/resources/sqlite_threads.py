@@ -1,31 +1,40 @@
-"""One SQLite connection per thread, for the embedded adapters (registry, history).
+"""One SQLite connection per thread, for the embedded adapters (store, registry, history).
 
 sqlite3 connections must not cross threads, nor a fork: a child process that used or closed its
-parent's connection could corrupt the parent's locks. Each thread opens its own on first use;
-`close()` closes them all at teardown, from whichever thread runs it.
+parent's connection could corrupt the parent's locks. Each thread opens its own on first use.
+A worker pool's threads end with each step; their connections (each with its page cache and
+open files) are closed when the next connection is opened, and `close()` closes the rest at
+teardown. Openers must pass `check_same_thread=False` so that another thread may close them.
 """
 from __future__ import annotations
 
 import os
 import sqlite3
 import threading
-from typing import Callable
+from typing import Callable, NamedTuple
 
 # Connections a forked child inherited: kept referenced so that they are never closed (nor
 # garbage-collected, which closes them) in the child.
 _INHERITED: list[sqlite3.Connection] = []
 
 
+class _Opened(NamedTuple):
+    conn: sqlite3.Connection
+    pid: int
+    thread: threading.Thread
+
+
 class ThreadConnections:
     def __init__(self) -> None:
         self._local = threading.local()
         self._guard = threading.Lock()
-        self._opened: list[tuple[sqlite3.Connection, int]] = []  # with the pid that opened each
+        self._opened: list[_Opened] = []
 
     @property
     def connections(self) -> list[sqlite3.Connection]:
         """The connections this process opened and has not closed."""
-        return [conn for conn, pid in self._opened if pid == os.getpid()]
+        with self._guard:
+            return [o.conn for o in self._opened if o.pid == os.getpid()]
 
     def get(self, open_connection: Callable[[], sqlite3.Connection]) -> sqlite3.Connection:
         """This thread's connection, opened by `open_connection` the first time."""
@@ -37,14 +46,23 @@ class ThreadConnections:
         conn = open_connection()
         self._local.conn, self._local.pid = conn, os.getpid()
         with self._guard:
-            self._opened.append((conn, os.getpid()))
+            self._close_where(lambda o: not o.thread.is_alive())
+            self._opened.append(_Opened(conn, os.getpid(), threading.current_thread()))
         return conn
 
     def close(self) -> None:
         """Close every connection this process opened through this object (never a parent's)."""
         with self._guard:
-            for conn in self.connections:
-                conn.close()
-            _INHERITED.extend(conn for conn, pid in self._opened if pid != os.getpid())
-            self._opened.clear()
+            self._close_where(lambda o: True)
             self._local = threading.local()
+
+    def _close_where(self, done: Callable[[_Opened], bool]) -> None:
+        kept = []
+        for opened in self._opened:
+            if opened.pid != os.getpid():
+                _INHERITED.append(opened.conn)
+            elif done(opened):
+                opened.conn.close()
+            else:
+                kept.append(opened)
+        self._opened = kept

@@ -13,6 +13,7 @@ import stat
 from datetime import datetime, timedelta, timezone
 from typing import BinaryIO, ContextManager, Iterable, Iterator, Mapping, Optional
 
+import dagster as dg
 import pyarrow as pa
 from pydantic import Field, PrivateAttr
 
@@ -107,6 +108,13 @@ class LocalObjectStore(ObjectStoreResource):
     def _connect(self) -> sqlite3.Connection:
         os.makedirs(self._root, exist_ok=True)
         return connect(os.path.join(self._root, _DB_NAME))
+
+    def close(self) -> None:
+        """Close this store's SQLite connections, whichever threads opened them."""
+        self._threads.close()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self.close()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS tags (
 
 def connect(db_path: str) -> sqlite3.Connection:
     """A connection to the store's SQLite file (tags and the ETag cache), its tables created."""
-    conn = sqlite3.connect(db_path, timeout=30, isolation_level=None)
+    conn = sqlite3.connect(db_path, timeout=30, isolation_level=None, check_same_thread=False)  # see sqlite_threads
     conn.execute("PRAGMA busy_timeout = 30000")
     conn.execute("PRAGMA journal_mode = WAL")
     # NORMAL in WAL mode: a commit survives a killed process; a power cut may lose the
