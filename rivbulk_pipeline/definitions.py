@@ -2,7 +2,6 @@
 sensors, resources per deployment."""
 import dagster as dg
 
-from .core.steps.memory import use_lean_allocators
 from .defs.assets import bulk_load_assets
 from .defs.checks import bulk_load_checks
 from .defs.inventory_freshness import inventory_is_fresh
@@ -11,9 +10,6 @@ from .defs.resources import build_resources
 from .defs.sensors import automation_sensor, inventory_report_sensor
 from .defs.summary import import_summary
 from .settings import Settings
-
-# Before any step starts a thread: peak memory at 10M objects stays within 1.5x of that at 1M.
-use_lean_allocators()
 
 defs = dg.Definitions(
     assets=[*bulk_load_assets, import_summary],

@@ -1,41 +1,28 @@
 """Keeping a long process's memory at what it holds, not at the most it ever held.
 
 The steps stream millions of rows a batch at a time, but freed memory stays resident unless it is
-handed back: Arrow's and the C library's allocators keep freed pages for reuse, glibc gives each
-worker thread its own arena (fragmented, so hard to give back), and an SQLite connection of a
-finished worker thread sits in a reference cycle until Python's next full collection. Measured on
-a 10M-object daily run, each of these held tens of MB into the next step.
+handed back: Arrow's allocator and the C library's keep freed pages for reuse, and an SQLite
+connection of a finished worker thread sits in a reference cycle until Python's next full
+collection. Measured on a 10M-object daily run, each of these held tens of MB into the next step.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import gc
-from typing import Any, Optional
+from typing import Callable, Optional
 
 import pyarrow as pa
 
-_M_ARENA_MAX = -8  # glibc's mallopt parameter
-_ARENAS = 2
 
-
-def _glibc() -> Optional[Any]:
+def _c_heap_trimmer() -> Optional[Callable[[int], int]]:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
-    except OSError:  # not glibc: nothing to tune or trim
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
         return None
 
 
-_LIBC = _glibc()
-
-
-def use_lean_allocators() -> None:
-    """For the whole process, before the steps start threads: Arrow allocates on the C heap
-    (so that `release_memory` gives its pages back too), and threads share two glibc arenas."""
-    pa.set_memory_pool(pa.system_memory_pool())
-    if _LIBC is not None:
-        _LIBC.mallopt(_M_ARENA_MAX, _ARENAS)
+_malloc_trim = _c_heap_trimmer()
 
 
 def release_memory(collect: bool = False) -> None:
@@ -45,5 +32,5 @@ def release_memory(collect: bool = False) -> None:
     if collect:
         gc.collect()
     pa.default_memory_pool().release_unused()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
+    if _malloc_trim is not None:
+        _malloc_trim(0)
