@@ -13,7 +13,6 @@ import stat
 from datetime import datetime, timedelta, timezone
 from typing import BinaryIO, ContextManager, Iterable, Iterator, Mapping, Optional
 
-import dagster as dg
 import pyarrow as pa
 from pydantic import Field, PrivateAttr
 
@@ -109,12 +108,11 @@ class LocalObjectStore(ObjectStoreResource):
         os.makedirs(self._root, exist_ok=True)
         return connect(os.path.join(self._root, _DB_NAME))
 
+    # No Dagster teardown: it would make every caller of build_sensor_context use a `with`.
+    # Finished threads' connections close as new ones open; the rest go with the resource.
     def close(self) -> None:
         """Close this store's SQLite connections, whichever threads opened them."""
         self._threads.close()
-
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        self.close()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
