@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
 from rivbulk_pipeline.core.model import CANDIDATE_SCHEMA, INDEXED_SCHEMA, QUALIFIED_SCHEMA, HistoryRecord, HistoryStatus, ObjectRef
 from rivbulk_pipeline.core.steps.known_outcomes import Known, KnownOutcomes, fingerprints, load_previous_outcomes
-from rivbulk_pipeline.core.steps.qualify import QualifyStats, qualify_candidates
+from rivbulk_pipeline.core.steps.qualify import Decision, QualifyStats, _decisions_batch, qualify_candidates
 from rivbulk_pipeline.core.steps.tables import table_location, write_table
 from rivbulk_pipeline.demo import face_image
 from rivbulk_pipeline.resources.history import SqliteImportHistory
@@ -149,3 +150,27 @@ def test_fingerprints_tell_apart_every_field_and_treat_an_empty_version_as_null(
     known = KnownOutcomes.build([(prints[:1], Known.INDEXED)], "test")
     no_etag = pa.RecordBatch.from_pylist([base, {**base, "e_tag": None}], schema=CANDIDATE_SCHEMA)
     assert known.match(no_etag).tolist() == [Known.INDEXED, Known.UNKNOWN]
+
+
+def test_each_final_rows_detail_says_who_decided_and_a_recorded_failure_its_reason():
+    keys = ["a.png", "b.png", "c.png", "d.png", "e.png", "f.png"]
+    batch = pa.RecordBatch.from_pydict(
+        {"bucket": ["bk"] * 6, "key": keys, "version_id": [None, "v2", None, None, None, None],
+         "size": [1] * 6, "e_tag": ["e"] * 6},
+        schema=CANDIDATE_SCHEMA,
+    )  # fmt: skip
+    final = np.array([Known.INDEXED, Known.INDEXED, Known.FAILED_PERMANENT, Known.FAILED_PERMANENT,
+                      Known.FAILED_PERMANENT, Known.UNKNOWN], dtype=np.uint8)  # fmt: skip
+    from_history = np.array([True, False, True, True, False, False])
+    reasons = pa.array([None, None, "bad_image", None, None, None], pa.string())
+    pending = np.array([5])
+    rows = _decisions_batch(batch, final, from_history, reasons, pending, [Decision(True, "qualified", "")]).to_pylist()
+    assert [r["detail"] for r in rows] == [
+        "s3://bk/a.png: already indexed (import history, same ETag)",
+        "s3://bk/b.png?versionId=v2: already indexed (the previous date's outcome, same ETag)",
+        "s3://bk/c.png: failed permanently before with this ETag (bad_image)",
+        "s3://bk/d.png: failed permanently before with this ETag ()",
+        "s3://bk/e.png: failed permanently before with this ETag (the previous date's outcome; the reason is in the import history)",
+        "",
+    ]
+    assert [r["reason"] for r in rows] == ["already_indexed"] * 2 + ["previously_failed"] * 3 + ["qualified"]

@@ -26,6 +26,17 @@ from .progress import Progress
 
 
 _READS_QUEUED = 2_048
+_FAILED_BEFORE = ": failed permanently before with this ETag ("
+# The detail's end for a final row, by kind: indexed by the history / by the previous date,
+# failed by the history (its reason follows) / by the previous date.
+_FINAL_SUFFIXES = pa.array(
+    [
+        ": already indexed (import history, same ETag)",
+        ": already indexed (the previous date's outcome, same ETag)",
+        _FAILED_BEFORE,
+        _FAILED_BEFORE + "the previous date's outcome; the reason is in the import history)",
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -235,28 +246,22 @@ def _decisions_batch(
         where,
         pc.binary_join_element_wise(where, batch.column("version_id"), "?versionId="),
     )
-    indexed = pa.array(final == Known.INDEXED)
-    failed = pa.array(final == Known.FAILED_PERMANENT)
-    said_by_history = pa.array(from_history)
-    reason = pc.if_else(indexed, Reason.ALREADY_INDEXED.value, pc.if_else(failed, Reason.PREVIOUSLY_FAILED.value, pa.scalar(None, pa.string())))
-    detail = pc.if_else(
-        indexed,
-        pc.binary_join_element_wise(
-            where,
-            pc.if_else(said_by_history, ": already indexed (import history, same ETag)",
-                       ": already indexed (the previous date's outcome, same ETag)"),
-            "",
-        ),
-        pc.binary_join_element_wise(
-            where,
-            pc.if_else(
-                said_by_history,
-                pc.binary_join_element_wise(": failed permanently before with this ETag (", pc.fill_null(history_reasons, ""), ")", ""),
-                pa.scalar(": failed permanently before with this ETag (the previous date's outcome; the reason is in the import history)"),
-            ),
-            "",
-        ),
+    indexed = final == Known.INDEXED
+    failed = final == Known.FAILED_PERMANENT
+    reason = pc.if_else(
+        pa.array(indexed),
+        Reason.ALREADY_INDEXED.value,
+        pc.if_else(pa.array(failed), Reason.PREVIOUSLY_FAILED.value, pa.scalar(None, pa.string())),
     )
+    # One suffix per row, taken from a few fixed texts (whole columns of each would cost tens of
+    # MB per batch); only a failure the history recorded carries its own reason.
+    ending = np.where(indexed, np.where(from_history, 0, 1), np.where(from_history, 2, 3))
+    suffix = _FINAL_SUFFIXES.take(pa.array(ending, pa.int8()))
+    told = ending == 2
+    if told.any():
+        said = pc.binary_join_element_wise(_FAILED_BEFORE, pc.fill_null(history_reasons.filter(pa.array(told)), ""), ")", "")
+        suffix = pc.replace_with_mask(suffix, pa.array(told), said)
+    detail = pc.binary_join_element_wise(where, suffix, "")
     qualified = pa.array(np.zeros(batch.num_rows, dtype=bool))
     user_id = pa.nulls(batch.num_rows, pa.string())
     properties_ref = pa.nulls(batch.num_rows, pa.string())
