@@ -69,6 +69,13 @@ def cached_etags(root: Path) -> dict[str, str]:
         return dict(conn.execute("SELECT key, etag FROM objects WHERE bucket = ?", (BUCKET,)))
 
 
+def copy_many(root: Path, n: int) -> dict[str, bytes]:
+    """`many_files(n)` copied into the bucket folder by hand."""
+    files = many_files(n)
+    copy_in(root, files)
+    return files
+
+
 def many_files(n: int) -> dict[str, bytes]:
     # several folders, pages that end mid-folder, sizes from empty to past one read (1 MiB)
     files = {f"people/{i % 7:02d}/{i:05d} é+.png": b"face %d " % i * (i % 50) for i in range(n)}
@@ -85,8 +92,7 @@ def test_never_listed_files_list_with_the_md5_of_their_bytes_and_are_cached(
         request.getfixturevalue("in_processes")
         assert threading.active_count() == 1  # else pages are listed in this thread (no fork)
     root = tmp_path / "store"
-    files = many_files(300)
-    copy_in(root, files)
+    files = copy_many(root, 300)
     expected = expected_rows(root, list(files))
     assert listed_rows(local) == expected
     assert cached_etags(root) == {r["key"]: r["etag"] for r in expected}
@@ -100,8 +106,7 @@ def test_a_cached_etag_is_used_only_while_the_file_keeps_its_stat_signature(
     local: LocalObjectStore, tmp_path: Path, in_processes: None
 ) -> None:
     root = tmp_path / "store"
-    files = many_files(100)
-    copy_in(root, files)
+    files = copy_many(root, 100)
     listed_rows(local)
     # Plant a wrong ETag for one file: a listing that trusts the cache says it back...
     key = "people/01/00008 é+.png"
@@ -121,8 +126,7 @@ def test_files_that_cannot_be_objects_are_left_out_in_every_page(
     local: LocalObjectStore, tmp_path: Path, in_processes: None
 ) -> None:
     root = tmp_path / "store"
-    files = many_files(100)
-    copy_in(root, files)
+    files = copy_many(root, 100)
     bucket = os.fsencode(root / BUCKET)
     with open(os.path.join(bucket, b"people", b"00", b"latin1-\xe9.png"), "wb") as f:
         f.write(b"a name that is not UTF-8")
@@ -154,8 +158,7 @@ def test_a_listing_reads_pages_ahead_but_never_the_whole_bucket(
 def test_listings_from_several_threads_at_once_agree(local: LocalObjectStore, tmp_path: Path, in_processes: None) -> None:
     # With other threads running, pages are listed in each listing's own thread (no fork).
     root = tmp_path / "store"
-    files = many_files(200)
-    copy_in(root, files)
+    files = copy_many(root, 200)
     expected = expected_rows(root, list(files))
     results: list[list[dict]] = []
 
