@@ -15,6 +15,8 @@ from typing import Any, Literal, Mapping, Optional
 import dagster as dg
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from .core.rules.user_ids import RIV_USER_ID_PATTERN, check_pattern
+
 ENV_PREFIX = "RIVBULK_"
 _REGION_FALLBACKS = ("AWS_REGION", "AWS_DEFAULT_REGION")
 
@@ -65,13 +67,29 @@ class Settings(dg.ConfigurableResource):
     )
     gateway_api_key_header: str = _setting("x-api-key", "the header the API key goes in", min_length=1)
     gateway_timeout_seconds: float = _setting(30.0, "timeout of every gateway call (connect and read), > 0", gt=0)
+    gateway_workflow_timeout_seconds: float = _setting(
+        30.0, "how long RIV's register workflow may run (its Express timeout): after a call whose outcome is unknown,"
+        " the load waits this long before asking check-userid, >= 0", ge=0
+    )
     gateway_max_payload_bytes: int = _setting(
-        262_144, "largest request body; the gateway's Express workflow takes 256 KB. A larger image is refused before sending", gt=0
+        262_144, "Step Functions' state limit that a request plus DetectFaces' result must fit (256 KiB); a request"
+        " that cannot is refused before sending", gt=0
+    )
+    gateway_image_mode: Literal["inline", "by_reference"] = _setting(
+        "inline", "`inline`: the image in the request (any RIV version); `by_reference`: RIV reads it from S3 itself"
+        " (RIV since 98f4a0d; see *The import history and the gateway*)"
+    )
+    user_id_pattern: str = _setting(
+        RIV_USER_ID_PATTERN, "the user ids the registry can index, a regular expression the lower-cased id must match"
+        " (RIV: Rekognition's ExternalImageId); invisible characters are never valid", min_length=1
     )
     index_rate: float = _setting(
         5.0, "registrations per second across the whole deployment (fractions allowed), > 0; see *One rate for the deployment*", gt=0
     )
-    index_concurrency: int = _setting(8, "registrations in flight at once, >= 1", ge=1, le=256)
+    index_concurrency: int = _setting(
+        64, "the most registrations in flight at once; the load keeps as many as the rate needs at the gateway's"
+        " measured latency (rate x latency), up to this, >= 1", ge=1, le=512
+    )
     index_max_attempts: int = _setting(
         4, "gateway attempts per object for transient failures (exponential backoff, full jitter), >= 1", ge=1, le=20
     )
@@ -94,7 +112,14 @@ class Settings(dg.ConfigurableResource):
         "auto", "whether keys in ORC/Parquet reports are URL-encoded (`true`/`false`); `auto` decides per report"
     )
 
-    @field_validator("deployment", "gateway_auth", "columnar_keys_url_encoded", "aws_retry_mode", mode="before")
+    @field_validator("user_id_pattern")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        return check_pattern(value)
+
+    @field_validator(
+        "deployment", "gateway_auth", "gateway_image_mode", "columnar_keys_url_encoded", "aws_retry_mode", mode="before"
+    )
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
@@ -122,6 +147,13 @@ class Settings(dg.ConfigurableResource):
     def _deployment_needs(self) -> "Settings":
         if self.deployment == "aws" and not self.gateway_url:
             raise ValueError(f"{ENV_PREFIX}GATEWAY_URL must be set for the aws deployment")
+        # A claim is renewed as each call leaves: it must outlive the call and its settling.
+        needed = self.gateway_timeout_seconds + self.gateway_workflow_timeout_seconds
+        if self.deployment == "aws" and self.claim_lease_seconds <= needed:
+            raise ValueError(
+                f"{ENV_PREFIX}CLAIM_LEASE_SECONDS={self.claim_lease_seconds:g} must exceed {ENV_PREFIX}GATEWAY_TIMEOUT_SECONDS"
+                f" + {ENV_PREFIX}GATEWAY_WORKFLOW_TIMEOUT_SECONDS ({needed:g}): a claim could lapse while its call is in flight"
+            )
         return self
 
     # ---- derived values (no settings of their own) ----

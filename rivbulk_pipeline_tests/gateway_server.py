@@ -9,8 +9,8 @@
 
 Choice of answer per request: the scripted queue first, then the per-user answer, then the
 default (or, with `emulate_registry=True`, the registry's rules: an image already registered
-to another user -> FAILED UserAlreadyExists; a user already registered with another image ->
-FAILED UserAlreadyRegistered). Every request is recorded (`requests`); `registrations` counts
+to another user -> FAILED UserAlreadyExists). For RIV's whole register path (its mapping, its
+workflow's errors, check-userid, its latency), use `riv_standin.RivStandIn`. Every request is recorded (`requests`); `registrations` counts
 SUCCEEDED answers per user honestly: a repeated call that succeeds again counts again.
 
 Auth checks (answer 403 without recording a registration): `api_key=` expects that key in
@@ -54,9 +54,11 @@ class Answer:
         return cls.json_answer(200, {"status": "SUCCEEDED"})
 
     @classmethod
-    def failed(cls, reason: str, key: str = "reason") -> "Answer":
-        """HTTP 200 with status FAILED (what RIV really does), the reason under `key`."""
-        return cls.json_answer(200, {"status": "FAILED", key: reason})
+    def failed(cls, error: str, message: str = "") -> "Answer":
+        """HTTP 200 with status FAILED, as RIV really answers: Step Functions' `error` (the Lambda
+        exception's class name) and `cause` (Lambda's JSON of the exception)."""
+        cause = json.dumps({"errorMessage": message or error, "errorType": error, "stackTrace": []})
+        return cls.json_answer(200, {"status": "FAILED", "error": error, "cause": cause})
 
     @classmethod
     def user_already_exists(cls) -> "Answer":
@@ -156,6 +158,7 @@ class FakeRivGateway:
         self._queue: deque[Answer] = deque()
         self._per_user: dict[str, Answer] = {}
         self._requests: list[ReceivedRequest] = []
+        self._bodies: list[bytes] = []
         self._registrations: Counter[str] = Counter()
         self._faces: dict[str, str] = {}  # emulate_registry: image sha256 -> user key
         self._users: dict[str, str] = {}  # emulate_registry: user key -> image sha256
@@ -219,6 +222,12 @@ class FakeRivGateway:
         with self._lock:
             return dict(self._registrations)
 
+    @property
+    def bodies(self) -> list[bytes]:
+        """The raw body of every request, in order (what a real gateway would have received)."""
+        with self._lock:
+            return list(self._bodies)
+
     def calls_for(self, user_id: str) -> int:
         return sum(1 for r in self.requests if r.user_id == user_id)
 
@@ -231,16 +240,22 @@ class FakeRivGateway:
             if user_id in self._per_user:
                 return self._per_user[user_id]
             if self.emulate_registry and user_id is not None and image_sha256 is not None:
+                # RIV: a second image of a user is a second face; the same face for another id fails.
                 user_key = f"User::{user_id.lower()}"
-                registered = self._users.get(user_key)
-                if registered is not None and registered != image_sha256:
-                    return Answer.failed("UserAlreadyRegistered")
                 owner = self._faces.get(image_sha256)
                 if owner is not None and owner != user_key:
                     return Answer.user_already_exists()
                 self._users[user_key] = image_sha256
                 self._faces[image_sha256] = user_key
             return self.default
+
+    def _check_userid(self, user_id: Optional[str]) -> Answer:
+        """The scripted answer, else RIV's: User::<id as sent> among the registered users."""
+        with self._lock:
+            if self._queue:
+                return self._queue.popleft()
+            known = self.emulate_registry and f"User::{user_id}" in set(self._faces.values())
+        return Answer.json_answer(200, {"Reason": "User Exist" if known else "User not Exist"})
 
     def _record(self, request: ReceivedRequest, answer: Optional[Answer]) -> None:
         with self._lock:
@@ -271,8 +286,12 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         user_id, image_sha256 = _parse(body)
         authorized = self._authorized(headers, body)
-        if self.path != "/register":
-            answer: Optional[Answer] = Answer.http(404, {"message": "Not Found"})
+        with self.fake._lock:
+            self.fake._bodies.append(body)
+        if self.path == "/check-userid" and authorized:
+            answer: Optional[Answer] = self.fake._check_userid(user_id)
+        elif self.path != "/register":
+            answer = Answer.http(404, {"message": "Not Found"})
         elif not authorized:
             answer = Answer.http(403, {"message": "Forbidden"})
         elif user_id is None:
@@ -315,9 +334,9 @@ def _parse(body: bytes) -> tuple[Optional[str], Optional[str]]:
     try:
         payload = json.loads(body)
         user_id = payload["UserId"]
-        image = base64.b64decode(payload["Image"], validate=True)
+        image = base64.b64decode(payload["Image"], validate=True) if "Image" in payload else None
     except (ValueError, KeyError, TypeError, binascii.Error):
         return None, None
     if not isinstance(user_id, str):
         return None, None
-    return user_id, hashlib.sha256(image).hexdigest()
+    return user_id, hashlib.sha256(image).hexdigest() if image is not None else None

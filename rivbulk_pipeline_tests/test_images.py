@@ -15,9 +15,7 @@ from rivbulk_pipeline.core.rules.images import (
     MAX_IMAGE_BYTES,
     ImageInfo,
     check_image,
-    external_image_id,
     sniff_format,
-    validate_user_id,
 )
 
 LOCATION = "s3://faces/users/alice.jpg"
@@ -152,49 +150,3 @@ def test_a_bomb_is_still_too_large_when_warnings_are_errors() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         assert rejected(bomb).reason_code == "too_large"
-
-
-# ---- user ids ----
-
-
-def test_validate_user_id() -> None:
-    assert validate_user_id("alice") is None
-    assert validate_user_id("José 山田-42") is None
-    assert validate_user_id("x" * 128) is None
-    assert "empty" in (validate_user_id("") or "")
-    assert "empty" in (validate_user_id("   ") or "")
-    assert "129 characters" in (validate_user_id("x" * 129) or "")
-    for bad in ("a\x00b", "a\nb", "tab\t", "del\x7f", "c1\x85"):
-        assert "control character" in (validate_user_id(bad) or ""), repr(bad)
-    assert "surrogate" in (validate_user_id("a\udc80") or "")
-    assert "string" in (validate_user_id(42) or "")
-
-
-def test_validate_user_id_does_not_echo_the_id() -> None:
-    why = validate_user_id("private-name\x01" + "x" * 200)
-    assert why is not None and "private-name" not in why
-
-
-ALLOWED = re.compile(r"[a-zA-Z0-9_.\-:]+")
-
-
-def test_external_image_id_keeps_ids_that_already_fit() -> None:
-    for user_id in ("alice", "user-1.a:b_C", "x" * 255):
-        assert external_image_id(user_id) == user_id
-
-
-@pytest.mark.parametrize(
-    "user_id", ["José Smith", "山田太郎", "a b", "a/b", "", "x" * 256, "é" * 128, "a\udc80", "user@example.com"]
-)
-def test_external_image_id_always_fits_rekognition(user_id: str) -> None:
-    eid = external_image_id(user_id)
-    assert ALLOWED.fullmatch(eid) and len(eid) <= 255
-    assert external_image_id(user_id) == eid  # deterministic
-
-
-def test_external_image_id_is_readable_and_distinct() -> None:
-    assert external_image_id("José Smith").startswith("Jose_Smith:")
-    assert external_image_id("user@example.com").startswith("user_example.com:")
-    # Ids that differ only in disallowed characters must not collide.
-    ids = ["a b", "a/b", "a  b", "a_b", "a@b", "A b"]
-    assert len({external_image_id(i) for i in ids}) == len(ids)

@@ -75,7 +75,7 @@ def test_transient_failures_are_retried_then_succeed(parts):
 
 def test_permanent_failures_are_not_retried_and_keep_their_reason(parts):
     store, history, _, riv = parts
-    riv.answer_for("ann", Answer.failed("Sunglasses detected"))
+    riv.answer_for("ann", Answer.failed("SunglassesDetectedException", "Sunglasses detected"))
     riv.answer_for("ben", Answer.user_already_exists())
     out = _run(parts, _qualified(store, ["ann", "ben"]))
     assert out["ann"]["outcome"] == "failed_permanent" and "Sunglasses" in out["ann"]["reason"]
@@ -131,8 +131,13 @@ def test_missing_image_and_bad_properties_fail_alone(parts):
 class BrokenGateway:
     """A gateway whose deployment is wrong: it raises instead of answering."""
 
-    def register(self, user_id, image, properties, pace=lambda: None):
+    needs_image_bytes = True
+
+    def register(self, user_id, image, properties, pace=lambda: None, *, source=None):
         raise DeploymentError("RIVBULK_GATEWAY_AUTH=sigv4 needs a region")
+
+    def user_exists(self, user_id):
+        return None
 
 
 def test_a_deployment_error_stops_the_run_and_frees_the_claim(parts):

@@ -31,15 +31,15 @@ def test_register_stores_the_user_without_the_image(registry: LocalRegistryGatew
     buf = io.BytesIO()
     Image.effect_noise((120, 90), 80).convert("RGB").save(buf, format="JPEG")  # noise: unique bytes
     image = buf.getvalue()
-    assert registry.register("Alice", image, {"team": "blue-secret-team"}) == GatewayResult.succeeded()
+    assert registry.register("alice", image, {"team": "blue-secret-team"}) == GatewayResult.succeeded()
     [user] = registry.users()
-    assert user["user_id"] == "Alice"
+    assert user["user_id"] == "alice"
     assert user["image_sha256"] == hashlib.sha256(image).hexdigest()
     assert user["registered_at"].endswith("+00:00")
     assert (user["registrations"], user["attempts"]) == (1, 1)
     with sqlite3.connect(registry.db_path) as conn:
         row = conn.execute(
-            "SELECT user_key, image_size, image_format, image_width, image_height, properties_json FROM users"
+            "SELECT user_key, image_size, image_format, image_width, image_height, properties_json FROM faces"
         ).fetchone()
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert row == ("User::alice", len(image), "JPEG", 120, 90, '{"team":"blue-secret-team"}')
@@ -49,23 +49,39 @@ def test_register_stores_the_user_without_the_image(registry: LocalRegistryGatew
         assert image[middle : middle + 64] not in path.read_bytes(), path.name
 
 
-def test_same_user_same_image_is_idempotent(registry: LocalRegistryGateway) -> None:
+def test_the_same_face_again_for_a_lower_case_id_is_a_second_face_as_riv_does(registry: LocalRegistryGateway) -> None:
     image = face(2)
     assert registry.register("bob", image, {}).outcome is Outcome.INDEXED
-    again = registry.register("BOB", image, {})  # the user key is lower-cased, as RIV keys it
-    assert again.outcome is Outcome.INDEXED and "already registered" in again.reason
+    assert registry.register("bob", image, {}).outcome is Outcome.INDEXED  # RIV indexes its own face again
     [user] = registry.users()
-    assert (user["user_id"], user["registrations"], user["attempts"]) == ("bob", 1, 2)
+    assert (user["user_id"], user["registrations"], user["attempts"]) == ("bob", 2, 2)
     assert registry.register_calls() == 2
 
 
-def test_same_user_different_image_is_permanent(registry: LocalRegistryGateway) -> None:
+def test_a_mixed_case_id_matching_its_own_face_is_user_already_exists_as_riv_does(
+    registry: LocalRegistryGateway,
+) -> None:
+    # search-faces compares the id AS SENT with the stored, lower-cased ExternalImageId.
+    image = face(2)
+    assert registry.register("bob", image, {}).outcome is Outcome.INDEXED
+    again = registry.register("BOB", image, {})
+    assert again.outcome is Outcome.FAILED_PERMANENT and again.reason.startswith("UserAlreadyExists")
+    assert [u["registrations"] for u in registry.users()] == [1]
+
+
+def test_a_second_image_of_a_registered_user_is_a_second_face(registry: LocalRegistryGateway) -> None:
     assert registry.register("carol", face(3), {}).outcome is Outcome.INDEXED
-    result = registry.register("Carol", face(4), {})
-    assert result == GatewayResult.permanent("UserAlreadyRegistered: a different image is registered for this user")
+    assert registry.register("carol", face(4), {}).outcome is Outcome.INDEXED  # RIV has no UserAlreadyRegistered
     [user] = registry.users()
-    assert user["image_sha256"] == hashlib.sha256(face(3)).hexdigest()
-    assert user["attempts"] == 2
+    assert user["image_sha256"] == hashlib.sha256(face(3)).hexdigest()  # the first face
+    assert (user["registrations"], user["attempts"]) == (2, 2)
+
+
+def test_check_userid_finds_lower_case_ids_only_as_riv_does(registry: LocalRegistryGateway) -> None:
+    assert registry.user_exists("carol") is False
+    assert registry.register("carol", face(3), {}).outcome is Outcome.INDEXED
+    assert registry.user_exists("carol") is True
+    assert registry.user_exists("Carol") is False  # RIV queries User::<id as sent>
 
 
 def test_same_image_for_another_user_is_permanent(registry: LocalRegistryGateway) -> None:
@@ -90,14 +106,23 @@ def test_bad_images_are_permanent_with_the_reason_code(registry: LocalRegistryGa
     result = registry.register("frank", image, {})
     assert result.outcome is Outcome.FAILED_PERMANENT
     assert result.reason.startswith(f"{code}: the image for user frank")
-    assert registry.users() == [] and registry.register_calls() == 1
+    assert registry.users() == [] and registry.register_calls() == 0  # refused before the call
 
 
-@pytest.mark.parametrize("user_id", ["", "x" * 129, "bad\nid", 7])
+@pytest.mark.parametrize("user_id", ["", "x" * 129, "bad\nid", 7, "bob@example.com"])
 def test_bad_user_ids_are_permanent(registry: LocalRegistryGateway, user_id: object) -> None:
     result = registry.register(user_id, face(8), {})  # type: ignore[arg-type]
-    assert result.outcome is Outcome.FAILED_PERMANENT and result.reason.startswith("InvalidUserId:")
+    assert result.outcome is Outcome.FAILED_PERMANENT and result.reason.startswith("bad_user_id:")
     assert registry.users() == []
+
+
+def test_an_id_outside_rivs_rule_fails_at_index_faces_as_riv_does(tmp_path: Path) -> None:
+    # A client configured with a looser rule than RIV's: the registry refuses as RIV would.
+    loose = LocalRegistryGateway(db_path=str(tmp_path / "loose.db"), user_id_pattern=r"[a-z@.]+")
+    result = loose.register("bob@example.com", face(8), {})
+    assert result.outcome is Outcome.FAILED_PERMANENT
+    assert result.reason.startswith("ClientError:") and "ValidationException" in result.reason
+    assert loose.users() == [] and loose.register_calls() == 1
 
 
 @pytest.mark.parametrize(
@@ -105,7 +130,7 @@ def test_bad_user_ids_are_permanent(registry: LocalRegistryGateway, user_id: obj
 )
 def test_properties_must_be_a_mapping_of_str_to_str(registry: LocalRegistryGateway, properties: object) -> None:
     result = registry.register("gina", face(9), properties)  # type: ignore[arg-type]
-    assert result.outcome is Outcome.FAILED_PERMANENT and result.reason.startswith("InvalidProperties:")
+    assert result.outcome is Outcome.FAILED_PERMANENT and result.reason.startswith("bad_properties:")
     for content in ("age", "42", "nested", "one"):
         assert content not in result.reason
     assert registry.users() == []
@@ -116,27 +141,27 @@ def test_the_user_record_must_fit_a_dynamodb_item(registry: LocalRegistryGateway
     assert registry.register("hank", face(10), almost).outcome is Outcome.INDEXED
     result = registry.register("ivan", face(11), {"notes": "n" * DYNAMODB_ITEM_LIMIT})
     assert result.outcome is Outcome.FAILED_PERMANENT
-    assert result.reason.startswith("RecordTooLarge: the user record is ")
-    assert result.reason.endswith(f" bytes > {DYNAMODB_ITEM_LIMIT}")
+    assert result.reason.startswith("ClientError:") and "Item size has exceeded" in result.reason
+    assert result.reason.endswith(f" bytes > {DYNAMODB_ITEM_LIMIT})")
     # Multi-byte characters count as UTF-8 bytes, not characters.
     wide = registry.register("judy", face(12), {"notes": "é" * (DYNAMODB_ITEM_LIMIT // 2 + 10)})
-    assert wide.reason.startswith("RecordTooLarge")
+    assert "Item size has exceeded" in wide.reason
     assert [u["user_id"] for u in registry.users()] == ["hank"]
 
 
-def test_a_valid_user_counts_attempts_even_for_bad_calls(registry: LocalRegistryGateway) -> None:
+def test_bad_input_is_refused_before_the_call(registry: LocalRegistryGateway) -> None:
     assert registry.register("kim", face(13), {}).outcome is Outcome.INDEXED
     assert registry.register("kim", b"not an image", {}).outcome is Outcome.FAILED_PERMANENT
     assert registry.register("kim", face(13), {"x": 1}).outcome is Outcome.FAILED_PERMANENT  # type: ignore[dict-item]
     [user] = registry.users()
-    assert (user["registrations"], user["attempts"]) == (1, 3)
-    assert registry.register_calls() == 3
+    assert (user["registrations"], user["attempts"]) == (1, 1)
+    assert registry.register_calls() == 1
 
 
 def test_the_registry_persists_across_instances(registry: LocalRegistryGateway) -> None:
     assert registry.register("leo", face(14), {}).outcome is Outcome.INDEXED
     reopened = LocalRegistryGateway(db_path=registry.db_path)
-    assert reopened.register("leo", face(14), {}).reason.startswith("SUCCEEDED (already")
+    assert reopened.register("leo", face(14), {}).outcome is Outcome.INDEXED  # a second face
     assert reopened.register("mia", face(14), {}).reason.startswith("UserAlreadyExists")
     assert reopened.register_calls() == 3
 
@@ -155,7 +180,7 @@ def test_a_locked_database_is_transient(registry: LocalRegistryGateway) -> None:
     assert quick.register("ned", face(15), {}).outcome is Outcome.INDEXED
 
 
-def test_threads_register_each_user_exactly_once(registry: LocalRegistryGateway) -> None:
+def test_threads_register_every_call_exactly_once(registry: LocalRegistryGateway) -> None:
     images = {f"user-{i}": face(100 + i) for i in range(24)}
     calls = [user for user in images for _ in range(4)]  # every user four times, interleaved
 
@@ -164,7 +189,8 @@ def test_threads_register_each_user_exactly_once(registry: LocalRegistryGateway)
     assert all(r.outcome is Outcome.INDEXED for r in results)
     users = {u["user_id"]: u for u in registry.users()}
     assert set(users) == set(images)
-    assert all((u["registrations"], u["attempts"]) == (1, 4) for u in users.values())
+    # Every call lands as one face, none lost, none merged: 4 calls, 4 faces (RIV stores repeats).
+    assert all((u["registrations"], u["attempts"]) == (4, 4) for u in users.values())
     assert registry.register_calls() == len(calls)
 
 
@@ -190,7 +216,7 @@ def test_processes_share_the_registry(registry: LocalRegistryGateway) -> None:
     assert all(o == "indexed" for batch in outcomes for o in batch)
     rows = registry.users()
     assert sorted(u["user_id"] for u in rows) == sorted(users)
-    assert all((u["registrations"], u["attempts"]) == (1, 3) for u in rows)
+    assert all((u["registrations"], u["attempts"]) == (3, 3) for u in rows)
     assert registry.register_calls() == 36
 
 

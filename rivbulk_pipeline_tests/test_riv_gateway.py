@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 
 from rivbulk_pipeline.core.errors import DeploymentError
-from rivbulk_pipeline.core.model import GatewayResult, Outcome
+from rivbulk_pipeline.core.model import GatewayResult, ObjectRef, Outcome
+from rivbulk_pipeline.core.rules.riv_protocol import DETECT_FACES_RESULT_RESERVE
 from rivbulk_pipeline.resources.gateway import GatewayResource, RivHttpGateway
 
 from .gateway_server import Answer, FakeRivGateway, SigV4Expectation
@@ -78,38 +79,65 @@ def test_success_sends_the_contract_body(riv: FakeRivGateway) -> None:
     assert riv.registrations == {"alice": 1}
 
 
-def test_body_is_userid_base64_image_and_properties(riv: FakeRivGateway) -> None:
+def test_body_is_what_both_riv_versions_take(riv: FakeRivGateway) -> None:
     image = face(2)
-    assert gateway(riv).register("bob", image, PROPS).outcome is Outcome.INDEXED
+    source = ObjectRef("faces", "People/Bob's photo.png")
+    assert gateway(riv).register("Bob", image, PROPS, source=source).outcome is Outcome.INDEXED
     [req] = riv.requests
     assert req.image_sha256 == hashlib.sha256(image).hexdigest()  # the server decoded our base64
-    expected = json.dumps({"UserId": "bob", "Image": base64.b64encode(image).decode(), "Properties": PROPS})
-    assert req.body_size == len(expected.encode())
+    body = json.loads(riv.bodies[0])
+    # The id lower-cased (RIV keys User::<lower>); Bucket and Name, which RIV since 98f4a0d reads
+    # unconditionally; the key's apostrophe percent-encoded (RIV's mapping cannot take one, and
+    # reads Name only when no Image is sent).
+    assert body == {
+        "UserId": "bob", "Image": base64.b64encode(image).decode(), "Properties": PROPS,
+        "Bucket": "faces", "Name": "People/Bob%27s photo.png",
+    }
 
 
-@pytest.mark.parametrize("key", ["reason", "Reason", "error", "Error", "message"])
-def test_http_200_failed_is_permanent_with_the_gateway_reason(riv: FakeRivGateway, key: str) -> None:
-    riv.script(Answer.failed("No face detected in the image", key=key))
+@pytest.mark.parametrize(
+    "error,outcome",
+    [
+        ("NoFacesDetectedException", Outcome.FAILED_PERMANENT),
+        ("UserAlreadyExists", Outcome.FAILED_PERMANENT),
+        ("States.DataLimitExceeded", Outcome.FAILED_PERMANENT),
+        ("ThrottlingException", Outcome.FAILED_TRANSIENT),
+        ("ProvisionedThroughputExceededException", Outcome.FAILED_TRANSIENT),
+        ("TransientError", Outcome.FAILED_TRANSIENT),
+        ("Lambda.TooManyRequestsException", Outcome.FAILED_TRANSIENT),
+        ("SomethingNobodyKnows", Outcome.FAILED_TRANSIENT),  # an unknown error is never permanent
+    ],
+)
+def test_the_error_name_decides(riv: FakeRivGateway, error: str, outcome: Outcome) -> None:
+    riv.script(Answer.failed(error, "a message the Lambda wrote"))
     result = gateway(riv).register("carol", face(3), PROPS)
-    assert result == GatewayResult.permanent("No face detected in the image")
+    assert result.outcome is outcome
+    code = error if error != "SomethingNobodyKnows" else "gateway_error"
+    assert result.reason.startswith(f"{code}: ") and "a message the Lambda wrote" in result.reason
     assert riv.registrations == {}
 
 
-def test_failed_reason_nested_or_missing(riv: FakeRivGateway) -> None:
-    riv.script(
-        Answer.json_answer(200, {"status": "FAILED", "Error": {"Code": "FaceHasSunglasses"}}),
-        Answer.json_answer(200, {"status": "FAILED"}),
-    )
+@pytest.mark.parametrize("error", ["KeyError", "ResourceNotFoundException", "AccessDeniedException"])
+def test_errors_about_the_deployment_stop_the_run_naming_the_error(riv: FakeRivGateway, error: str) -> None:
+    riv.script(Answer.failed(error, "'Bucket'"))
+    with pytest.raises(DeploymentError, match=f"answered FAILED with error {error}: .+") as raised:
+        gateway(riv).register("carol", face(3), PROPS)
+    assert riv.url in str(raised.value)
+
+
+def test_timed_out_and_failed_without_a_name_are_transient(riv: FakeRivGateway) -> None:
+    riv.script(Answer.json_answer(200, {"status": "TIMED_OUT"}), Answer.json_answer(200, {"status": "FAILED"}))
     gw = gateway(riv)
-    assert gw.register("u1", face(4), {}) == GatewayResult.permanent("FaceHasSunglasses")
-    result = gw.register("u2", face(5), {})
-    assert result.outcome is Outcome.FAILED_PERMANENT and "no reason" in result.reason
+    timed_out = gw.register("u1", face(4), {})
+    assert timed_out.outcome is Outcome.FAILED_TRANSIENT and timed_out.unknown  # it may have registered
+    nameless = gw.register("u2", face(5), {})
+    assert nameless.outcome is Outcome.FAILED_TRANSIENT and not nameless.unknown
 
 
 def test_user_already_exists_is_permanent(riv: FakeRivGateway) -> None:
     riv.answer_for("dave", Answer.user_already_exists())
     gw = gateway(riv)
-    assert gw.register("dave", face(6), {}) == GatewayResult.permanent("UserAlreadyExists")
+    assert gw.register("dave", face(6), {}).reason.startswith("UserAlreadyExists")
     assert gw.register("erin", face(7), {}).outcome is Outcome.INDEXED  # only dave is scripted
     assert riv.registrations == {"erin": 1}
 
@@ -119,16 +147,17 @@ def test_emulated_registry_rejects_a_face_of_another_user() -> None:
         gw = gateway(riv)
         image = face(8)
         assert gw.register("frank", image, {}).outcome is Outcome.INDEXED
-        assert gw.register("grace", image, {}) == GatewayResult.permanent("UserAlreadyExists")
-        assert gw.register("FRANK", face(9), {}) == GatewayResult.permanent("UserAlreadyRegistered")
-        assert gw.register("frank", image, {}).outcome is Outcome.INDEXED
+        assert gw.register("grace", image, {}).reason.startswith("UserAlreadyExists")
+        assert gw.register("FRANK", face(9), {}).outcome is Outcome.INDEXED  # a second face, as RIV stores it
         assert riv.registrations == {"frank": 2}  # counted honestly: two SUCCEEDED answers
 
 
-@pytest.mark.parametrize("status", [429, 500, 502, 503])
-def test_throttling_and_server_errors_are_transient(riv: FakeRivGateway, status: int) -> None:
+@pytest.mark.parametrize("status,unknown", [(408, False), (409, False), (425, False), (429, False), (500, False),
+                                            (503, False), (502, True), (504, True)])
+def test_throttling_and_server_errors_are_transient(riv: FakeRivGateway, status: int, unknown: bool) -> None:
     riv.script(Answer.http(status))
-    assert gateway(riv).register("hank", face(10), {}) == GatewayResult.transient(f"HTTP {status}")
+    result = gateway(riv).register("hank", face(10), {})
+    assert result == GatewayResult.transient(result.reason, unknown=unknown) and result.reason.startswith(f"http_{status}")
 
 
 @pytest.mark.parametrize("status", [401, 403])
@@ -148,9 +177,19 @@ def test_a_wrong_url_or_stage_is_a_deployment_error_not_a_users_failure(riv: Fak
 
 
 @pytest.mark.parametrize("status", [400, 413])
-def test_other_4xx_are_permanent_with_the_gateways_reason(riv: FakeRivGateway, status: int) -> None:
+def test_other_4xx_are_permanent_without_the_gateways_text(riv: FakeRivGateway, status: int) -> None:
     riv.script(Answer.http(status, {"message": "detail the gateway gave"}))
-    assert gateway(riv).register("ivan", face(11), {}) == GatewayResult.permanent(f"HTTP {status}: detail the gateway gave")
+    result = gateway(riv).register("ivan", face(11), {})
+    assert result.outcome is Outcome.FAILED_PERMANENT and result.reason.startswith(f"http_{status}: ")
+    assert "detail the gateway gave" not in result.reason
+
+
+def test_a_403_after_successes_is_that_requests_failure_not_the_deployments(riv: FakeRivGateway) -> None:
+    gw = gateway(riv)
+    riv.script(Answer.succeeded(), Answer.http(403, {"message": "Forbidden"}))
+    assert gw.register("ivan", face(11), {}).outcome is Outcome.INDEXED
+    refused = gw.register("jane", face(12), {})  # e.g. a WAF rule matching this body
+    assert refused.outcome is Outcome.FAILED_PERMANENT and refused.reason.startswith("http_403")
 
 
 def test_a_redirect_is_not_followed_and_stops_the_run(riv: FakeRivGateway) -> None:
@@ -164,7 +203,7 @@ def test_http_200_that_is_not_json_or_has_no_status_is_transient(riv: FakeRivGat
     riv.script(Answer.raw(200, b"<html>gateway hiccup</html>"), Answer.json_answer(200, {"ok": True}))
     gw = gateway(riv)
     first = gw.register("kim", face(13), {})
-    assert first.outcome is Outcome.FAILED_TRANSIENT and "not JSON" in first.reason
+    assert first.outcome is Outcome.FAILED_TRANSIENT and "not a JSON object" in first.reason
     second = gw.register("kim", face(13), {})
     assert second.outcome is Outcome.FAILED_TRANSIENT and "unreadable" in second.reason
 
@@ -172,7 +211,7 @@ def test_http_200_that_is_not_json_or_has_no_status_is_transient(riv: FakeRivGat
 def test_a_slow_answer_times_out_as_transient(riv: FakeRivGateway) -> None:
     riv.script(Answer.succeeded().slow(2.0))
     gw = gateway(riv, timeout_seconds=0.5)
-    assert gw.register("leo", face(14), {}) == GatewayResult.transient("timeout after 0.5s")
+    assert gw.register("leo", face(14), {}) == GatewayResult.transient("timeout: no answer within 0.5s", unknown=True)
     assert riv.calls_for("leo") == 1  # it did reach the gateway: one attempt, no hidden retry
     assert gw.register("leo", face(14), {}).outcome is Outcome.INDEXED  # the client recovers
 
@@ -181,7 +220,9 @@ def test_a_dropped_connection_is_transient(riv: FakeRivGateway) -> None:
     riv.script(Answer.drop())
     gw = gateway(riv)
     result = gw.register("mia", face(15), {})
-    assert result.outcome is Outcome.FAILED_TRANSIENT and result.reason.startswith("connection error")
+    # The request left: the registration may have happened, so the outcome is unknown.
+    assert result.outcome is Outcome.FAILED_TRANSIENT and result.unknown
+    assert result.reason.startswith("connection_error")
     assert riv.calls_for("mia") == 1  # no hidden retry
     assert gw.register("mia", face(15), {}).outcome is Outcome.INDEXED
 
@@ -191,7 +232,9 @@ def test_nothing_listening_is_transient() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     result = RivHttpGateway(url=f"http://127.0.0.1:{port}", timeout_seconds=2).register("ned", face(16), {})
-    assert result.outcome is Outcome.FAILED_TRANSIENT and result.reason.startswith("connection error")
+    # Nothing left: nothing can have been registered.
+    assert result.outcome is Outcome.FAILED_TRANSIENT and not result.unknown
+    assert result.reason.startswith("connection_error: could not connect")
 
 
 # ---- payload limit and local checks: nothing is sent ----
@@ -201,30 +244,62 @@ def test_payload_over_the_step_functions_limit_is_never_sent(riv: FakeRivGateway
     image = noise_png(400)  # ~480 KB of PNG, ~640 KB as base64: valid for Rekognition, too big for RIV
     result = gateway(riv).register("olga", image, {})
     assert result.outcome is Outcome.FAILED_PERMANENT
-    assert result.reason.startswith("PayloadTooLarge: ") and result.reason.endswith(" bytes > 262144")
+    assert result.reason.startswith("too_large_for_riv: ") and "by_reference" in result.reason
     assert riv.requests == []
 
 
-def test_payload_limit_is_exact(riv: FakeRivGateway) -> None:
+def test_payload_limit_leaves_room_for_detect_faces_result(riv: FakeRivGateway) -> None:
     image = face(17)
     assert gateway(riv, max_payload_bytes=10**6).register("pia", image, PROPS).outcome is Outcome.INDEXED
     size = riv.requests[0].body_size
-    assert gateway(riv, max_payload_bytes=size).register("pia", image, PROPS).outcome is Outcome.INDEXED
-    too_small = gateway(riv, max_payload_bytes=size - 1).register("pia", image, PROPS)
-    assert too_small == GatewayResult.permanent(f"PayloadTooLarge: {size} bytes > {size - 1}")
+    fits = size + DETECT_FACES_RESULT_RESERVE
+    assert gateway(riv, max_payload_bytes=fits).register("pia", image, PROPS).outcome is Outcome.INDEXED
+    too_small = gateway(riv, max_payload_bytes=fits - 1).register("pia", image, PROPS)
+    assert too_small.outcome is Outcome.FAILED_PERMANENT and too_small.reason.startswith("too_large_for_riv")
     assert len(riv.requests) == 2
+
+
+def test_an_apostrophe_in_the_properties_is_refused_before_the_call(riv: FakeRivGateway) -> None:
+    # RIV's mapping turns ' into \' (not JSON): HTTP 500 every time, so never send it.
+    result = gateway(riv).register("quinn", face(18), {"surname": "O'Brien"})
+    assert result.outcome is Outcome.FAILED_PERMANENT and result.reason.startswith("apostrophe_in_request:")
+    assert "O'Brien" not in result.reason and riv.requests == []
+
+
+def test_by_reference_sends_no_image_and_refuses_keys_riv_cannot_read(riv: FakeRivGateway) -> None:
+    gw = gateway(riv, image_mode="by_reference")
+    assert not gw.needs_image_bytes
+    assert gw.register("rae", None, {}, source=ObjectRef("faces", "people/rae.png")).outcome is Outcome.INDEXED
+    assert json.loads(riv.bodies[0]) == {"UserId": "rae", "Properties": {}, "Bucket": "faces", "Name": "people/rae.png"}
+    capital = gw.register("rae", None, {}, source=ObjectRef("faces", "People/Rae.png"))  # RIV lower-cases Name
+    assert capital.outcome is Outcome.FAILED_PERMANENT and capital.reason.startswith("key_not_readable_by_riv")
+    assert len(riv.requests) == 1
+
+
+def test_check_userid_answers_and_a_riv_without_the_route(riv: FakeRivGateway) -> None:
+    gw = gateway(riv)
+    riv.script(Answer.json_answer(200, {"Reason": "User Exist"}), Answer.json_answer(200, {"Reason": "User not Exist"}))
+    assert gw.user_exists("Sam") is True
+    assert gw.user_exists("sam") is False
+    assert [json.loads(b) for b in riv.bodies] == [{"UserId": "sam"}, {"UserId": "sam"}]  # lower-cased: RIV finds only those
+    assert [r.path for r in riv.requests] == ["/check-userid", "/check-userid"]
+    riv.script(Answer.http(403, {"message": "Missing Authentication Token"}))  # a RIV before check-userid
+    assert gw.user_exists("sam") is None
+    assert gw.user_exists("sam") is None and len(riv.requests) == 3  # not asked again
 
 
 def test_bad_input_is_rejected_locally(riv: FakeRivGateway) -> None:
     gw = gateway(riv)
     bad_id = gw.register("x" * 129, face(18), {})
-    assert bad_id.outcome is Outcome.FAILED_PERMANENT and bad_id.reason.startswith("InvalidUserId:")
+    assert bad_id.outcome is Outcome.FAILED_PERMANENT and bad_id.reason.startswith("bad_user_id:")
+    email = gw.register("bob@example.com", face(18), {})  # fails at IndexFaces after two paid calls
+    assert email.outcome is Outcome.FAILED_PERMANENT and email.reason.startswith("bad_user_id:")
     bad_image = gw.register("quinn", b"GIF89a" + b"\0" * 100, {})
     assert bad_image.outcome is Outcome.FAILED_PERMANENT and bad_image.reason.startswith("unsupported_format:")
     small = gw.register("quinn", face(19, (40, 40)), {})
     assert small.reason.startswith("too_small:")
     bad_props = gw.register("quinn", face(19), {"age": 42})  # type: ignore[dict-item]
-    assert bad_props.outcome is Outcome.FAILED_PERMANENT and bad_props.reason.startswith("InvalidProperties:")
+    assert bad_props.outcome is Outcome.FAILED_PERMANENT and bad_props.reason.startswith("bad_properties:")
     assert "42" not in bad_props.reason and "age" not in bad_props.reason
     assert riv.requests == []
 
@@ -251,7 +326,7 @@ def test_secrets_and_personal_data_never_reach_the_logs(riv: FakeRivGateway, cap
     caplog.set_level(logging.DEBUG)
     image = face(22)
     gw = gateway(riv, auth="api_key", api_key="very-secret-key-777")
-    riv.script(Answer.succeeded(), Answer.drop(), Answer.failed("pose"), Answer.http(403))
+    riv.script(Answer.succeeded(), Answer.drop(), Answer.failed("InvalidPoseDetectedException"), Answer.http(401))
     results = [gw.register("tom", image, PROPS) for _ in range(3)]
     assert [r.outcome for r in results] == [Outcome.INDEXED, Outcome.FAILED_TRANSIENT, Outcome.FAILED_PERMANENT]
     with pytest.raises(DeploymentError) as refused:

@@ -181,7 +181,10 @@ class GatewayResult:
     """The gateway's answer to one register call."""
 
     outcome: Outcome  # INDEXED, FAILED_PERMANENT or FAILED_TRANSIENT
-    reason: str = ""  # e.g. "UserAlreadyExists", "HTTP 503", "timeout after 30s"
+    reason: str = ""  # a code, then details: "UserAlreadyExists: ...", "http_503", "timeout: ..."
+    # FAILED_TRANSIENT only: the request left and may have registered the user (a 504, a read
+    # timeout, a dropped connection): settle with the registry before calling again.
+    unknown: bool = False
 
     @classmethod
     def succeeded(cls, reason: str = "SUCCEEDED") -> "GatewayResult":
@@ -192,8 +195,8 @@ class GatewayResult:
         return cls(Outcome.FAILED_PERMANENT, reason)
 
     @classmethod
-    def transient(cls, reason: str) -> "GatewayResult":
-        return cls(Outcome.FAILED_TRANSIENT, reason)
+    def transient(cls, reason: str, unknown: bool = False) -> "GatewayResult":
+        return cls(Outcome.FAILED_TRANSIENT, reason, unknown)
 
 
 class HistoryStatus(_Text):

@@ -84,15 +84,30 @@ class RegistrationProvider(Protocol):
 
 class Gateway(Protocol):
     """Registers one user with one face image. Never raises for a per-user failure:
-    the result says INDEXED, FAILED_PERMANENT (with the reason) or FAILED_TRANSIENT; raises
-    DeploymentError for a fault of the deployment (URL, stage, credentials, permission).
+    the result says INDEXED, FAILED_PERMANENT (with the reason) or FAILED_TRANSIENT (with
+    `unknown` when the call may have registered the user); raises DeploymentError for a fault
+    of the deployment (URL, stage, credentials, permission, a request shape it cannot take).
 
     `pace` is called right before the call goes out, after the request is built and checked:
-    the rate limiter, so a refused input spends no token and the call leaves when it is let go."""
+    the rate limiter, so a refused input spends no token and the call leaves when it is let go.
+    `source` is the object the image is (RIV reads it itself when `needs_image_bytes` is False)."""
+
+    @property
+    def needs_image_bytes(self) -> bool: ...
 
     def register(
-        self, user_id: str, image: bytes, properties: Mapping[str, str], pace: Callable[[], object] = ...
+        self,
+        user_id: str,
+        image: Optional[bytes],
+        properties: Mapping[str, str],
+        pace: Callable[[], object] = ...,
+        *,
+        source: Optional[ObjectRef] = None,
     ) -> GatewayResult: ...
+
+    def user_exists(self, user_id: str) -> Optional[bool]:
+        """Whether the registry holds this user (RIV's check-userid); None when it cannot tell."""
+        ...
 
 
 class ImportHistory(Protocol):

@@ -19,6 +19,8 @@ from ..core.inventory.reader import iter_inventory_batches, load_manifest
 from ..core.inventory.reports import newest_complete_report
 from ..core.model import CANDIDATE_SCHEMA, INDEXED_SCHEMA, INVENTORY_SCHEMA, QUALIFIED_SCHEMA, Outcome
 from ..core.rules.ratelimit import RateLimiter
+from ..core.rules.riv_protocol import INLINE, largest_inline_image
+from ..core.steps.call_meter import CallMeter
 from ..core.steps.indexing import IndexingPolicy, index_qualified
 from ..core.steps.known_outcomes import load_previous_outcomes
 from ..core.steps.progress import Progress
@@ -163,6 +165,7 @@ def qualified_objects(
             progress=progress,
             known=known,
             stats=stats,
+            user_id_pattern=settings.user_id_pattern,
         )
         table = write_table(
             store,
@@ -213,6 +216,7 @@ def indexed_users(
         qualified_total = decisions.get("qualified", 0)
         # Counts objects done, whatever their outcome: the outcomes are logged when the step ends.
         progress = Progress("outcomes recorded", qualified_total, context.log.info)
+        meter = CallMeter(settings.index_rate, settings.index_concurrency)
         results = index_qualified(
             qualified_table.iter_batches(batch_size=BATCH_ROWS),
             store=store,
@@ -226,9 +230,17 @@ def indexed_users(
                 concurrency=settings.index_concurrency,
                 max_attempts=settings.index_max_attempts,
                 lease_seconds=settings.claim_lease_seconds,
+                # The embedded registry answers within its call; RIV's workflow may outlive the call.
+                settle_after_seconds=settings.gateway_workflow_timeout_seconds if settings.deployment == "aws" else 0.0,
+                largest_image_bytes=(
+                    largest_inline_image(settings.gateway_max_payload_bytes)
+                    if settings.deployment == "aws" and settings.gateway_image_mode == INLINE
+                    else None
+                ),
             ),
             log=context.log.warning,
             progress=progress,
+            meter=meter,
         )
         table = write_table(
             store,
@@ -237,6 +249,9 @@ def indexed_users(
             failed.watch(warn_permanent_failures(_counted(results, "outcome", outcomes), context.log.warning), not_indexed),
         )
     context.log.info(progress.summary())
+    gateway_figures = meter.figures()
+    if gateway_figures.calls:
+        (context.log.warning if gateway_figures.bound_limits else context.log.info)(gateway_figures.summary())
     registered = outcomes.get(Outcome.INDEXED.value, 0)
     context.log.info(
         f"registered {registered} of {qualified_total} qualified: "
@@ -251,6 +266,7 @@ def indexed_users(
             **location_metadata(store, table.location),
             **_throughput("registrations", outcomes.get(Outcome.INDEXED.value, 0), started),
             "configured_rate_per_second": settings.index_rate,
+            **gateway_figures.as_metadata(),
         },
     )
 

@@ -33,7 +33,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         home = settings.home_path
         store = LocalObjectStore(root=str(settings.local_store_root))
         history = SqliteImportHistory(db_path=str(home / "import_history.sqlite"))
-        gateway = LocalRegistryGateway(db_path=str(home / "registry.sqlite"))
+        gateway = LocalRegistryGateway(db_path=str(home / "registry.sqlite"), user_id_pattern=settings.user_id_pattern)
     elif settings.deployment == "aws":
         aws = aws_clients(settings)
         store = S3ObjectStore(aws=aws)
@@ -55,6 +55,9 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             profile_name=settings.aws_profile,
             timeout_seconds=settings.gateway_timeout_seconds,
             max_payload_bytes=settings.gateway_max_payload_bytes,
+            image_mode=settings.gateway_image_mode,
+            pool_size=settings.index_concurrency,  # one connection per call in flight
+            user_id_pattern=settings.user_id_pattern,
         )
 
     if settings.provider == "s3_tags":

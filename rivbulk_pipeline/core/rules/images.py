@@ -1,14 +1,11 @@
-"""Checks on what a registry accepts: face images (Rekognition's rules) and user ids.
+"""Checks on what a registry accepts: face images (Rekognition's rules).
 
 Pure: Pillow only. Error texts name the image's location and the rule broken, never its
 bytes (biometric data).
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import re
-import unicodedata
 from dataclasses import dataclass
 
 from PIL import Image
@@ -17,8 +14,6 @@ from ..errors import ImageRejected
 
 MAX_IMAGE_BYTES = 5_242_880  # Rekognition: raw image bytes <= 5 MB
 MIN_DIMENSION = 80  # Rekognition: at least 80x80 px
-MAX_USER_ID_CHARS = 128
-MAX_EXTERNAL_IMAGE_ID_CHARS = 255
 
 # Reason codes (stable strings, stored in the import history).
 UNSUPPORTED_FORMAT = "unsupported_format"
@@ -28,10 +23,6 @@ CORRUPT_IMAGE = "corrupt_image"
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
-_EXTERNAL_ID_RE = re.compile(r"[a-zA-Z0-9_.\-:]+")
-_EXTERNAL_ID_BAD_RUN = re.compile(r"[^a-zA-Z0-9_.\-:]+")
-_READABLE_PREFIX_CHARS = 64
-_HASH_HEX_CHARS = 32  # 128 bits of SHA-256: no accidental collisions
 
 
 @dataclass(frozen=True)
@@ -103,36 +94,3 @@ def _check_dimensions(width: int, height: int, location: str) -> None:
             f"{location}: image is {width}x{height} px, over Pillow's decompression-bomb limit "
             f"of {limit:,} pixels",
         )
-
-
-def validate_user_id(user_id: object) -> str | None:
-    """None when `user_id` is acceptable, else why not (without echoing the id)."""
-    if not isinstance(user_id, str):
-        return f"user id must be a string, not {type(user_id).__name__}"
-    if not user_id.strip():
-        return "user id is empty"
-    if len(user_id) > MAX_USER_ID_CHARS:
-        return f"user id is {len(user_id)} characters, over the {MAX_USER_ID_CHARS}-character limit"
-    for position, char in enumerate(user_id, start=1):
-        category = unicodedata.category(char)
-        if category == "Cc":
-            return f"user id contains a control character (U+{ord(char):04X}) at position {position}"
-        if category == "Cs":
-            return f"user id is not valid UTF-8 (lone surrogate at position {position})"
-    return None
-
-
-def external_image_id(user_id: str) -> str:
-    """A Rekognition ExternalImageId for `user_id`: deterministic, `[a-zA-Z0-9_.\\-:]+`, <= 255 chars.
-
-    An id that already fits is used as is. Any other gets a readable ASCII prefix plus a hash
-    of the full id, so ids that differ only in disallowed characters stay distinct.
-    """
-    if _EXTERNAL_ID_RE.fullmatch(user_id) and len(user_id) <= MAX_EXTERNAL_IMAGE_ID_CHARS:
-        return user_id
-    # Accents off ("José" -> "Jose"), then every run of disallowed characters -> "_".
-    decomposed = unicodedata.normalize("NFKD", user_id)
-    ascii_ish = "".join(c for c in decomposed if not unicodedata.combining(c))
-    prefix = _EXTERNAL_ID_BAD_RUN.sub("_", ascii_ish).strip("_")[:_READABLE_PREFIX_CHARS]
-    digest = hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_HEX_CHARS]
-    return f"{prefix}:{digest}" if prefix else digest

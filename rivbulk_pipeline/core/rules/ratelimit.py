@@ -85,3 +85,54 @@ def max_calls_in_any_window(start_times: list[float], window_seconds: float = 1.
             left += 1
         best = max(best, right - left + 1)
     return best
+
+
+class InFlightGate:
+    """Keeps as many registrations in flight as the configured rate needs at the gateway's
+    measured speed (Little's law: rate x latency, plus headroom), never more than `bound`.
+
+    Calls are paced by the RateLimiter; this gate only decides how many objects may be between
+    reading their image and getting their answer, so a slow gateway gets enough calls in flight
+    to reach the rate, and a fast one does not have images waiting in memory for their turn.
+    """
+
+    def __init__(self, rate_per_second: float, bound: int, headroom: float = 1.25, smoothing: float = 0.2) -> None:
+        self.rate = rate_per_second
+        self.bound = max(1, bound)
+        self._headroom = headroom
+        self._smoothing = smoothing
+        self._latency: float | None = None  # exponentially weighted mean of answered calls
+        self._active = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    @property
+    def limit(self) -> int:
+        latency = self._latency if self._latency is not None else 1.0  # until measured: a second's worth
+        wanted = int(self.rate * latency * self._headroom) + 2
+        return min(self.bound, wanted)
+
+    @property
+    def latency(self) -> float | None:
+        return self._latency
+
+    def __enter__(self) -> "InFlightGate":
+        with self._cond:
+            self._cond.wait_for(lambda: self._active < self.limit)
+            self._active += 1
+            self.peak = max(self.peak, self._active)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._active -= 1
+            self._cond.notify_all()
+
+    def observe(self, latency_seconds: float) -> None:
+        """One answered call's latency (from leaving to its answer)."""
+        with self._cond:
+            if self._latency is None:
+                self._latency = latency_seconds
+            else:
+                self._latency += self._smoothing * (latency_seconds - self._latency)
+            self._cond.notify_all()

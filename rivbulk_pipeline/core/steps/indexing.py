@@ -5,6 +5,11 @@ both register it), read the image, load the properties, call the gateway at the 
 rate with retries for transient failures, record the outcome, and only after a success merge
 `Indexed=True` into the object's tags. A run killed anywhere leaves either no claim, an
 expired-able claim (retried by the next run), or a final outcome.
+
+Never register blindly after an unknown outcome: a call that may have registered the user (a
+504, a read timeout, a dropped connection), or a claim left by a run that died, is settled first
+by asking the registry whether the user exists, once the workflow must have ended. The claim
+is renewed right before each call goes out, so it cannot expire while the call is in flight.
 """
 from __future__ import annotations
 
@@ -19,14 +24,22 @@ import pyarrow as pa
 from ..errors import DeploymentError, HistoryError, ObjectChanged, ObjectNotFound, RegistrationRejected, StoreError
 from ..model import INDEXED_SCHEMA, GatewayResult, HistoryRecord, HistoryStatus, ObjectRef, Outcome
 from ..ports import Gateway, ImportHistory, ObjectStore, RegistrationProvider
-from ..rules.ratelimit import RateLimiter, backoff_delay
+from ..rules.ratelimit import InFlightGate, RateLimiter, backoff_delay
 from ..rules.reasons import reason_token
+from ..rules.riv_protocol import TOO_LARGE_FOR_RIV
+from .call_meter import CallMeter
 from .progress import Progress
 
 STALE_CHANGED = "stale_inventory"  # the object's ETag is no longer the listed one
 STALE_GONE = "object_not_found"  # the object is gone since the inventory
 STALE_DETAIL = "the image was replaced since this inventory; the history keeps the current image's record"
 TAG_NOT_WRITTEN = "Indexed tag not written"
+OUTCOME_UNKNOWN = "outcome_unknown"  # the last call may have registered the user: the next run settles first
+SETTLED = "SUCCEEDED (settled: the registry holds this user after a call whose outcome was unknown)"
+
+
+class _ClaimGone(Exception):
+    """Our claim could not be renewed before a call: another run holds the object now."""
 
 HISTORY_STATUS_OF = {  # the history status each recorded outcome is written as
     Outcome.INDEXED: HistoryStatus.INDEXED,
@@ -42,7 +55,9 @@ class IndexingPolicy:
     max_attempts: int = 4  # gateway attempts per object before it is recorded as a transient failure
     backoff_base_seconds: float = 0.5
     backoff_cap_seconds: float = 20.0
-    lease_seconds: float = 600.0  # longer than one object can take, retries included
+    lease_seconds: float = 600.0  # renewed before each call: longer than one call and its settling
+    settle_after_seconds: float = 30.0  # how long a registration may go on after its call gave up (RIV: 30 s)
+    largest_image_bytes: Optional[int] = None  # images over this are refused without reading them
     wait_for_expired_claims: bool = True  # claims left by a dead run are retried at the end of this one
     indexed_tag: tuple[str, str] = ("Indexed", "True")
     rng: random.Random = field(default_factory=random.Random)
@@ -59,7 +74,7 @@ class IndexResult:
 
 
 class _Indexer:
-    def __init__(self, store, provider, gateway, history, limiter, policy, log):
+    def __init__(self, store, provider, gateway, history, limiter, policy, log, gate, meter):
         self.store: ObjectStore = store
         self.provider: RegistrationProvider = provider
         self.gateway: Gateway = gateway
@@ -67,6 +82,8 @@ class _Indexer:
         self.limiter: RateLimiter = limiter
         self.policy: IndexingPolicy = policy
         self.log: Callable[[str], None] = log
+        self.gate: InFlightGate = gate
+        self.meter: CallMeter = meter
 
     def index_one(self, row: dict) -> tuple[IndexResult, Optional[float]]:
         """Return the result, and for a claim held elsewhere the time its lease expires."""
@@ -87,6 +104,7 @@ class _Indexer:
             return result(Outcome.SKIPPED, f"{STALE_CHANGED}: {STALE_DETAIL}"), None
         etag = row["e_tag"] or current.etag
 
+        before = self.history.lookup([ref]).get(ref)
         if not self.history.claim(ref, etag, self.policy.owner, self.policy.lease_seconds):
             record = self.history.lookup([ref]).get(ref)
             if record and record.etag == etag and record.status == HistoryStatus.INDEXED:
@@ -95,13 +113,22 @@ class _Indexer:
                 return result(Outcome.SKIPPED, "claimed by another run", etag=etag), record.claim_expires_at
             state = record.status.value if record else "none"
             return result(Outcome.SKIPPED, f"not claimable (history: {state})", etag=etag), None
+        # A claim taken over from a run that died, or a last call whose outcome was unknown: that
+        # call may have registered the user, so the registry is asked before calling again.
+        settle_first = before is not None and before.etag == etag and (
+            before.status == HistoryStatus.CLAIMED
+            or (before.status == HistoryStatus.FAILED_TRANSIENT and before.reason.startswith(OUTCOME_UNKNOWN))
+        )
 
         try:
-            final = self._register(ref, row, etag)
+            with self.gate:
+                final = self._register(ref, row, etag, settle_first)
         except DeploymentError:
             # Not this object's fault: free it for the next run now, and stop this one.
             self.history.release(ref, self.policy.owner)
             raise
+        except _ClaimGone:
+            return result(Outcome.SKIPPED, "claimed by another run (this run's claim lapsed before its call)", etag=etag), None
         except Exception as exc:  # a fault with this object alone must not stop the others
             self.log(f"{ref}: registration failed unexpectedly ({type(exc).__name__}); the next run retries it")
             final = result(Outcome.FAILED_TRANSIENT, f"unexpected error ({type(exc).__name__})", 0, etag)
@@ -114,39 +141,74 @@ class _Indexer:
         try:
             final = self._record(ref, etag, row["user_id"], final)
         except HistoryError as exc:
-            # e.g. our lease ran out and another run holds the claim now: it records the outcome.
+            # e.g. our lease ran out and another run holds the claim now: it settles and records.
             self.log(f"{ref}: outcome {final.outcome} not recorded: {exc}")
             return result(Outcome.SKIPPED, f"outcome not recorded: {exc}", final.attempts, etag), None
         return final, None
 
-    def _register(self, ref: ObjectRef, row: dict, etag: str) -> IndexResult:
+    def _register(self, ref: ObjectRef, row: dict, etag: str, settle_first: bool) -> IndexResult:
         def result(outcome: Outcome, reason: str, attempts: int = 0) -> IndexResult:
             return IndexResult(ref, row["size"], etag, outcome, reason, attempts)
 
-        try:
-            # IfMatch: the bytes sent are the bytes whose ETag is recorded (closes the HEAD-then-GET race).
-            image = self.store.get_bytes(ref.bucket, ref.key, ref.version_id, if_match=etag)
-        except ObjectChanged:
-            return result(Outcome.SKIPPED, f"{STALE_CHANGED}: {STALE_DETAIL}")
-        except ObjectNotFound:
-            return result(Outcome.SKIPPED, f"{STALE_GONE}: the image is gone since the inventory")
-        except StoreError as exc:
-            return result(Outcome.FAILED_TRANSIENT, f"reading the image failed ({type(exc).__name__})")
+        image: Optional[bytes] = None
+        if self.gateway.needs_image_bytes:
+            largest = self.policy.largest_image_bytes
+            if largest is not None and row["size"] is not None and row["size"] > largest:
+                return result(
+                    Outcome.FAILED_PERMANENT,
+                    f"{TOO_LARGE_FOR_RIV}: the image is {row['size']:,} bytes; inline, RIV takes images up to about"
+                    f" {largest:,} bytes (Step Functions' 256 KiB state): use RIVBULK_GATEWAY_IMAGE_MODE=by_reference",
+                )
+            try:
+                # IfMatch: the bytes sent are the bytes whose ETag is recorded (closes the HEAD-then-GET race).
+                image = self.store.get_bytes(ref.bucket, ref.key, ref.version_id, if_match=etag)
+            except ObjectChanged:
+                return result(Outcome.SKIPPED, f"{STALE_CHANGED}: {STALE_DETAIL}")
+            except ObjectNotFound:
+                return result(Outcome.SKIPPED, f"{STALE_GONE}: the image is gone since the inventory")
+            except StoreError as exc:
+                return result(Outcome.FAILED_TRANSIENT, f"reading the image failed ({type(exc).__name__})")
         try:
             properties = self.provider.load_properties(row["properties_ref"]) if row["properties_ref"] else {}
         except RegistrationRejected as rejected:
             return result(Outcome.FAILED_PERMANENT, f"{reason_token(rejected.reason)}: {rejected.detail}")
         except ObjectNotFound:
-            return result(Outcome.FAILED_PERMANENT, "properties_not_found: the properties file is gone")
+            # Gone between qualification and now (being replaced?): the next run asks again.
+            return result(Outcome.FAILED_TRANSIENT, "properties_not_found: the properties file is gone; the next run retries")
         except Exception as exc:
             return result(Outcome.FAILED_TRANSIENT, f"loading properties failed ({type(exc).__name__})")
 
+        user_id = row["user_id"]
         attempts = 0
+        unknown_since: Optional[float] = time.time() - self.policy.settle_after_seconds if settle_first else None
         while True:
+            if unknown_since is not None:
+                # Ask once the registration the earlier call may have started must have ended.
+                time.sleep(max(0.0, unknown_since + self.policy.settle_after_seconds - time.time()))
+                exists = self.gateway.user_exists(user_id)
+                if exists:
+                    return result(Outcome.INDEXED, SETTLED, attempts)
+                # False: it did not register, call again. None (no check-userid on this RIV): call
+                # again too; at worst RIV stores a second face of this user (README: the gateway).
             attempts += 1
-            answer: GatewayResult = self.gateway.register(row["user_id"], image, properties, pace=self.limiter.acquire)
-            if answer.outcome != Outcome.FAILED_TRANSIENT or attempts >= self.policy.max_attempts:
+            sent_at: list[float] = []
+
+            def pace() -> None:
+                self.limiter.acquire()
+                # Renewed as the call leaves: the claim outlives the call, and a lapsed one stops it.
+                if not self.history.claim(ref, etag, self.policy.owner, self.policy.lease_seconds):
+                    raise _ClaimGone()
+                sent_at.append(self.meter.started())
+
+            answer: GatewayResult = self.gateway.register(user_id, image, properties, pace, source=ref)
+            if sent_at:
+                self.gate.observe(self.meter.ended(sent_at[0]))
+            if answer.outcome != Outcome.FAILED_TRANSIENT:
                 return result(answer.outcome, answer.reason, attempts)
+            unknown_since = time.time() if answer.unknown else None
+            if attempts >= self.policy.max_attempts:
+                reason = f"{OUTCOME_UNKNOWN}: {answer.reason}" if answer.unknown else answer.reason
+                return result(Outcome.FAILED_TRANSIENT, reason, attempts)
             time.sleep(
                 backoff_delay(attempts, self.policy.backoff_base_seconds, self.policy.backoff_cap_seconds, self.policy.rng)
             )
@@ -190,12 +252,16 @@ def index_qualified(
     log: Callable[[str], None] = lambda message: None,
     progress: Optional[Progress] = None,
     output_rows: int = 10_000,
+    meter: Optional[CallMeter] = None,
 ) -> Iterator[pa.RecordBatch]:
     """Register the qualified rows; yield INDEXED_SCHEMA batches as outcomes are recorded.
 
-    At most `2 * concurrency` objects are in flight, so memory stays flat however many qualify.
+    `policy.concurrency` workers; of them, as many hold an image and a call as the rate needs at
+    the gateway's measured latency (InFlightGate), so memory stays flat however many qualify.
     """
-    indexer = _Indexer(store, provider, gateway, history, limiter, policy, log)
+    gate = InFlightGate(limiter.rate, policy.concurrency)
+    meter = meter if meter is not None else CallMeter(limiter.rate, policy.concurrency)
+    indexer = _Indexer(store, provider, gateway, history, limiter, policy, log, gate, meter)
     done: list[IndexResult] = []
     held_elsewhere: list[tuple[dict, float]] = []
     may_wait = [policy.wait_for_expired_claims]  # only the first pass waits for other runs' claims

@@ -18,9 +18,9 @@ import pyarrow.compute as pc
 from ..errors import AccessDenied, ObjectNotFound, RegistrationRejected, StoreError
 from ..model import NULL_VERSION, QUALIFIED_SCHEMA, HistoryStatus, ObjectRef, Reason
 from ..ports import ImportHistory, ObjectStore, RegistrationProvider
-from ..rules.images import validate_user_id
 from ..rules.reasons import reason_token
 from ..rules.tags import is_true_marker, tag_lookup
+from ..rules.user_ids import RIV_USER_ID_PATTERN, registry_user_id, user_id_problem
 from .known_outcomes import Known, KnownOutcomes
 from .progress import Progress
 
@@ -48,8 +48,11 @@ class Decision:
     properties_ref: Optional[str] = None
 
 
-def decide_from_tags(ref: ObjectRef, tags: Mapping[str, str], provider: RegistrationProvider) -> Decision:
-    """The seed's tag rules, with case-insensitive keys and `true` markers."""
+def decide_from_tags(
+    ref: ObjectRef, tags: Mapping[str, str], provider: RegistrationProvider, user_id_pattern: str = RIV_USER_ID_PATTERN
+) -> Decision:
+    """The seed's tag rules, with case-insensitive keys and `true` markers; the user id checked
+    against the registry's rule and recorded as the registry keys it (lower-cased)."""
     if is_true_marker(tag_lookup(tags, "Ignore")):
         return Decision(False, Reason.IGNORED, f"{ref}: tagged Ignore=true")
     if is_true_marker(tag_lookup(tags, "Indexed")):
@@ -58,9 +61,9 @@ def decide_from_tags(ref: ObjectRef, tags: Mapping[str, str], provider: Registra
         info = provider.registration_for(ref, tags)
         if info is None:
             return Decision(False, Reason.NO_USER_ID, f"{ref}: no UserId tag")
-        problem = validate_user_id(info.user_id)
+        problem = user_id_problem(info.user_id, user_id_pattern)
         if problem:
-            return Decision(False, Reason.BAD_USER_ID, f"{ref}: UserId {problem}")
+            return Decision(False, Reason.BAD_USER_ID, f"{ref}: UserId breaks the registry's id rule: {problem}")
         if info.properties_ref:
             provider.load_properties(info.properties_ref)  # validated now, loaded again when registering
     except RegistrationRejected as rejected:
@@ -75,16 +78,18 @@ def decide_from_tags(ref: ObjectRef, tags: Mapping[str, str], provider: Registra
         return _store_error_decision(ref, exc, "reading properties")
     except Exception as exc:  # a user's provider may raise anything; it must not fail the others
         return Decision(False, Reason.PROVIDER_ERROR, f"{ref}: registration provider raised {type(exc).__name__}")
-    return Decision(True, Reason.QUALIFIED, "", info.user_id, info.properties_ref)
+    return Decision(True, Reason.QUALIFIED, "", registry_user_id(info.user_id), info.properties_ref)
 
 
-def decide_one(ref: ObjectRef, store: ObjectStore, provider: RegistrationProvider) -> Decision:
+def decide_one(
+    ref: ObjectRef, store: ObjectStore, provider: RegistrationProvider, user_id_pattern: str = RIV_USER_ID_PATTERN
+) -> Decision:
     """Read the object's tags once and apply the rules."""
     try:
         tags = store.get_tags(ref.bucket, ref.key, ref.version_id)
     except StoreError as exc:
         return _store_error_decision(ref, exc, "reading tags")
-    return decide_from_tags(ref, tags, provider)
+    return decide_from_tags(ref, tags, provider, user_id_pattern)
 
 
 def _store_error_decision(ref: ObjectRef, exc: StoreError, doing: str) -> Decision:
@@ -105,6 +110,7 @@ def qualify_candidates(
     progress: Optional[Progress] = None,
     known: Optional[KnownOutcomes] = None,
     stats: Optional[QualifyStats] = None,
+    user_id_pattern: str = RIV_USER_ID_PATTERN,
 ) -> Iterator[pa.RecordBatch]:
     """Yield one QUALIFIED_SCHEMA batch per candidate batch, rows in the same order.
 
@@ -126,7 +132,7 @@ def qualify_candidates(
                 stats.history_keys += len(ask)
                 final, from_history, history_reasons = _history_decisions(batch, ask, history, final)
             pending = np.flatnonzero(final == Known.UNKNOWN)
-            decisions = list(_one_by_one(batch, pending, unreadable, store, provider, pool, stats))
+            decisions = list(_one_by_one(batch, pending, unreadable, store, provider, pool, stats, user_id_pattern))
             if progress:
                 progress.advance(batch.num_rows)
             yield _decisions_batch(batch, final, from_history, history_reasons, pending, decisions)
@@ -140,6 +146,7 @@ def _one_by_one(
     provider: RegistrationProvider,
     pool: ThreadPoolExecutor,
     stats: QualifyStats,
+    user_id_pattern: str,
 ) -> Iterator[Decision]:
     """The decisions of the `pending` rows, in order: a tag read each, unless its HEAD failed.
     At most _READS_QUEUED reads are queued at a time: a queued read holds a future, a reference
@@ -149,7 +156,7 @@ def _one_by_one(
         to_read = [i for i in rows if i not in unreadable]
         stats.tag_reads += len(to_read)
         refs = _refs(batch.take(pa.array(to_read, pa.int64()))) if to_read else []
-        read = dict(zip(to_read, pool.map(lambda ref: decide_one(ref, store, provider), refs)))
+        read = dict(zip(to_read, pool.map(lambda ref: decide_one(ref, store, provider, user_id_pattern), refs)))
         yield from (read.get(i) or unreadable[i] for i in rows)
 
 

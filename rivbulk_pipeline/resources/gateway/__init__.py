@@ -7,13 +7,12 @@ Both make ONE attempt per call and never raise for a per-user failure: the calle
 retries, the backoff and the rate limiting. Neither logs nor echoes images, properties or keys.
 """
 from ...core.rules.limits import DYNAMODB_ITEM_LIMIT, dynamodb_item_size
-from .base import STEP_FUNCTIONS_PAYLOAD_LIMIT, GatewayResource
+from .base import GatewayResource
 from .local_registry import LocalRegistryGateway
 from .riv_http import RivHttpGateway
 
 __all__ = [
     "DYNAMODB_ITEM_LIMIT",
-    "STEP_FUNCTIONS_PAYLOAD_LIMIT",
     "GatewayResource",
     "LocalRegistryGateway",
     "RivHttpGateway",

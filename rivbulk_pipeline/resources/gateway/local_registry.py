@@ -4,7 +4,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sqlite3
+import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any, Optional
@@ -12,42 +14,49 @@ from typing import Any, Optional
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from ...core.model import GatewayResult
-from ...core.rules.images import external_image_id, validate_user_id
-
+from ...core.model import GatewayResult, ObjectRef
 from ...core.rules.limits import DYNAMODB_ITEM_LIMIT, dynamodb_item_size
+from ...core.rules.riv_protocol import result_of_answer
+from ...core.rules.user_ids import RIV_USER_ID_PATTERN
 from ..sqlite_threads import ThreadConnections
-from .base import (
-    GatewayResource,
-    _Rejected,
-    _checked_input,
-    _no_pace,
-)
+from .base import GatewayResource, _checked_input, _no_pace, _Rejected
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS users (
-    user_key          TEXT PRIMARY KEY,      -- User::<user_id lower-cased>, as RIV keys it
-    user_id           TEXT NOT NULL,
-    external_image_id TEXT NOT NULL,
-    image_sha256      TEXT NOT NULL UNIQUE,  -- one image, one user (RIV: UserAlreadyExists)
+CREATE TABLE IF NOT EXISTS faces (
+    face_id           TEXT PRIMARY KEY,
+    user_key          TEXT NOT NULL,         -- User::<user id lower-cased>, as RIV keys it
+    external_image_id TEXT NOT NULL,         -- the lower-cased id, as RIV passes it to IndexFaces
+    image_sha256      TEXT NOT NULL,         -- stands in for the face: one image, one face
     image_size        INTEGER NOT NULL,
     image_format      TEXT NOT NULL,
     image_width       INTEGER NOT NULL,
     image_height      INTEGER NOT NULL,
     properties_json   TEXT NOT NULL,
-    registered_at     TEXT NOT NULL,         -- ISO-8601 UTC
-    registrations     INTEGER NOT NULL,      -- set to 1 by the first registration, never bumped
-    attempts          INTEGER NOT NULL       -- every register call for this user
+    registered_at     TEXT NOT NULL          -- ISO-8601 UTC
 );
+CREATE INDEX IF NOT EXISTS faces_by_user ON faces (user_key);
+CREATE INDEX IF NOT EXISTS faces_by_image ON faces (image_sha256);
+CREATE TABLE IF NOT EXISTS attempts (user_key TEXT PRIMARY KEY, attempts INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS stats (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO stats (name, value) VALUES ('register_calls', 0);
 """
+_RIV_ID = re.compile(RIV_USER_ID_PATTERN)
+_ENDPOINT = "the embedded registry"
+
+
+def _failed(error: str, message: str) -> dict[str, Any]:
+    """A FAILED answer as RIV gives it: the Lambda error's class name, and Lambda's JSON as the cause."""
+    cause = json.dumps({"errorMessage": message, "errorType": error, "stackTrace": []})
+    return {"status": "FAILED", "error": error, "cause": cause}
+
 
 class LocalRegistryGateway(GatewayResource):
-    """The embedded identity registry: users in SQLite (WAL), safe from threads and processes.
+    """The embedded identity registry, answering as RIV's register workflow does: users in SQLite
+    (WAL), safe from threads and processes.
 
-    It stores the image's SHA-256 and dimensions, never its bytes. An identical image stands
-    in for Rekognition's "same face" (the real gateway compares faces).
+    It stores each face's image SHA-256 and dimensions, never the bytes. An identical image stands
+    in for Rekognition's "same face" (the real gateway compares faces): the same face for another
+    id is `UserAlreadyExists`; for the same id, as RIV does, it is stored again as a second face.
     """
 
     db_path: str = Field(description="SQLite file of the registry (created if missing)")
@@ -85,76 +94,98 @@ class LocalRegistryGateway(GatewayResource):
         self.close()
 
     def register(
-        self, user_id: str, image: bytes, properties: Mapping[str, str], pace: Callable[[], object] = _no_pace
+        self,
+        user_id: str,
+        image: Optional[bytes],
+        properties: Mapping[str, str],
+        pace: Callable[[], object] = _no_pace,
+        *,
+        source: Optional[ObjectRef] = None,
     ) -> GatewayResult:
-        problem: Optional[str] = None
-        row: dict[str, Any] = {}
+        # The checks a client makes before calling (as the HTTP gateway does): nothing reaches the registry.
         try:
-            info, props = _checked_input(user_id, image, properties)
-            row = {
-                "UserKey": f"User::{user_id.lower()}",
-                "UserId": user_id,
-                "ExternalImageId": external_image_id(user_id),
-                "ImageSha256": hashlib.sha256(image).hexdigest(),
-                "ImageSize": info.size,
-                "ImageFormat": info.format,
-                "ImageWidth": info.width,
-                "ImageHeight": info.height,
-                "Properties": json.dumps(props, ensure_ascii=False, sort_keys=True, separators=(",", ":")),
-                "RegisteredAt": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                "Registrations": 1,
-                "Attempts": 1,
-            }
-            size = dynamodb_item_size(row)
-            if size > DYNAMODB_ITEM_LIMIT:
-                raise _Rejected(f"RecordTooLarge: the user record is {size} bytes > {DYNAMODB_ITEM_LIMIT}")
+            info, props = _checked_input(user_id, image, properties, self.user_id_pattern)
         except _Rejected as exc:
-            problem = exc.reason
-        # A valid id still counts an attempt on its user, even when this call's input is bad.
-        user_key = f"User::{user_id.lower()}" if validate_user_id(user_id) is None else None
+            return GatewayResult.permanent(exc.reason)
+        assert info is not None and image is not None  # the embedded registry always takes the bytes
+        face = {
+            "image_sha256": hashlib.sha256(image).hexdigest(),
+            "image_size": info.size,
+            "image_format": info.format,
+            "image_width": info.width,
+            "image_height": info.height,
+            "properties_json": json.dumps(props, ensure_ascii=False, sort_keys=True, separators=(",", ":")),
+        }
         pace()  # the call reaches the registry now
         try:
-            return self._apply(self._connect(), user_key, problem, row)
+            answer = self._workflow(self._connect(), user_id, face)
         except sqlite3.Error as exc:  # locked past busy_timeout, disk full, ...: may pass next time
-            return GatewayResult.transient(f"local registry unavailable: {type(exc).__name__}: {exc}")
+            return GatewayResult.transient(f"local_registry_unavailable: {type(exc).__name__}: {exc}")
+        return result_of_answer(answer, _ENDPOINT)
 
     @staticmethod
-    def _apply(
-        conn: sqlite3.Connection, user_key: Optional[str], problem: Optional[str], row: Mapping[str, Any]
-    ) -> GatewayResult:
+    def _workflow(conn: sqlite3.Connection, user_id: str, face: Mapping[str, Any]) -> dict[str, Any]:
+        """RIV's register workflow on one request: search-faces, then index-faces and the face record."""
+        user_key = f"User::{user_id.lower()}"
         with conn:  # commits, or rolls back on any exception
-            conn.execute("BEGIN IMMEDIATE")  # take the write lock now: check-then-insert is atomic
+            conn.execute("BEGIN IMMEDIATE")  # take the write lock now: search-then-index is atomic
             conn.execute("UPDATE stats SET value = value + 1 WHERE name = 'register_calls'")
-            if user_key is not None:
-                conn.execute("UPDATE users SET attempts = attempts + 1 WHERE user_key = ?", (user_key,))
-            if problem is not None:
-                return GatewayResult.permanent(problem)
-            existing = conn.execute("SELECT image_sha256 FROM users WHERE user_key = ?", (user_key,)).fetchone()
-            if existing is not None:
-                if existing[0] == row["ImageSha256"]:
-                    return GatewayResult.succeeded("SUCCEEDED (already registered with this image)")
-                return GatewayResult.permanent("UserAlreadyRegistered: a different image is registered for this user")
-            owner = conn.execute("SELECT 1 FROM users WHERE image_sha256 = ?", (row["ImageSha256"],)).fetchone()
-            if owner is not None:
-                return GatewayResult.permanent("UserAlreadyExists: this face image is registered to another user")
             conn.execute(
-                "INSERT INTO users (user_key, user_id, external_image_id, image_sha256, image_size, image_format,"
-                " image_width, image_height, properties_json, registered_at, registrations, attempts)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO attempts (user_key, attempts) VALUES (?, 1)"
+                " ON CONFLICT (user_key) DO UPDATE SET attempts = attempts + 1",
+                (user_key,),
+            )
+            # search-faces: a match is the caller's own face only when the id AS SENT equals the
+            # stored (lower-cased) ExternalImageId, so a mixed-case id matching its own face fails.
+            owners = {row[0] for row in conn.execute(
+                "SELECT external_image_id FROM faces WHERE image_sha256 = ?", (face["image_sha256"],)
+            )}
+            if owners and owners != {user_id}:
+                return _failed("UserAlreadyExists", "the face matches a face registered for another user id")
+            # index-faces: the lower-cased id becomes Rekognition's ExternalImageId.
+            external_id = user_id.lower()
+            if not _RIV_ID.fullmatch(external_id) or len(external_id) > 255:
+                return _failed(
+                    "ClientError",
+                    "An error occurred (ValidationException) when calling the IndexFaces operation: ExternalImageId"
+                    " failed to satisfy constraint: Member must satisfy regular expression pattern: [a-zA-Z0-9_.\\-:]+",
+                )
+            registered_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+            face_id = str(uuid.uuid4())
+            item = {"PartitionKey": user_key, "SortKey": f"Face::{face_id}", "RegisteredAt": registered_at, **face}
+            size = dynamodb_item_size(item)
+            if size > DYNAMODB_ITEM_LIMIT:
+                return _failed(
+                    "ClientError",
+                    "An error occurred (ValidationException) when calling the PutItem operation: Item size has"
+                    f" exceeded the maximum allowed size ({size} bytes > {DYNAMODB_ITEM_LIMIT})",
+                )
+            conn.execute(
+                "INSERT INTO faces (face_id, user_key, external_image_id, image_sha256, image_size, image_format,"
+                " image_width, image_height, properties_json, registered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    row["UserKey"], row["UserId"], row["ExternalImageId"], row["ImageSha256"], row["ImageSize"],
-                    row["ImageFormat"], row["ImageWidth"], row["ImageHeight"], row["Properties"],
-                    row["RegisteredAt"], row["Registrations"], row["Attempts"],
+                    face_id, user_key, external_id, face["image_sha256"], face["image_size"], face["image_format"],
+                    face["image_width"], face["image_height"], face["properties_json"], registered_at,
                 ),
             )
-            return GatewayResult.succeeded()
+            output = {"UserId": external_id, "ImageId": face_id, "Status": "Registered"}
+            return {"status": "SUCCEEDED", "output": json.dumps(output)}
+
+    def user_exists(self, user_id: str) -> Optional[bool]:
+        """RIV's check-userid: looks up `User::<id as sent>`, so it finds lower-case ids only."""
+        row = self._connect().execute("SELECT 1 FROM faces WHERE user_key = ? LIMIT 1", (f"User::{user_id}",)).fetchone()
+        return row is not None
 
     def users(self) -> list[dict[str, Any]]:
-        """Registered users (no properties, no image): user_id, image_sha256, registered_at,
-        registrations, attempts; oldest first."""
+        """Registered users (no properties, no image): user_id (lower-cased), image_sha256 (of the
+        first face), registered_at (the first face's), registrations (faces stored), attempts;
+        oldest first."""
         rows = self._connect().execute(
-                "SELECT user_id, image_sha256, registered_at, registrations, attempts FROM users"
-                " ORDER BY registered_at, user_key"
+            "SELECT f.external_image_id, f.image_sha256, f.registered_at, n.faces, COALESCE(a.attempts, 0)"
+            " FROM (SELECT user_key, COUNT(*) AS faces, MIN(registered_at || face_id) AS first FROM faces"
+            " GROUP BY user_key) AS n"
+            " JOIN faces AS f ON f.user_key = n.user_key AND f.registered_at || f.face_id = n.first"
+            " LEFT JOIN attempts AS a ON a.user_key = n.user_key ORDER BY f.registered_at, f.user_key"
         ).fetchall()
         keys = ("user_id", "image_sha256", "registered_at", "registrations", "attempts")
         return [dict(zip(keys, r)) for r in rows]

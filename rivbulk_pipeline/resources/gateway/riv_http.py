@@ -1,8 +1,8 @@
 """The RIV UserPortal gateway over HTTP: one attempt per call, a timeout on every call, API key or SigV4."""
 from __future__ import annotations
 
-import base64
 import json
+import threading
 from collections.abc import Callable, Mapping
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any, Optional
@@ -19,17 +19,11 @@ from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 
 from ...core.errors import DeploymentError
-from ...core.model import GatewayResult
+from ...core.model import GatewayResult, ObjectRef
+from ...core.rules import riv_protocol
+from ...core.rules.riv_protocol import IMAGE_MODES, INLINE, STEP_FUNCTIONS_STATE_LIMIT
+from .base import _AUTH_MODES, _SETUP_LOCK, GatewayResource, _checked_input, _no_pace, _Rejected
 
-from .base import (
-    _no_pace,
-    STEP_FUNCTIONS_PAYLOAD_LIMIT,
-    GatewayResource,
-    _AUTH_MODES,
-    _SETUP_LOCK,
-    _Rejected,
-    _checked_input,
-)
 
 class _ApiKeyAuth(AuthBase):
     """Puts the API key in its header (an explicit auth also keeps requests from using ~/.netrc)."""
@@ -75,75 +69,28 @@ def _failure_chain(exc: BaseException) -> list[BaseException]:
     return chain
 
 
-_REASON_KEYS = ("reason", "Reason", "error", "Error", "errorType", "Code", "code",
-                "message", "Message", "errorMessage", "cause", "Cause")
-
-
-def _gateway_reason(answer: Mapping[str, Any], depth: int = 0) -> str:
-    """The gateway's own reason for a FAILED answer, from the first key that holds one."""
-    for key in _REASON_KEYS:
-        value = answer.get(key)
-        if isinstance(value, str) and value.strip():
-            text = "".join(c if c.isprintable() else " " for c in value.strip())
-            return text[:300]
-        if isinstance(value, Mapping) and depth < 3:
-            nested = _gateway_reason(value, depth + 1)
-            if nested:
-                return nested
-    return ""
-
-
-_DEPLOYMENT_FAULTS = {
-    401: "the gateway refused our credentials: check RIVBULK_GATEWAY_AUTH and the API key or IAM identity",
-    403: "the gateway forbade the call: a wrong or missing API key, a missing execute-api:Invoke permission,"
-    " or a wrong stage in RIVBULK_GATEWAY_URL",
-    404: "no such resource: RIVBULK_GATEWAY_URL names the wrong API, stage or path (rivbulk posts to <url>/register)",
-    405: "method not allowed: RIVBULK_GATEWAY_URL does not point at the UserPortal API's /register resource",
-}
-
-
-def _interpret(response: requests.Response, endpoint: str) -> GatewayResult:
-    """The outcome for this image, or DeploymentError when the answer is about the deployment."""
-    code = response.status_code
-    if code == 200:
-        # RIV answers 200 even when registration failed: only the body's status decides.
-        try:
-            answer = response.json()
-        except ValueError:
-            return GatewayResult.transient("HTTP 200 with an unreadable body (not JSON)")
-        status = str(answer.get("status", "")).upper() if isinstance(answer, dict) else ""
-        if status == "SUCCEEDED":
-            return GatewayResult.succeeded()
-        if status == "FAILED":
-            return GatewayResult.permanent(_gateway_reason(answer) or "FAILED (the gateway gave no reason)")
-        return GatewayResult.transient("HTTP 200 with an unreadable body (no SUCCEEDED/FAILED status)")
-    if code == 429 or code >= 500:
-        return GatewayResult.transient(f"HTTP {code}")
-    # No body text in these errors: API Gateway's auth errors can quote the Authorization header.
-    if code in _DEPLOYMENT_FAULTS:
-        raise DeploymentError(f"POST {endpoint} answered HTTP {code}: {_DEPLOYMENT_FAULTS[code]}")
-    if 300 <= code < 400:
-        where = response.headers.get("Location", "elsewhere")
-        raise DeploymentError(
-            f"POST {endpoint} answered HTTP {code}, a redirect to {where}: RIVBULK_GATEWAY_URL is not the API's"
-            " invoke URL (check the scheme, host and stage)"
-        )
-    if 400 <= code < 500:
-        # A 400 is about this request's content (the image or the user): permanent, with the gateway's reason.
-        try:
-            answer = response.json()
-        except ValueError:
-            answer = {}
-        reason = _gateway_reason(answer) if isinstance(answer, dict) else ""
-        return GatewayResult.permanent(f"HTTP {code}: {reason}" if reason else f"HTTP {code}")
-    return GatewayResult.transient(f"HTTP {code}: unexpected answer")
+def _result_of_exception(exc: requests.RequestException, timeout: float) -> GatewayResult:
+    """A call that got no answer. Before the request left (no connection): nothing happened.
+    After (a read timeout, a dropped connection): the workflow may have registered the user."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return GatewayResult.transient(f"timeout: no connection within {timeout:g}s")
+    if isinstance(exc, requests.Timeout):
+        return GatewayResult.transient(f"timeout: no answer within {timeout:g}s", unknown=True)
+    chain = _failure_chain(exc)
+    names = {type(e).__name__ for e in chain}
+    if names & {"NewConnectionError", "NameResolutionError", "ConnectionRefusedError", "gaierror"}:
+        return GatewayResult.transient(f"connection_error: could not connect ({type(chain[-1]).__name__})")
+    if any(isinstance(e, TimeoutError) or "Timeout" in type(e).__name__ for e in chain):
+        return GatewayResult.transient(f"timeout: no answer within {timeout:g}s", unknown=True)
+    return GatewayResult.transient(f"connection_error: the connection broke ({type(chain[-1]).__name__})", unknown=True)
 
 
 class RivHttpGateway(GatewayResource):
-    """The RIV UserPortal gateway: `POST <url>/register` with `{"UserId", "Image", "Properties"}`.
+    """The RIV UserPortal gateway: `POST <url>/register` (core.rules.riv_protocol says what is sent and
+    what each answer means) and `POST <url>/check-userid` to settle an unknown outcome.
 
-    Success only on HTTP 200 with `"status": "SUCCEEDED"`. One attempt per call, a timeout on
-    every call, one pooled `requests.Session` shared by the caller's threads.
+    One attempt per call, a timeout on every call, one pooled `requests.Session` shared by the
+    caller's threads.
     """
 
     url: str = Field(description="The UserPortal base URL; register is POSTed to <url>/register")
@@ -162,16 +109,28 @@ class RivHttpGateway(GatewayResource):
     profile_name: Optional[str] = Field(default=None, description="AWS profile whose credentials sign (sigv4)")
     timeout_seconds: float = Field(default=30.0, description="Connect and read timeout of each call")
     max_payload_bytes: int = Field(
-        default=STEP_FUNCTIONS_PAYLOAD_LIMIT, description="Largest JSON body sent (Step Functions' 256 KB state)"
+        default=STEP_FUNCTIONS_STATE_LIMIT,
+        description="Step Functions' state limit the request plus DetectFaces' result must fit (256 KiB)",
     )
+    image_mode: str = Field(default=INLINE, description="inline (the image in the body) or by_reference (RIV reads S3)")
     pool_size: int = Field(default=32, description="Pooled connections kept: about the number of caller threads")
 
     _session: Optional[requests.Session] = PrivateAttr(default=None)
     _auth: Optional[AuthBase] = PrivateAttr(default=None)
+    _reached: threading.Event = PrivateAttr(default_factory=threading.Event)  # a 200 from /register seen
+    _no_check_route: threading.Event = PrivateAttr(default_factory=threading.Event)
 
     @property
     def endpoint(self) -> str:
         return self.url.rstrip("/") + "/register"
+
+    @property
+    def check_endpoint(self) -> str:
+        return self.url.rstrip("/") + "/check-userid"
+
+    @property
+    def needs_image_bytes(self) -> bool:
+        return self.image_mode == INLINE
 
     def _build_auth(self) -> Optional[AuthBase]:
         # Configuration errors are not per-user failures: they raise, so the run stops loudly.
@@ -179,6 +138,8 @@ class RivHttpGateway(GatewayResource):
             raise DeploymentError("RivHttpGateway.url must start with http:// or https://")
         if not self.timeout_seconds > 0:
             raise DeploymentError("RivHttpGateway.timeout_seconds must be > 0")
+        if self.image_mode not in IMAGE_MODES:
+            raise DeploymentError(f"RivHttpGateway.image_mode must be one of {', '.join(IMAGE_MODES)}, not {self.image_mode!r}")
         mode = self.auth.lower()
         if mode not in _AUTH_MODES:
             raise DeploymentError(f"RivHttpGateway.auth must be one of {', '.join(_AUTH_MODES)}, not {self.auth!r}")
@@ -192,9 +153,7 @@ class RivHttpGateway(GatewayResource):
             # Built outside a Dagster run, the field still holds the EnvVar itself: read its value,
             # never send the variable's name as the key.
             key = self.api_key.get_value() if isinstance(self.api_key, dg.EnvVar) else self.api_key
-            if not key:
-                raise DeploymentError("RivHttpGateway: auth='api_key' needs api_key (its environment variable is empty)")
-            return _ApiKeyAuth(self.api_key_header, key)
+            return _ApiKeyAuth(self.api_key_header, _checked_key(key, "RIVBULK_GATEWAY_API_KEY"))
         if mode == "sigv4":
             session = boto3.Session(region_name=self.region_name, profile_name=self.profile_name)
             credentials = session.get_credentials()
@@ -221,7 +180,7 @@ class RivHttpGateway(GatewayResource):
             ) from None
         if not value or not value.strip():
             raise DeploymentError(f"RivHttpGateway: the secret {secret_id!r} has no SecretString (the API key as plain text)")
-        return value.strip()
+        return _checked_key(value, f"the secret {secret_id!r}")
 
     def _client(self) -> tuple[requests.Session, Optional[AuthBase]]:
         if self._session is None:
@@ -238,39 +197,75 @@ class RivHttpGateway(GatewayResource):
         return self._session, self._auth
 
     def register(
-        self, user_id: str, image: bytes, properties: Mapping[str, str], pace: Callable[[], object] = _no_pace
+        self,
+        user_id: str,
+        image: Optional[bytes],
+        properties: Mapping[str, str],
+        pace: Callable[[], object] = _no_pace,
+        *,
+        source: Optional[ObjectRef] = None,
     ) -> GatewayResult:
+        inline = self.image_mode == INLINE
         try:
-            _, props = _checked_input(user_id, image, properties)
+            _, props = _checked_input(user_id, image if inline else None, properties, self.user_id_pattern)
         except _Rejected as exc:
             return GatewayResult.permanent(exc.reason)
-        body = json.dumps(
-            {"UserId": user_id, "Image": base64.b64encode(image).decode("ascii"), "Properties": props},
-            ensure_ascii=False,
-        ).encode("utf-8")
-        if len(body) > self.max_payload_bytes:
-            return GatewayResult.permanent(f"PayloadTooLarge: {len(body)} bytes > {self.max_payload_bytes}")
+        body = riv_protocol.register_body(
+            user_id.lower(), image if inline else None, props, source.bucket if source else "", source.key if source else ""
+        )
+        encoded = riv_protocol.encode_body(body)
+        problem = riv_protocol.body_problem(body, encoded, self.max_payload_bytes)
+        if problem:
+            return GatewayResult.permanent(problem)
         session, auth = self._client()
-        timeout = self.timeout_seconds
         pace()  # the body is ready: the call leaves as soon as the limiter lets it
         try:
-            response = session.post(
-                self.endpoint,
-                data=body,
-                headers={"Content-Type": "application/json", "Accept": "application/json"},
-                auth=auth,
-                timeout=(timeout, timeout),
-                allow_redirects=False,
-            )
-        except requests.Timeout:
-            return GatewayResult.transient(f"timeout after {timeout:g}s")
+            response = self._post(session, auth, self.endpoint, encoded)
         except requests.RequestException as exc:
-            chain = _failure_chain(exc)
-            if any(isinstance(e, TimeoutError) or "Timeout" in type(e).__name__ for e in chain):
-                return GatewayResult.transient(f"timeout after {timeout:g}s")  # timed out reading the body
-            return GatewayResult.transient(f"connection error ({type(chain[-1]).__name__})")
+            return _result_of_exception(exc, self.timeout_seconds)
         with response:
-            return _interpret(response, self.endpoint)
+            if response.status_code != 200:
+                return riv_protocol.result_of_status(
+                    response.status_code, self.endpoint, response.headers.get("Location"), self._reached.is_set()
+                )
+            self._reached.set()
+            try:
+                answer = response.json()
+            except ValueError:
+                answer = None
+            return riv_protocol.result_of_answer(answer, self.endpoint)
+
+    def user_exists(self, user_id: str) -> Optional[bool]:
+        """Ask RIV's check-userid whether the (lower-cased) user is registered; None when this RIV
+        version has no such route or the question got no answer."""
+        if self._no_check_route.is_set():
+            return None
+        session, auth = self._client()
+        try:
+            response = self._post(session, auth, self.check_endpoint, riv_protocol.encode_body({"UserId": user_id.lower()}))
+        except requests.RequestException:
+            return None
+        with response:
+            if response.status_code in (403, 404):  # RIV answers 403 for a route it does not have
+                self._no_check_route.set()
+                return None
+            if response.status_code != 200:
+                return None
+            try:
+                return riv_protocol.user_exists_from_answer(response.json())
+            except ValueError:
+                return None
+
+    def _post(self, session: requests.Session, auth: Optional[AuthBase], url: str, body: bytes) -> requests.Response:
+        timeout = self.timeout_seconds
+        return session.post(
+            url,
+            data=body,
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+            auth=auth,
+            timeout=(timeout, timeout),
+            allow_redirects=False,
+        )
 
     def close(self) -> None:
         """Close pooled connections (also done at the end of a Dagster step)."""
@@ -281,3 +276,17 @@ class RivHttpGateway(GatewayResource):
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self.close()
+
+
+def _checked_key(key: Optional[str], where: str) -> str:
+    """The API key without surrounding whitespace (a file's trailing newline); refused when what is
+    left cannot be a header value. The error names where the key came from, never the key."""
+    stripped = (key or "").strip()
+    if not stripped:
+        raise DeploymentError(f"RivHttpGateway: auth='api_key' needs a key, and {where} is empty")
+    if any(not c.isprintable() or c.isspace() or ord(c) > 126 for c in stripped):
+        raise DeploymentError(
+            f"RivHttpGateway: {where} holds whitespace, a control or a non-ASCII character inside the key;"
+            " an API key is printable ASCII"
+        )
+    return stripped
