@@ -59,9 +59,9 @@ DEMO_CASES: list[DemoCase] = [
     DemoCase("bob/Photo.JPG", lambda: face_image(2, "JPEG"), {"userid": "bob"}),
     DemoCase("carol/face.jpeg", lambda: face_image(3, "JPEG"), {"UserId": "carol", "Properties": _props("carol")}, days_ago=2),
     DemoCase("dave smith/photo 1.JPEG", lambda: face_image(4, "JPEG"), {"UserId": "dave.smith"}, days_ago=2),
-    DemoCase("eve+frank/a+b.png", lambda: face_image(5), {"USERID": "eve+frank"}, days_ago=1),
+    DemoCase("eve+frank/a+b.png", lambda: face_image(5), {"USERID": "eve-frank"}, days_ago=1),
     DemoCase("percent/100%real.PNG", lambda: face_image(6), {"UserId": "percy"}, days_ago=1),
-    DemoCase("ünïcødé/李 小龍.png", lambda: face_image(7), {"UserId": "李小龍"}, days_ago=0),
+    DemoCase("ünïcødé/李 小龍.png", lambda: face_image(7), {"UserId": "Li.XiaoLong"}, days_ago=0),
     DemoCase("noid/portrait.png", lambda: face_image(8), {"Department": "sales"}, "no_user_id"),
     DemoCase("ignored/portrait.png", lambda: face_image(9), {"UserId": "ignored", "ignore": "TRUE"}, "ignored"),
     DemoCase("tagged/portrait.png", lambda: face_image(10), {"UserId": "tagged", "Indexed": "true"}, "indexed_tag"),
@@ -78,11 +78,17 @@ DEMO_CASES: list[DemoCase] = [
     DemoCase("corrupt/broken.jpg", lambda: face_image(16, "JPEG")[:600], {"UserId": "mallory"}, "failed:corrupt_image"),
     DemoCase("fake/notreally.png", lambda: b"this is a text file, not a PNG\n" * 40, {"UserId": "niaj"}, "failed:unsupported_format"),
     DemoCase("tiny/small.png", lambda: face_image(17, size=40), {"UserId": "oscar"}, "failed:too_small"),
-    DemoCase("olivia/new-photo.png", lambda: face_image(18), {"UserId": "olivia"}, "failed:UserAlreadyRegistered"),
+    # A second image of a registered user is a second face, as RIV stores it.
+    DemoCase("olivia/new-photo.png", lambda: face_image(18), {"UserId": "olivia"}),
     DemoCase("trudy/stolen.png", lambda: face_image(19), {"UserId": "trudy"}, "failed:UserAlreadyExists"),
+    # RIV indexes only ids matching Rekognition's ExternalImageId: refused before any call.
+    DemoCase("email/portrait.png", lambda: face_image(21), {"UserId": "bob@example.com"}, "bad_user_id", days_ago=0),
+    # RIV's request mapping cannot take an apostrophe: refused before the call, with a reason to act on.
+    DemoCase("tim/portrait.png", lambda: face_image(22), {"UserId": "tim", "Properties": _props("tim")}, "failed:apostrophe_in_request"),
     DemoCase("notes/readme.txt", lambda: b"Faces go in per-user folders.\n", {}, "not_candidate:not_an_image"),
     DemoCase("properties/alice.json", lambda: json.dumps({"fname": "Alice", "team": "Blue"}).encode(), {}, "not_candidate:not_an_image"),
     DemoCase("properties/carol.json", lambda: json.dumps({"fname": "Carol"}).encode(), {}, "not_candidate:not_an_image"),
+    DemoCase("properties/tim.json", lambda: json.dumps({"surname": "O'Reilly"}).encode(), {}, "not_candidate:not_an_image"),
     DemoCase("properties/heidi.json", lambda: json.dumps(["not", "a", "mapping"]).encode(), {}, "not_candidate:not_an_image"),
 ]
 

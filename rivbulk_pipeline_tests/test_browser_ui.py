@@ -32,7 +32,7 @@ from rivbulk_pipeline_tests.test_dagster_dev import (
 pytestmark = pytest.mark.browser
 
 CHROMIUM = os.environ.get("RIVBULK_CHROMIUM", "/usr/bin/chromium")
-FIVE_REASONS = ["UserAlreadyExists", "UserAlreadyRegistered", "corrupt_image", "too_small", "unsupported_format"]
+FIVE_REASONS = ["UserAlreadyExists", "apostrophe_in_request", "corrupt_image", "too_small", "unsupported_format"]
 TOTAL_SECONDS = 480
 VIEWPORT = {"width": 2200, "height": 1250}  # wide enough for the summary's ten columns...
 SCALE = 0.75  # ...saved at 1650 x 938 pixels
@@ -127,7 +127,7 @@ def test_the_ui_shows_failed_rows_and_the_summary(tmp_path: Path) -> None:
         assert backfill["status"] == "COMPLETED_SUCCESS", backfill
         summary_path = home / "store" / settings.output_bucket_name / settings.output_prefix / "import_summary" / "import_summary.parquet"
         stored = wait_for(server, "the summary after the backfill", lambda: _summary_covering(summary_path, oldest), deadline)
-        assert stored[newest]["indexed"] == 8 and stored[oldest]["indexed"] == 0
+        assert stored[newest]["indexed"] == 9 and stored[oldest]["indexed"] == 0
 
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)

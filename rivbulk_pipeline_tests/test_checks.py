@@ -81,7 +81,7 @@ def test_doubled_decisions_fail_the_blocking_check_and_nobody_is_registered(demo
         raise_on_error=False,
     )
     check = _evaluations(result)["qualified_objects_one_decision_per_candidate"]
-    assert not check.passed and check.metadata["doubled_count"].value == 20
+    assert not check.passed and check.metadata["doubled_count"].value == 22
     assert check.metadata["partition"].value == DATE
     assert not result.asset_materializations_for_node("indexed_users")  # blocked
     assert resources["gateway"].register_calls() == calls_before

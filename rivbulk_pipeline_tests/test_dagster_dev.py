@@ -189,7 +189,7 @@ def expected_new_users() -> set[str]:
     users = set()
     for case in DEMO_CASES:
         if case.expect == "indexed":
-            users |= {value for key, value in case.tags.items() if key.lower() == "userid"}
+            users |= {value.lower() for key, value in case.tags.items() if key.lower() == "userid"}
     return users
 
 

@@ -75,7 +75,7 @@ def test_every_demo_object_ends_with_the_outcome_its_case_calls_for(demo):
 
     registry = resources["gateway"]
     users = {u["user_id"] for u in registry.users()}
-    expected_new = {c.tags.get("UserId") or c.tags.get("userid") or c.tags.get("USERID") for c in DEMO_CASES if c.expect == "indexed"}
+    expected_new = {(c.tags.get("UserId") or c.tags.get("userid") or c.tags.get("USERID")).lower() for c in DEMO_CASES if c.expect == "indexed"}
     assert expected_new <= users
     metadata = result.asset_materializations_for_node("indexed_users")[0].metadata
     assert metadata["outcome_indexed"].value == len(expected_new)

@@ -144,7 +144,7 @@ def test_the_gateways_refuse_lone_surrogates_as_that_objects_failure(parts):
     store, _, _, riv = parts
     gateway = RivHttpGateway(url=riv.url, timeout_seconds=2)
     result = gateway.register("ann", face_image(1), {"name": "Ren\ud83d"})
-    assert result.outcome == "failed_permanent" and "InvalidProperties" in result.reason
+    assert result.outcome == "failed_permanent" and result.reason.startswith("bad_properties")
     assert riv.requests == []
 
 
@@ -178,10 +178,15 @@ class ExplodingGateway:
     def __init__(self, real):
         self.real = real
 
-    def register(self, user_id, image, properties, pace=lambda: None):
+    needs_image_bytes = True
+
+    def register(self, user_id, image, properties, pace=lambda: None, *, source=None):
         if user_id == "ann":
             raise UnicodeEncodeError("utf-8", "x", 0, 1, "surrogates not allowed")
-        return self.real.register(user_id, image, properties, pace)
+        return self.real.register(user_id, image, properties, pace, source=source)
+
+    def user_exists(self, user_id):
+        return self.real.user_exists(user_id)
 
 
 def test_an_unexpected_error_for_one_object_is_its_outcome_and_the_rest_complete(parts):
@@ -229,13 +234,13 @@ def test_a_deployment_answer_stops_the_run_names_the_url_and_a_rerun_registers_e
     assert {r["outcome"] for r in again.values()} == {"indexed"}
 
 
-def test_a_400_with_a_reason_is_about_the_image_and_permanent(parts):
+def test_a_400_is_about_the_request_and_permanent(parts):
     store, _, _, riv = parts
     rows = [_put(store, "ann", 1)]
     riv.answer_for("ann", Answer.http(400, {"message": "InvalidImageFormatException"}))
     out = _index(parts, list(_qualify(parts, rows).values()), owner="run-1")
     row = out[rows[0][0]]
-    assert row["outcome"] == "failed_permanent" and "InvalidImageFormatException" in row["reason"]
+    assert row["outcome"] == "failed_permanent" and row["reason"].startswith("http_400")
 
 
 # ---- 5. reports without the optional ETag ----

@@ -25,7 +25,7 @@ from rivbulk_pipeline.demo import DEMO_CASES, create_demo
 
 NOW = datetime(2026, 11, 22, 9, 30, tzinfo=timezone.utc)
 NEWEST, OLDEST = "2026-11-22", "2026-11-19"
-FIVE_REASONS = {"UserAlreadyExists", "UserAlreadyRegistered", "corrupt_image", "too_small", "unsupported_format"}
+FIVE_REASONS = {"UserAlreadyExists", "apostrophe_in_request", "corrupt_image", "too_small", "unsupported_format"}
 SCHEMAS = {"inventory_report": INVENTORY_SCHEMA, "batch_manifest": CANDIDATE_SCHEMA,
            "qualified_objects": QUALIFIED_SCHEMA, "indexed_users": INDEXED_SCHEMA}
 
@@ -85,7 +85,7 @@ def test_failed_rows_and_counts_by_reason_for_a_date_with_failures(demo, instanc
     failed = stored[stored["outcome"] != "indexed"]
     assert sorted(r["key"] for r in rows) == sorted(failed["key"])
     assert {f"reason_{code}": 1 for code in FIVE_REASONS}.items() <= {k: v.value for k, v in indexed.items()}.items()
-    assert indexed["outcome_indexed"].value == (stored["outcome"] == "indexed").sum() == 8
+    assert indexed["outcome_indexed"].value == (stored["outcome"] == "indexed").sum() == 9
     assert [c.name for c in indexed["failed_rows"].value.schema.columns] == ["key", "outcome", "reason", "attempts"]
     # locations are the real files in local mode
     assert Path(indexed["table_location"].value).is_file()
@@ -95,7 +95,7 @@ def test_failed_rows_and_counts_by_reason_for_a_date_with_failures(demo, instanc
     not_qualified = {r.data["key"]: r.data["reason"] for r in qualified["failed_rows"].value.records}
     expected = {c.key: c.expect for c in DEMO_CASES if c.expect != "indexed" and not c.expect.startswith(("failed:", "not_candidate:"))}
     assert not_qualified == expected
-    assert qualified["reason_qualified"].value == 13 and qualified["not_qualified"].value == len(expected)
+    assert qualified["reason_qualified"].value == 14 and qualified["not_qualified"].value == len(expected)
 
     # the run log warns once per permanent failure, and its last lines count what they say
     logs = instance.all_logs(result.run_id)
@@ -134,8 +134,8 @@ def test_summary_across_dates_with_a_backfill_that_registered_nobody(demo, insta
     assert isinstance(frame, pd.DataFrame)
     assert list(frame["inventory_date"]) == dates
     by_date = frame.set_index("inventory_date")
-    assert by_date.loc[NEWEST, "indexed"] == 8 and by_date.loc[NEWEST, "failed_permanent"] == 5
-    assert by_date.loc[NEWEST, "registered_to_date"] == 8
+    assert by_date.loc[NEWEST, "indexed"] == 9 and by_date.loc[NEWEST, "failed_permanent"] == 5
+    assert by_date.loc[NEWEST, "registered_to_date"] == 9
     assert by_date.loc[OLDEST, "indexed"] == 0 and by_date.loc[OLDEST, "note"] == note
     assert by_date.loc["2026-11-20", "note"] == "not loaded yet"
     # per-date counts agree with the stored tables
@@ -149,7 +149,7 @@ def test_summary_across_dates_with_a_backfill_that_registered_nobody(demo, insta
     assert reasons[(OLDEST, "already_indexed")] == sum(c.expect == "indexed" and c.days_ago >= 3 for c in DEMO_CASES)
     assert reasons[(NEWEST, "too_small")] == 1
     registered = sum(r.status == HistoryStatus.INDEXED for r in history.scan())
-    assert metadata["users_registered"].value == registered == 8
+    assert metadata["users_registered"].value == registered == 9
     assert metadata["transient_backlog"].value == 1
     assert 2.9 < metadata["oldest_unresolved_failure_age_hours"].value < 3.1
     assert metadata["dates_loaded"].value == 2 and metadata["dates_known"].value == 4

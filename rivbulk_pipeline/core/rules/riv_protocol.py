@@ -52,14 +52,22 @@ def register_body(
     return body
 
 
-def body_problem(body: Mapping[str, Any], encoded: bytes, state_limit: int = STEP_FUNCTIONS_STATE_LIMIT) -> Optional[str]:
-    """Why RIV cannot take this request (a permanent reason), or None."""
-    for name, value in body.get("Properties", {}).items():
+def properties_problem(properties: Mapping[str, str]) -> Optional[str]:
+    """Why RIV's mapping cannot pass these properties on, or None (never quoting them)."""
+    for name, value in properties.items():
         if "'" in name or "'" in value:
             return (
                 f"{APOSTROPHE}: a property key or value holds an apostrophe ('), which RIV's API Gateway mapping"
                 " cannot pass on (HTTP 500 every time); remove it from the properties"
             )
+    return None
+
+
+def body_problem(body: Mapping[str, Any], encoded: bytes, state_limit: int = STEP_FUNCTIONS_STATE_LIMIT) -> Optional[str]:
+    """Why RIV cannot take this request (a permanent reason), or None."""
+    problem = properties_problem(body.get("Properties", {}))
+    if problem:
+        return problem
     if "Image" not in body:
         key = body["Name"]
         if "'" in key or key != key.lower():

@@ -16,7 +16,7 @@ from pydantic import Field, PrivateAttr
 
 from ...core.model import GatewayResult, ObjectRef
 from ...core.rules.limits import DYNAMODB_ITEM_LIMIT, dynamodb_item_size
-from ...core.rules.riv_protocol import result_of_answer
+from ...core.rules.riv_protocol import properties_problem, result_of_answer
 from ...core.rules.user_ids import RIV_USER_ID_PATTERN
 from ..sqlite_threads import ThreadConnections
 from .base import GatewayResource, _checked_input, _no_pace, _Rejected
@@ -108,6 +108,9 @@ class LocalRegistryGateway(GatewayResource):
         except _Rejected as exc:
             return GatewayResult.permanent(exc.reason)
         assert info is not None and image is not None  # the embedded registry always takes the bytes
+        problem = properties_problem(props)  # what RIV's API Gateway cannot pass on
+        if problem:
+            return GatewayResult.permanent(problem)
         face = {
             "image_sha256": hashlib.sha256(image).hexdigest(),
             "image_size": info.size,
