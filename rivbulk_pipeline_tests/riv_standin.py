@@ -474,6 +474,11 @@ class RivStandIn:
         return resource if method == "POST" else None
 
     def _register(self, handler: "_Handler", record: RecordedRequest, raw: bytes) -> None:
+        media_type = record.headers.get("content-type", "application/json").split(";", 1)[0].strip().lower()
+        if media_type != "application/json":
+            # The only request template is for application/json, and passthrough is NEVER.
+            handler.answer(record, 415, UNSUPPORTED_MEDIA)
+            return
         parsed = _parse_mapping_body(raw)
         if isinstance(parsed, _HttpAnswer):
             handler.answer(record, parsed.status, parsed.payload)
@@ -937,6 +942,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def answer(self, record: RecordedRequest, status: int, payload: Any) -> None:
         body = b"" if payload is None else json.dumps(payload).encode("utf-8")
+        record.status = status  # recorded before the client can read the answer
+        record.answered_at = time.time()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -944,16 +951,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
-        record.status = status
-        record.answered_at = time.time()
 
     def drop(self, record: RecordedRequest) -> None:
+        record.answered_at = time.time()
         self.close_connection = True
         try:
             self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        record.answered_at = time.time()
 
 
 # --------------------------------------------------------------------------------------------------
