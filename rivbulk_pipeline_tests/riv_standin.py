@@ -31,6 +31,28 @@ Two RIV versions (`version=`):
       `Properties` unconditionally (KeyError after two paid calls), indexes the bytes of `Image`, else
       the S3 object at the lower-cased Bucket/Name; /check-userid exists.
 
+API Gateway: unknown path or method -> 403 Missing Authentication Token; a Content-Type other than
+application/json -> 415; a body that is not JSON -> 400 "Could not parse request body into json";
+an apostrophe anywhere (also written as \u0027) or an execution input over 256 KiB -> 500 Internal
+server error (StartSyncExecution refuses the request; no integration response selects a 4xx); no
+answer within `integration_timeout` -> 504 while the workflow runs on and commits. TIMED_OUT reaches
+the client only when `workflow_timeout` <= `integration_timeout` (in RIV, 30 s > 29 s: never).
+
+Step Functions' 256 KiB holds for the state after each step (request + each LambdaInvoke result,
+sized like RIV's): past it, States.DataLimitExceeded names the step; after Index-FaceInfo, the face
+is already stored although the answer is FAILED.
+
+Faults: `inject(n, error, step=None)` / `throttle(n)` fail the next n workflows where that error
+really arises; `drop_next(n, when)` closes connections without an answer; `latency` (+- jitter) is
+spread over the three steps of each workflow. `partition_count` > 1 models RIV's collection
+partitions chosen by Python's per-process randomised hash() (search and index may look in different
+collections); `stranger_similarity` >= 0.80 models RIV's FaceMatchThreshold of 0.80 on a 0-100 scale
+(any stored face of another person then matches). Both default to the simple, deterministic case.
+
+Observations: `requests` (path, times, status, body without the image), `workflow_starts`,
+`rekognition_calls` (paid) and `rekognition_attempts`, `faces_for(id)` (table rows under
+User::<id lower-cased>), `collection_faces_for(id)`, `max_concurrency`, `wait_for_workflows()`.
+
 Deviations kept on purpose: the other RIV routes (/update, /auth, /register-idcard) exist (so they do
 not answer 403) but answer 501 here; times are scaled by the constructor's arguments.
 """

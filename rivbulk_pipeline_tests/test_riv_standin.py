@@ -286,6 +286,20 @@ def test_the_request_plus_detect_faces_result_over_256_kib_is_data_limit_exceede
     assert fits["status"] == "SUCCEEDED"
 
 
+def test_the_limit_can_strike_after_index_faces_so_a_failed_answer_hides_a_registration(riv):
+    # Each step adds its result to the state: detect ~4.4 KB, search ~1.6 KB, index ~3.9 KB.
+    answers = {}
+    for offset in range(4500, 10500, 250):
+        user_id = f"t{offset}"
+        answers[user_id] = register(riv, sized_body(user_id, STATE_LIMIT_BYTES - offset)).json()
+    failed_at = {uid: a["cause"].split("'")[1] for uid, a in answers.items() if a["status"] == "FAILED"}
+    assert set(failed_at.values()) == {"Search-ExistingFaces", "Index-FaceInfo"}
+    assert all(a["error"] == "States.DataLimitExceeded" for uid, a in answers.items() if uid in failed_at)
+    after_index = [uid for uid, step in failed_at.items() if step == "Index-FaceInfo"]
+    assert all(riv.faces_for(uid) == 1 for uid in after_index)  # FAILED, yet registered
+    assert any(a["status"] == "SUCCEEDED" for a in answers.values())
+
+
 def test_a_request_over_256_kib_is_a_500_from_api_gateway(riv):
     over = sized_body("tess", STATE_LIMIT_BYTES + 100)
     response = register(riv, over)
