@@ -465,6 +465,12 @@ class RivStandIn:
         with self._lock:
             return self._max_concurrency
 
+    @property
+    def registrations(self) -> dict[str, int]:
+        """Face rows per registered user (the id as stored, lower-cased): what the registry holds."""
+        with self._lock:
+            return {key.removeprefix("User::"): len(rows) for key, rows in self._table.items() if rows}
+
     def faces_for(self, user_id: str) -> int:
         """Face rows in the table under User::<user_id lower-cased>."""
         with self._lock:

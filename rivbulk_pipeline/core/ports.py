@@ -137,6 +137,11 @@ class ImportHistory(Protocol):
         """End this owner's claim without an outcome: the object is claimable again at once."""
         ...
 
+    def renew(self, ref: ObjectRef, owner: str, lease_seconds: float) -> bool:
+        """Extend this owner's claim to `lease_seconds` from now (as a call leaves); False when it
+        no longer holds the claim (another run took the object over)."""
+        ...
+
     def scan(self) -> Iterator[HistoryRecord]:
         """Every record (for reports and tests)."""
         ...

@@ -196,7 +196,7 @@ class _Indexer:
             def pace() -> None:
                 self.limiter.acquire()
                 # Renewed as the call leaves: the claim outlives the call, and a lapsed one stops it.
-                if not self.history.claim(ref, etag, self.policy.owner, self.policy.lease_seconds):
+                if not self.history.renew(ref, self.policy.owner, self.policy.lease_seconds):
                     raise _ClaimGone()
                 sent_at.append(self.meter.started())
 

@@ -218,6 +218,10 @@ class ImportHistoryResource(dg.ConfigurableResource, abc.ABC):
         """End `owner`'s lease without an outcome; False when it held no claim."""
 
     @abc.abstractmethod
+    def renew(self, ref: ObjectRef, owner: str, lease_seconds: float) -> bool:
+        """Extend `owner`'s claim to `lease_seconds` from now; False when it no longer holds it."""
+
+    @abc.abstractmethod
     def scan(self) -> Iterator[HistoryRecord]:
         """Every record."""
 

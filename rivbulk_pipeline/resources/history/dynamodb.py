@@ -451,12 +451,19 @@ class DynamoImportHistory(ImportHistoryResource):
             raise self._fail(f"{record.ref}: record", error) from error
 
     def release(self, ref: ObjectRef, owner: str) -> bool:
+        return self._set_own_lease(ref, owner, 0.0, "release")
+
+    def renew(self, ref: ObjectRef, owner: str, lease_seconds: float) -> bool:
+        return self._set_own_lease(ref, owner, time.time() + lease_seconds, "renew")
+
+    def _set_own_lease(self, ref: ObjectRef, owner: str, expires_at: float, what: str) -> bool:
+        """Set the lease of `owner`'s claim (0: ended); False when `owner` holds no claim."""
         key = _key_attrs(ref)
         try:
             self._dynamodb().update_item(
                 TableName=self.table_name,
                 Key={name: _to_dynamo(value) for name, value in key.items()},
-                UpdateExpression="SET #expires = :zero, #updated = :now",
+                UpdateExpression="SET #expires = :expires_at, #updated = :now",
                 ConditionExpression="#owner = :owner AND #status = :claimed",
                 ExpressionAttributeNames={
                     "#expires": "claim_expires_at",
@@ -465,7 +472,7 @@ class DynamoImportHistory(ImportHistoryResource):
                     "#status": "status",
                 },
                 ExpressionAttributeValues={
-                    ":zero": _to_dynamo(0),
+                    ":expires_at": _to_dynamo(expires_at),
                     ":now": _to_dynamo(time.time()),
                     ":owner": _to_dynamo(owner),
                     ":claimed": _to_dynamo(HistoryStatus.CLAIMED.value),
@@ -475,9 +482,9 @@ class DynamoImportHistory(ImportHistoryResource):
         except ClientError as error:
             if _error_code(error) == "ConditionalCheckFailedException":
                 return False
-            raise self._fail(f"{ref}: release", error) from error
+            raise self._fail(f"{ref}: {what}", error) from error
         except BotoCoreError as error:
-            raise self._fail(f"{ref}: release", error) from error
+            raise self._fail(f"{ref}: {what}", error) from error
 
     def scan(self) -> Iterator[HistoryRecord]:
         try:

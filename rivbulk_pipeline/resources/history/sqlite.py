@@ -200,10 +200,16 @@ class SqliteImportHistory(ImportHistoryResource):
         raise ClaimLost(record.ref, record.owner, row["owner"] if row else None)
 
     def release(self, ref: ObjectRef, owner: str) -> bool:
+        return self._set_own_lease(ref, owner, 0.0)
+
+    def renew(self, ref: ObjectRef, owner: str, lease_seconds: float) -> bool:
+        return self._set_own_lease(ref, owner, time.time() + lease_seconds)
+
+    def _set_own_lease(self, ref: ObjectRef, owner: str, expires_at: float) -> bool:
         cursor = self._conn().execute(
-            """UPDATE import_history SET claim_expires_at = 0, updated_at = ?
+            """UPDATE import_history SET claim_expires_at = ?, updated_at = ?
                WHERE object_uri = ? AND version_id = ? AND owner = ? AND status = ?""",
-            (time.time(), ref.uri, _version_key(ref), owner, HistoryStatus.CLAIMED.value),
+            (expires_at, time.time(), ref.uri, _version_key(ref), owner, HistoryStatus.CLAIMED.value),
         )
         return cursor.rowcount == 1
 
