@@ -1,6 +1,7 @@
 """What indexing measured of the gateway: latency, calls in flight and the rate achieved."""
 from __future__ import annotations
 
+import collections
 import math
 import threading
 import time
@@ -18,6 +19,7 @@ class GatewayFigures:
     achieved_rate: float  # calls per second, first call to last
     configured_rate: float
     bound: int  # most calls the load may have in flight (RIVBULK_INDEX_CONCURRENCY)
+    most_in_one_second: int  # most calls sent within any one-second window
 
     @property
     def bound_limits(self) -> bool:
@@ -33,6 +35,7 @@ class GatewayFigures:
             "gateway_calls_in_flight_mean": round(self.in_flight_mean, 1),
             "gateway_calls_in_flight_peak": self.in_flight_peak,
             "gateway_achieved_rate_per_second": round(self.achieved_rate, 2),
+            "gateway_most_calls_in_one_second": self.most_in_one_second,
             "gateway_in_flight_bound": self.bound,
             "gateway_rate_limited_by_bound": self.bound_limits,
         }
@@ -66,6 +69,8 @@ class CallMeter:
         self._busy_seconds = 0.0
         self._active = 0
         self._peak = 0
+        self._last_second: collections.deque[float] = collections.deque()  # starts within 1 s of the newest
+        self._most_in_one_second = 0
 
     def started(self) -> float:
         now = time.monotonic()
@@ -74,6 +79,10 @@ class CallMeter:
             self._last_start = now
             self._active += 1
             self._peak = max(self._peak, self._active)
+            self._last_second.append(now)
+            while now - self._last_second[0] >= 1.0:
+                self._last_second.popleft()
+            self._most_in_one_second = max(self._most_in_one_second, len(self._last_second))
         return now
 
     def ended(self, started_at: float) -> float:
@@ -103,4 +112,5 @@ class CallMeter:
                 achieved_rate=(calls - 1) / span if span > 0 else 0.0,
                 configured_rate=self._rate,
                 bound=self._bound,
+                most_in_one_second=self._most_in_one_second,
             )

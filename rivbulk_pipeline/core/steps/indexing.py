@@ -194,10 +194,11 @@ class _Indexer:
             sent_at: list[float] = []
 
             def pace() -> None:
-                self.limiter.acquire()
-                # Renewed as the call leaves: the claim outlives the call, and a lapsed one stops it.
+                # Renewed as the call is about to leave: the claim outlives the call, and a lapsed
+                # one stops it. Before the token, so nothing slow sits between the token and the send.
                 if not self.history.renew(ref, self.policy.owner, self.policy.lease_seconds):
                     raise _ClaimGone()
+                self.limiter.acquire()
                 sent_at.append(self.meter.started())
 
             answer: GatewayResult = self.gateway.register(user_id, image, properties, pace, source=ref)

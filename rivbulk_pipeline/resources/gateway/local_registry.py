@@ -121,7 +121,7 @@ class LocalRegistryGateway(GatewayResource):
         }
         pace()  # the call reaches the registry now
         try:
-            answer = self._workflow(self._connect(), user_id, face)
+            answer = self._workflow(self._connect(), user_id.lower(), face)  # sent lower-cased, as the HTTP gateway does
         except sqlite3.Error as exc:  # locked past busy_timeout, disk full, ...: may pass next time
             return GatewayResult.transient(f"local_registry_unavailable: {type(exc).__name__}: {exc}")
         return result_of_answer(answer, _ENDPOINT)
@@ -175,8 +175,10 @@ class LocalRegistryGateway(GatewayResource):
             return {"status": "SUCCEEDED", "output": json.dumps(output)}
 
     def user_exists(self, user_id: str) -> Optional[bool]:
-        """RIV's check-userid: looks up `User::<id as sent>`, so it finds lower-case ids only."""
-        row = self._connect().execute("SELECT 1 FROM faces WHERE user_key = ? LIMIT 1", (f"User::{user_id}",)).fetchone()
+        """RIV's check-userid, asked as the HTTP gateway asks it: for the lower-cased id."""
+        row = self._connect().execute(
+            "SELECT 1 FROM faces WHERE user_key = ? LIMIT 1", (f"User::{user_id.lower()}",)
+        ).fetchone()
         return row is not None
 
     def users(self) -> list[dict[str, Any]]:
