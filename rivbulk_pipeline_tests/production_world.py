@@ -1,7 +1,7 @@
 """The production deployment on this machine, for issue 9's tests.
 
 One real Postgres server (pgserver's binaries, 127.0.0.1) holds the Dagster instance; moto's
-server plays S3, DynamoDB, Secrets Manager and ECS on 127.0.0.1; FakeRivGateway plays the RIV
+server plays S3, DynamoDB, Secrets Manager and ECS on 127.0.0.1; RivStandIn plays the RIV
 gateway, which checks the API key. The key is in Secrets Manager only: the environment holds
 its ARN (`RIVBULK_GATEWAY_API_KEY_SECRET`), never its value. The instance config is
 `deploy/dagster.yaml` itself, read from the repository, with only what this machine cannot
@@ -32,7 +32,7 @@ from rivbulk_pipeline.defs.resources import build_resources
 from rivbulk_pipeline.demo import DEMO_CASES, face_image, populate_images, preregister
 from rivbulk_pipeline.settings import Settings
 
-from .gateway_server import FakeRivGateway
+from .riv_standin import RivStandIn
 from .postgres_server import PostgresServer, running_postgres
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ class World:
     """Everything the production tests share; `env` is what every process of the deployment gets."""
 
     endpoint: str
-    riv: FakeRivGateway
+    riv: RivStandIn
     pg: PostgresServer
     scratch: Path
     env: dict[str, str]
@@ -75,8 +75,8 @@ class World:
         return boto3.client(service, region_name=REGION, endpoint_url=self.endpoint)
 
     def qualified_users(self) -> set[str]:
-        """The users the three dates should register, exactly once each."""
-        users = {tag_lookup(c.tags, "UserId") for c in DEMO_CASES if c.expect == "indexed"}
+        """The users the three dates should register (lower-cased, as RIV keys them)."""
+        users = {tag_lookup(c.tags, "UserId").lower() for c in DEMO_CASES if c.expect == "indexed"}
         return users | {user for day in NEW_PER_DAY.values() for _, user, _ in day}
 
     def instance_yaml(self, *, launcher: str) -> str:
@@ -192,7 +192,7 @@ def _write_reports(store: Any, settings: Settings, now: datetime) -> list[str]:
     return dates
 
 
-def build_world(scratch: Path, endpoint: str, riv: FakeRivGateway, pg: PostgresServer, mp: pytest.MonkeyPatch) -> World:
+def build_world(scratch: Path, endpoint: str, riv: RivStandIn, pg: PostgresServer, mp: pytest.MonkeyPatch) -> World:
     env = _hermetic_env(scratch)
     secrets = boto3.client(
         "secretsmanager", region_name=REGION, endpoint_url=endpoint,
@@ -260,7 +260,7 @@ def production_world(scratch: Path, mp: pytest.MonkeyPatch) -> Iterator[World]:
         host, port = server.get_host_and_port()
         # moto's backends are per process, shared by every server: start from an empty AWS.
         requests.post(f"http://{host}:{port}/moto-api/reset", timeout=30).raise_for_status()
-        with FakeRivGateway(emulate_registry=True, api_key=API_KEY) as riv, running_postgres() as pg:
+        with RivStandIn(api_key=API_KEY) as riv, running_postgres() as pg:
             yield build_world(scratch, f"http://{host}:{port}", riv, pg, mp)
     finally:
         server.stop()

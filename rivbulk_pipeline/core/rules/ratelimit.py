@@ -23,7 +23,7 @@ class RateLimiter:
     def __init__(
         self,
         rate_per_second: float,
-        margin_seconds: float = 0.02,
+        margin_seconds: float = 0.03,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         follows_another: bool = False,
