@@ -318,3 +318,35 @@ def test_the_stand_in_refuses_the_old_body_as_head_riv_does(head: World) -> None
     body = {"UserId": "rex", "Image": base64.b64encode(face_image(903)).decode(), "Properties": {}}
     answer = requests.post(head.riv.url + "/register", json=body, timeout=5).json()
     assert (answer["status"], answer["error"]) == ("FAILED", "KeyError")
+
+
+class _HistoryThatFailsOneWrite:
+    """The real SQLite history, but the first outcome write fails (DynamoDB unreachable after a SUCCEEDED)."""
+
+    def __init__(self, real: SqliteImportHistory) -> None:
+        self.real = real
+        self.failed = False
+
+    def __getattr__(self, name: str):
+        return getattr(self.real, name)
+
+    def record(self, record) -> None:
+        if not self.failed:
+            self.failed = True
+            from rivbulk_pipeline.core.errors import HistoryError
+
+            raise HistoryError("the history is unreachable")
+        self.real.record(record)
+
+
+def test_a_success_whose_history_write_failed_is_settled_by_the_next_run(head: World) -> None:
+    rows = [head.put("pia")]
+    head.history, real = _HistoryThatFailsOneWrite(head.history), head.history  # type: ignore[assignment]
+    [first] = head.index(rows, lease_seconds=0.2).values()
+    assert first["outcome"] == "skipped" and "not recorded" in first["reason"]
+    assert head.riv.faces_for("pia") == 1
+    time.sleep(0.3)  # the claim it left expires
+    head.history = real
+    [second] = head.index(rows, owner="run-2").values()
+    assert (second["outcome"], second["reason"]) == ("indexed", SETTLED)
+    assert head.riv.faces_for("pia") == 1 and head.register_calls() == 1
