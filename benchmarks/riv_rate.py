@@ -1,5 +1,5 @@
 """Measurement riv_rate: registrations per second at RIVBULK_INDEX_RATE=20 against the RIV stand-in
-answering each register call in 2 s (a Step Functions workflow of three Lambdas), every other
+answering each register call in 2 s (a Step Functions workflow of three Lambdas), in a process of its own, every other
 setting at its default. The rate is read from the stand-in's own record of when each workflow
 started; the busiest second is counted both there and at the client's sends."""
 from __future__ import annotations
@@ -19,7 +19,7 @@ from rivbulk_pipeline.resources.history import SqliteImportHistory
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 from rivbulk_pipeline.resources.registration import S3TagRegistrationProvider
 from rivbulk_pipeline.settings import Settings
-from rivbulk_pipeline_tests.riv_standin import RivStandIn
+from rivbulk_pipeline_tests.riv_standin import RivStandInProcess
 
 BUCKET = "riv-rate-faces"
 
@@ -40,7 +40,7 @@ def measure_riv_rate(
     batch = pa.RecordBatch.from_pylist(rows, schema=QUALIFIED_SCHEMA)
     history = SqliteImportHistory(db_path=os.path.join(workdir, "riv-rate-history.sqlite"))
     meter = CallMeter(settings.index_rate, settings.index_concurrency)
-    with RivStandIn(version="head", latency=latency) as riv:
+    with RivStandInProcess(version="head", latency=latency) as riv:  # RIV in its own process, as deployed
         gateway = RivHttpGateway(
             url=riv.url, timeout_seconds=settings.gateway_timeout_seconds, pool_size=settings.index_concurrency
         )
@@ -65,6 +65,7 @@ def measure_riv_rate(
             )
             for outcome in results.column("outcome").to_pylist()
         ]
+        riv.stop()  # its observations
         starts = riv.workflow_starts
         registered = len(riv.registrations)
     history.close()

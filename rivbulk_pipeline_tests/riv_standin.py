@@ -1159,3 +1159,88 @@ def _lambda_result(payload: dict[str, Any]) -> dict[str, Any]:
         "SdkResponseMetadata": {"RequestId": request_id},
         "StatusCode": 200,
     }
+
+
+# ---- the stand-in in a process of its own ----
+
+
+@dataclass(frozen=True)
+class SeenRequest:
+    """What a stand-in in its own process saw of one request."""
+
+    path: str
+    received_at: float
+    status: Optional[int]
+    user_id: Optional[str]
+    headers: dict[str, str]
+
+
+class RivStandInProcess:
+    """The stand-in served by a process of its own, as RIV is: the load's processes and the test's
+    moto server then share no interpreter (and no GIL) with it, so its clock sees calls as they
+    arrive. Observations are read when it stops: `requests`, `registrations`, `workflow_starts`.
+
+        with RivStandInProcess(api_key="k") as riv:
+            ... riv.url ...
+        riv.registrations
+    """
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._process: Any = None
+        self.url = ""
+        self.requests: list[SeenRequest] = []
+        self.registrations: dict[str, int] = {}
+        self.workflow_starts: list[float] = []
+
+    def __enter__(self) -> "RivStandInProcess":
+        import subprocess
+        import sys
+
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "rivbulk_pipeline_tests.riv_standin", json.dumps(self._options)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        self.url = self._process.stdout.readline().strip()
+        if not self.url.startswith("http://"):
+            self._process.kill()
+            raise RuntimeError(f"the stand-in did not start: {self.url!r}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        out, _ = self._process.communicate("stop\n", timeout=60)
+        seen = json.loads(out)
+        self.requests = [SeenRequest(**r) for r in seen["requests"]]
+        self.registrations = seen["registrations"]
+        self.workflow_starts = seen["workflow_starts"]
+        self._process = None
+
+
+def _serve_until_stdin_says_stop(options: dict[str, Any]) -> None:
+    import sys
+
+    with RivStandIn(**options) as riv:
+        print(riv.url, flush=True)
+        sys.stdin.readline()
+        riv.wait_for_workflows(timeout=30)
+        seen = {
+            "requests": [
+                {"path": r.path, "received_at": r.received_at, "status": r.status, "user_id": r.user_id,
+                 "headers": r.headers}
+                for r in riv.requests
+            ],
+            "registrations": riv.registrations,
+            "workflow_starts": riv.workflow_starts,
+        }
+    print(json.dumps(seen), flush=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    _serve_until_stdin_says_stop(json.loads(sys.argv[1]))

@@ -26,7 +26,7 @@ from rivbulk_pipeline.defs.resources import build_resources
 from rivbulk_pipeline.demo import face_image
 from rivbulk_pipeline.settings import Settings
 
-from .riv_standin import RivStandIn
+from .riv_standin import RivStandInProcess
 from .test_dagster_dev import DevServer, finished_backfill, launch_backfill, wait_for
 
 RATE = 4  # registrations per second for the deployment
@@ -117,7 +117,7 @@ def test_a_backfill_of_three_dates_keeps_one_gateway_rate_and_registers_everyone
     server = None
     try:
         host, port = moto.get_host_and_port()
-        with RivStandIn() as riv:  # RIV as its code behaves
+        with RivStandInProcess() as riv:  # RIV as its code behaves, in a process of its own
             env = {**ENV, "RIVBULK_ENDPOINT_URL": f"http://{host}:{port}", "RIVBULK_GATEWAY_URL": riv.url}
             for name in list(os.environ):
                 if name.startswith(("RIVBULK_", "AWS_")):
@@ -145,6 +145,7 @@ def test_a_backfill_of_three_dates_keeps_one_gateway_rate_and_registers_everyone
 
             assert backfill["status"] == "COMPLETED_SUCCESS", backfill
             assert len(backfill["runs"]) == len(DATES) and all(r["status"] == "SUCCESS" for r in backfill["runs"])
+            riv.stop()  # its observations, as its own clock took them
             calls = [r for r in riv.requests if r.path.endswith("/register")]
             times = [r.received_at for r in calls]
             print(f"{len(calls)} gateway calls over {max(times) - min(times):.2f}s; the backfill took {elapsed:.0f}s")
