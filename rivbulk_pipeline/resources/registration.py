@@ -13,7 +13,8 @@ from typing import Any, Mapping, Optional
 import dagster as dg
 from pydantic import PrivateAttr
 
-from ..core.model import ObjectRef, RegistrationInfo
+from ..core.errors import ObjectTooLarge, RegistrationRejected
+from ..core.model import ObjectRef, Reason, RegistrationInfo
 from ..core.rules.properties import DEFAULT_MAX_PROPERTIES_BYTES, parse_properties, parse_properties_uri
 from ..core.rules.tags import tag_lookup
 from .object_store import ObjectStoreResource
@@ -50,8 +51,17 @@ class S3TagRegistrationProvider(RegistrationProviderResource):
 
     def load_properties(self, properties_ref: str) -> dict[str, str]:
         bucket, key = parse_properties_uri(properties_ref, self.allowed_property_buckets, properties_ref)
-        raw = self.store.get_bytes(bucket, key)
+        try:
+            raw = self.store.get_bytes(bucket, key, max_bytes=self.max_properties_bytes)
+        except ObjectTooLarge as exc:  # refused from its size: a 500 MB file costs no memory
+            raise RegistrationRejected(
+                Reason.BAD_PROPERTIES, f"{properties_ref}: properties file {_size_text(exc)}, over the {exc.bound}-byte bound"
+            ) from None
         return parse_properties(raw, properties_ref, self.max_properties_bytes)
+
+
+def _size_text(exc: ObjectTooLarge) -> str:
+    return f"is {exc.size} bytes" if exc.size is not None else "is larger"
 
 
 class CustomRegistrationProvider(RegistrationProviderResource):

@@ -16,9 +16,18 @@ from typing import Callable, Iterable, Iterator, Optional
 
 import pyarrow as pa
 
-from ..errors import DeploymentError, HistoryError, ObjectChanged, ObjectNotFound, RegistrationRejected, StoreError
+from ..errors import (
+    DeploymentError,
+    HistoryError,
+    ObjectChanged,
+    ObjectNotFound,
+    ObjectTooLarge,
+    RegistrationRejected,
+    StoreError,
+)
 from ..model import INDEXED_SCHEMA, GatewayResult, HistoryRecord, HistoryStatus, ObjectRef, Outcome
 from ..ports import Gateway, ImportHistory, ObjectStore, RegistrationProvider
+from ..rules.images import MAX_IMAGE_BYTES, TOO_LARGE
 from ..rules.ratelimit import RateLimiter, backoff_delay
 from ..rules.reasons import reason_token
 from .progress import Progress
@@ -125,7 +134,10 @@ class _Indexer:
 
         try:
             # IfMatch: the bytes sent are the bytes whose ETag is recorded (closes the HEAD-then-GET race).
-            image = self.store.get_bytes(ref.bucket, ref.key, ref.version_id, if_match=etag)
+            # max_bytes: an image over what the registry takes is refused from its size, never read whole.
+            image = self.store.get_bytes(ref.bucket, ref.key, ref.version_id, if_match=etag, max_bytes=MAX_IMAGE_BYTES)
+        except ObjectTooLarge as exc:
+            return result(Outcome.FAILED_PERMANENT, f"{TOO_LARGE}: {exc}")
         except ObjectChanged:
             return result(Outcome.SKIPPED, f"{STALE_CHANGED}: {STALE_DETAIL}")
         except ObjectNotFound:
