@@ -230,13 +230,13 @@ def test_failed_rows_keep_the_first_rows_by_reason_across_batches_and_count_them
     for batch in (
         [("k1", "failed_transient", "HTTP 503"), ("k2", "failed_permanent", "too_small: 40x40 px, user zed")],
         [("k3", "failed_permanent", "UserAlreadyExists: taken"), ("k0", "failed_permanent", "too_small: 10x10 px")],
-        [("k4", "skipped", "claimed by another run")],
+        [("k4", "skipped", "claimed_elsewhere: claimed by another run")],
     ):
         keys, outcomes, reasons = (pa.array(list(column)) for column in zip(*batch))
         failed.add(keys, outcomes, reasons, pa.array([1] * len(batch)))
     metadata = failed.metadata()
     rows = [(r.data["reason"], r.data["key"]) for r in metadata["failed_rows"].value.records]
-    assert rows == [("HTTP 503", "k1"), ("UserAlreadyExists", "k3"), ("claimed by another run", "k4")]
+    assert rows == [("HTTP 503", "k1"), ("UserAlreadyExists", "k3"), ("claimed_elsewhere", "k4")]
     assert failed.total == 5 and metadata["failed_rows_shown"].value == "first 3 of 5, by reason"
     assert metadata["reason_too_small"].value == 2 and metadata["reason_HTTP_503"].value == 1
     assert "zed" not in repr(metadata)  # details stay in the stored table

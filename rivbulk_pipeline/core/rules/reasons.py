@@ -2,14 +2,23 @@
 
 A registration provider may give its own (`not_in_roster`); anything that is not such a token
 (a sentence, a value that could carry personal data) is recorded as `provider_error` instead.
+
+A recorded reason is `<code>: <free text>`. The UI (metadata keys, counts, warnings, failed rows)
+shows only the code, and only from a bounded set (`shown_code`): free text from the gateway or a
+provider, which may name a user, stays in the stored tables and the history.
 """
 from __future__ import annotations
 
 import re
 
 from ..model import Reason
+from .gateway_errors import KNOWN_ERRORS, UNKNOWN_ERROR_CODE
 
 _TOKEN = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_HTTP_STATUS = re.compile(r"HTTP [1-5][0-9]{2}")  # `HTTP 503`: one of a few hundred
+
+# The embedded registry's own error names (resources/gateway: local_registry.py and base.py).
+LOCAL_REGISTRY_ERRORS = frozenset({"InvalidUserId", "InvalidProperties", "UserAlreadyRegistered", "RecordTooLarge"})
 
 
 def is_reason_token(reason: object) -> bool:
@@ -20,3 +29,12 @@ def reason_token(reason: object) -> str:
     """`reason` itself when it is a token (a `Reason` or a provider's own), else `provider_error`."""
     value = reason.value if isinstance(reason, Reason) else reason
     return value if is_reason_token(value) else Reason.PROVIDER_ERROR.value
+
+
+def shown_code(code: str) -> str:
+    """A reason's code as the UI may show it: a token (our `Reason` values, image and indexing
+    codes, a provider's own), a gateway error name RIV or the embedded registry uses, or an HTTP
+    status; anything else, such as a sentence without a colon, is `gateway_error`."""
+    if is_reason_token(code) or code in KNOWN_ERRORS or code in LOCAL_REGISTRY_ERRORS or _HTTP_STATUS.fullmatch(code):
+        return code
+    return UNKNOWN_ERROR_CODE

@@ -25,7 +25,7 @@ from ..errors import (
     RegistrationRejected,
     StoreError,
 )
-from ..model import INDEXED_SCHEMA, GatewayResult, HistoryRecord, HistoryStatus, ObjectRef, Outcome
+from ..model import INDEXED_SCHEMA, GatewayResult, HistoryRecord, HistoryStatus, ObjectRef, Outcome, Reason
 from ..ports import Gateway, ImportHistory, ObjectStore, RegistrationProvider
 from ..rules.images import MAX_IMAGE_BYTES, TOO_LARGE
 from ..rules.ratelimit import RateLimiter, backoff_delay
@@ -36,6 +36,8 @@ STALE_CHANGED = "stale_inventory"  # the object's ETag is no longer the listed o
 STALE_GONE = "object_not_found"  # the object is gone since the inventory
 STALE_DETAIL = "the image was replaced since this inventory; the history keeps the current image's record"
 TAG_NOT_WRITTEN = "Indexed tag not written"
+TRANSIENT = Reason.TRANSIENT_ERROR.value
+# Every reason recorded here starts with a token (`<code>: <detail>`): the UI shows only the code.
 
 HISTORY_STATUS_OF = {  # the history status each recorded outcome is written as
     Outcome.INDEXED: HistoryStatus.INDEXED,
@@ -91,7 +93,7 @@ class _Indexer:
         except ObjectNotFound:
             return result(Outcome.SKIPPED, f"{STALE_GONE}: the image is gone since the inventory"), None
         except StoreError as exc:
-            return result(Outcome.FAILED_TRANSIENT, f"reading the image failed ({type(exc).__name__})"), None
+            return result(Outcome.FAILED_TRANSIENT, f"{TRANSIENT}: reading the image failed ({type(exc).__name__})"), None
         if row["e_tag"] and current.etag != row["e_tag"]:
             return result(Outcome.SKIPPED, f"{STALE_CHANGED}: {STALE_DETAIL}"), None
         etag = row["e_tag"] or current.etag
@@ -99,11 +101,11 @@ class _Indexer:
         if not self.history.claim(ref, etag, self.policy.owner, self.policy.lease_seconds):
             record = self.history.lookup([ref]).get(ref)
             if record and record.etag == etag and record.status == HistoryStatus.INDEXED:
-                return result(Outcome.SKIPPED, "already indexed by another run", etag=etag), None
+                return result(Outcome.SKIPPED, "already_indexed: by another run", etag=etag), None
             if record and record.status == HistoryStatus.CLAIMED:
-                return result(Outcome.SKIPPED, "claimed by another run", etag=etag), record.claim_expires_at
+                return result(Outcome.SKIPPED, "claimed_elsewhere: claimed by another run", etag=etag), record.claim_expires_at
             state = record.status.value if record else "none"
-            return result(Outcome.SKIPPED, f"not claimable (history: {state})", etag=etag), None
+            return result(Outcome.SKIPPED, f"not_claimable: the history says {state}", etag=etag), None
 
         try:
             final = self._register(ref, row, etag)
@@ -113,7 +115,7 @@ class _Indexer:
             raise
         except Exception as exc:  # a fault with this object alone must not stop the others
             self.log(f"{ref}: registration failed unexpectedly ({type(exc).__name__}); the next run retries it")
-            final = result(Outcome.FAILED_TRANSIENT, f"unexpected error ({type(exc).__name__})", 0, etag)
+            final = result(Outcome.FAILED_TRANSIENT, f"unexpected_error: {type(exc).__name__}", 0, etag)
         except BaseException:
             self.history.release(ref, self.policy.owner)  # interrupted: no outcome, free it now
             raise
@@ -125,7 +127,7 @@ class _Indexer:
         except HistoryError as exc:
             # e.g. our lease ran out and another run holds the claim now: it records the outcome.
             self.log(f"{ref}: outcome {final.outcome} not recorded: {exc}")
-            return result(Outcome.SKIPPED, f"outcome not recorded: {exc}", final.attempts, etag), None
+            return result(Outcome.SKIPPED, f"history_error: outcome not recorded: {exc}", final.attempts, etag), None
         return final, None
 
     def _register(self, ref: ObjectRef, row: dict, etag: str) -> IndexResult:
@@ -143,7 +145,7 @@ class _Indexer:
         except ObjectNotFound:
             return result(Outcome.SKIPPED, f"{STALE_GONE}: the image is gone since the inventory")
         except StoreError as exc:
-            return result(Outcome.FAILED_TRANSIENT, f"reading the image failed ({type(exc).__name__})")
+            return result(Outcome.FAILED_TRANSIENT, f"{TRANSIENT}: reading the image failed ({type(exc).__name__})")
         try:
             properties = self.provider.load_properties(row["properties_ref"]) if row["properties_ref"] else {}
         except RegistrationRejected as rejected:
@@ -151,7 +153,7 @@ class _Indexer:
         except ObjectNotFound:
             return result(Outcome.FAILED_PERMANENT, "properties_not_found: the properties file is gone")
         except Exception as exc:
-            return result(Outcome.FAILED_TRANSIENT, f"loading properties failed ({type(exc).__name__})")
+            return result(Outcome.FAILED_TRANSIENT, f"{Reason.PROVIDER_ERROR}: loading properties failed ({type(exc).__name__})")
 
         attempts = 0
         while True:
