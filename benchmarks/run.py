@@ -2,7 +2,9 @@
 
 Measurements (NAME): ingest, qualification, incremental, rate, summary, scale (daily runs of
 100k and 1M objects, and 10M with --full; DynamoDB lookups on moto's server), listing
-(`rivbulk inventory` on a local bucket of 100k hand-copied files, and 1M with --full). Data is generated in a temp
+(`rivbulk inventory` on a local bucket of 100k hand-copied files, and 1M with --full), hostile (the
+qualification and indexing steps' peak RSS over a date holding a 500 MB properties file, a 100 MB
+image and an 88-megapixel PNG beside normal objects). Data is generated in a temp
 dir (or `--workdir`, kept) and every figure is printed next to its target.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Callable, Optional, Sequence
 import pyarrow as pa
 
 from .dynamo_lookup import measure_dynamo_lookup
+from .hostile import HOSTILE, STEPS, measure_hostile
 from .ingest import measure_ingest
 from .listing import measure_listing
 from .qualification import measure_incremental, measure_qualification
@@ -29,7 +32,7 @@ from .riv_rate import measure_riv_rate
 from .scale import measure_size
 from .summary import measure_summary
 
-MEASUREMENTS = ("ingest", "qualification", "incremental", "rate", "riv_rate", "summary", "scale", "listing")
+MEASUREMENTS = ("ingest", "qualification", "incremental", "rate", "riv_rate", "summary", "scale", "listing", "hostile")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class Sizes:
     scale_objects: tuple[int, ...] = (100_000, 1_000_000)
     dynamo_records: int = 20_000
     listing_objects: tuple[int, ...] = (100_000,)
+    hostile_normal: int = 30
 
 
 FULL = Sizes()
@@ -72,6 +76,7 @@ QUICK = Sizes(
     scale_objects=(10_000, 100_000),
     dynamo_records=2_000,
     listing_objects=(10_000,),
+    hostile_normal=10,
 )
 LARGEST = 10_000_000  # --full
 LISTING_LARGEST = 1_000_000  # --full
@@ -83,6 +88,9 @@ SCALE_RSS_GROWTH = 1.5
 
 # `rivbulk inventory`, 1M never-listed files: 10x faster than the 276 s it took (3,600 objects/s)
 LISTING_SECONDS = {1_000_000: 27.6}
+
+# the hostile date: what its large objects may add to a step's peak RSS (a step that reads none of them)
+HOSTILE_RSS_ADDED = 100_000_000
 
 # targets
 INGEST_SPEEDUP = 4.0
@@ -146,6 +154,8 @@ def run_measurements(
             results[name] = measure_riv_rate(folder, sizes.riv_rate_objects, sizes.rate, log=log)
         elif name == "listing":
             results[name] = {"runs": [measure_listing(folder, objects, log=log) for objects in sizes.listing_objects]}
+        elif name == "hostile":
+            results[name] = measure_hostile(folder, sizes.hostile_normal, log=log)
         else:
             results[name] = measure_rate(
                 folder,
@@ -277,6 +287,32 @@ def build_lines(results: dict[str, dict]) -> list[Line]:
                 f"{warm['seconds']:.1f} s ({warm['objects_per_s']:,.0f} objects/s)", "-",
                 f"peak RSS {_mb(warm['peak_rss_bytes'])}", "-", None,
             ))  # fmt: skip
+    if "hostile" in results:
+        lines.extend(hostile_lines(results["hostile"]))
+    return lines
+
+
+def hostile_lines(r: dict) -> list[Line]:
+    """Per step, its peak RSS against a step of the same date that reads none of the large objects
+    (batch_manifest: the process, Dagster and the libraries), and whether every object got its outcome."""
+    floor = r["steps"]["batch_manifest"]["peak_rss_bytes"]
+    expected = {key: outcome for key, (_, outcome) in HOSTILE.items()}
+    got = {key: r["outcomes"].get(key) for key in expected}
+    normal_ok = sum(o == "index:indexed" for k, o in r["outcomes"].items() if k not in expected) == r["normal"]
+    lines = []
+    for step in STEPS:
+        s = r["steps"][step]
+        added = s["peak_rss_bytes"] - floor
+        lines.append(Line(
+            "8", f"hostile date, {step}: peak RSS (500 MB properties, 100 MB image, 88 MP PNG, {r['normal']} normal)",
+            _mb(s["peak_rss_bytes"]), "-", f"+{_mb(added)} over a step reading none ({_mb(floor)}); finished: {s['success']}",
+            f"finished, <= +{_mb(HOSTILE_RSS_ADDED)}", s["success"] and added <= HOSTILE_RSS_ADDED,
+        ))  # fmt: skip
+    lines.append(Line(
+        "8", "  hostile objects refused with their reason, the others registered",
+        ", ".join(f"{key.rsplit('/', 1)[1]}: {outcome}" for key, outcome in got.items()), "-",
+        f"{r['normal']} normal objects indexed: {normal_ok}", "each its reason", got == expected and normal_ok,
+    ))  # fmt: skip
     return lines
 
 

@@ -1,15 +1,21 @@
 """Every setting, declared once: its variable, default, check and README line follow from here.
 
 `Settings` is also the Dagster resource the assets and the sensor take, so the launchpad shows
-the values in force. A field `x` is read from `RIVBULK_X`; `Settings.from_env()` validates them
-all when Dagster loads the code and names the variable, the value and the rule in every error.
-Secrets are not settings: the gateway's API key is read from the environment by the gateway.
+the values in force, and Dagster stores them in every run's job snapshot. A field `x` is read
+from `RIVBULK_X`; `Settings.from_env()` validates them all when Dagster loads the code and names
+the variable and the rule in every error, never the value (it could be a key set by mistake).
+Secrets are not settings: the gateway's API key is read from the environment by the gateway, a
+provider's secrets are given by reference (`{"env": ...}` / `{"secret": ...}`), and a setting
+that would hold one (a URL with a password, a secret-named provider option with a value) is
+refused at load.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, Literal, Mapping, Optional
 
 import dagster as dg
@@ -19,6 +25,10 @@ from .core.rules.user_ids import RIV_USER_ID_PATTERN, check_pattern
 
 ENV_PREFIX = "RIVBULK_"
 _REGION_FALLBACKS = ("AWS_REGION", "AWS_DEFAULT_REGION")
+# A provider option by these names holds a secret: it must be given by reference.
+_SECRET_NAME = re.compile(r"pass(word|wd|phrase)?|secret|token|api_?key|private_?key|credential|dsn|auth", re.IGNORECASE)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+REFERENCE_KINDS = ("env", "secret")  # {"env": "VARIABLE"}, {"secret": "<Secrets Manager ARN or name>"}
 
 
 class SettingsError(ValueError):
@@ -104,7 +114,11 @@ class Settings(dg.ConfigurableResource):
     provider: str = _setting(
         "s3_tags", "the registration provider: `s3_tags`, or `package.module:ClassName` of your own", min_length=1
     )
-    provider_options: str = _setting("{}", "JSON object of keyword arguments for your provider class")
+    provider_options: str = _setting(
+        "{}",
+        "JSON object of keyword arguments for your provider class; a secret only by reference, `{\"env\": \"VARIABLE\"}`"
+        " or `{\"secret\": \"<Secrets Manager ARN or name>\"}` (see *Your own registration provider*)",
+    )
     inventory_max_age_hours: float = _setting(
         48.0, "a warning in the UI when the newest complete inventory report is older than this (S3 Inventory is daily), > 0", gt=0
     )
@@ -133,6 +147,20 @@ class Settings(dg.ConfigurableResource):
             raise ValueError(f"not JSON ({error.msg} at character {error.pos})") from None
         if not isinstance(parsed, dict):
             raise ValueError("must be a JSON object of keyword arguments, e.g. {\"path\": \"roster.csv\"}")
+        for option, item in parsed.items():
+            problem = option_problem(option, item)
+            if problem:
+                raise ValueError(f"option {option!r} {problem}")
+        return value
+
+    @field_validator("gateway_url", "endpoint_url")
+    @classmethod
+    def _no_credentials_in_url(cls, value: Optional[str]) -> Optional[str]:
+        if value and url_holds_credentials(value):
+            raise ValueError(
+                "must not hold credentials (`user:password@`) or a query string: Dagster stores settings in every run;"
+                " give a key through RIVBULK_GATEWAY_API_KEY, RIVBULK_GATEWAY_API_KEY_SECRET or the AWS credential chain"
+            )
         return value
 
     @field_validator("provider")
@@ -223,16 +251,60 @@ class Settings(dg.ConfigurableResource):
 
 
 def _explain(error: ValidationError, values: Mapping[str, Any]) -> str:
+    """Each problem by variable and rule. The value is never repeated: a key pasted into the wrong
+    variable would otherwise reach logs, `rivbulk load`'s record and its --result-uri object."""
     problems = []
     for item in error.errors():
         name = str(item["loc"][0]) if item["loc"] else ""
         message = item["msg"].removeprefix("Value error, ")
         if name in Settings.model_fields:
             field = Settings.model_fields[name]
-            problems.append(
-                f"{Settings.variable(name)}={values.get(name)!r} is not valid: {message}."
-                f" Expected: {field.description}."
-            )
+            problems.append(f"{Settings.variable(name)} is not valid: {message}. Expected: {field.description}.")
         else:
             problems.append(message)
     return "invalid rivbulk settings:\n  " + "\n  ".join(problems)
+
+
+def url_holds_credentials(url: str) -> bool:
+    """True when a URL carries a user or password, or a query string (where API keys go)."""
+    try:
+        parts = urlsplit(url)
+        return bool(parts.username or parts.password or parts.query)
+    except ValueError:  # an unparseable URL is refused by its own user, not here
+        return False
+
+
+def is_reference(item: Any) -> bool:
+    """`{"env": "VARIABLE"}` or `{"secret": "<id>"}`: a secret named, not given."""
+    return isinstance(item, dict) and len(item) == 1 and next(iter(item)) in REFERENCE_KINDS
+
+
+def option_problem(option: str, item: Any) -> Optional[str]:
+    """Why a provider option may not be stored as given, or None. Never quotes the value."""
+    if isinstance(item, dict) and set(item) & set(REFERENCE_KINDS):
+        if not is_reference(item):
+            return "mixes a reference with other keys: a reference is exactly {\"env\": ...} or {\"secret\": ...}"
+        kind, name = next(iter(item.items()))
+        if kind == "env" and not (isinstance(name, str) and _ENV_NAME.fullmatch(name)):
+            return "names no valid environment variable: {\"env\": \"VARIABLE\"} takes a variable's name"
+        if kind == "secret" and not (isinstance(name, str) and name.strip()):
+            return "names no secret: {\"secret\": ...} takes a Secrets Manager ARN or name"
+        return None
+    if _SECRET_NAME.search(option) and item not in (None, ""):
+        return (
+            "looks like a secret and holds a value: Dagster stores settings in every run; give it by reference,"
+            " {\"env\": \"VARIABLE\"} or {\"secret\": \"<Secrets Manager ARN or name>\"}"
+        )
+    if any(url_holds_credentials(text) and "://" in text for text in _strings(item)):
+        return "holds a URL with credentials or a query string: give the URL by reference, {\"env\": \"VARIABLE\"}"
+    return None
+
+
+def _strings(item: Any) -> list[str]:
+    if isinstance(item, str):
+        return [item]
+    if isinstance(item, dict):
+        return [text for value in item.values() for text in _strings(value)]
+    if isinstance(item, list):
+        return [text for value in item for text in _strings(value)]
+    return []

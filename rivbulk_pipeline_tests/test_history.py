@@ -110,7 +110,7 @@ def test_a_final_outcome_blocks_the_same_etag_only(history: ImportHistoryResourc
 def test_a_transient_failure_may_be_claimed_again(history: ImportHistoryResource) -> None:
     obj = ref("users/dan.jpg")
     assert history.claim(obj, "e1", "run-1", 60)
-    history.record(outcome(obj, HistoryStatus.FAILED_TRANSIENT, "run-1", reason="HTTP 503"))
+    history.record(outcome(obj, HistoryStatus.FAILED_TRANSIENT, "run-1", reason="http_503"))
     assert history.claim(obj, "e1", "run-2", 60)
     assert history.lookup([obj])[obj].attempts == 2
 
@@ -196,7 +196,7 @@ def test_lookup_table_answers_in_columns_once_per_key(history: ImportHistoryReso
     for obj in (indexed, transient):
         assert history.claim(obj, "e1", "run-1", 60)
     history.record(outcome(indexed, HistoryStatus.INDEXED, "run-1"))
-    history.record(outcome(transient, HistoryStatus.FAILED_TRANSIENT, "run-1", reason="HTTP 503"))
+    history.record(outcome(transient, HistoryStatus.FAILED_TRANSIENT, "run-1", reason="http_503"))
     keys = pa.table(
         {
             "object_uri": [indexed.uri, transient.uri, absent.uri, indexed.uri],
@@ -207,7 +207,7 @@ def test_lookup_table_answers_in_columns_once_per_key(history: ImportHistoryReso
     assert answer.schema == HISTORY_LOOKUP_SCHEMA
     assert sorted(answer.to_pylist(), key=lambda row: row["object_uri"]) == [
         {"object_uri": indexed.uri, "version_id": "null", "etag": "e1", "status": "indexed", "reason": ""},
-        {"object_uri": transient.uri, "version_id": "v7", "etag": "e1", "status": "failed_transient", "reason": "HTTP 503"},
+        {"object_uri": transient.uri, "version_id": "v7", "etag": "e1", "status": "failed_transient", "reason": "http_503"},
     ]
     assert history.lookup_table(keys.slice(0, 0)).num_rows == 0
 
@@ -229,7 +229,7 @@ def test_scan_columns_reads_only_the_columns_asked_for(history: ImportHistoryRes
     for obj in (done, waiting, claimed):
         assert history.claim(obj, "e1", "run-1", 60)
     history.record(outcome(done, HistoryStatus.INDEXED, "run-1", user_id="someone", updated_at=1000.0))
-    history.record(outcome(waiting, HistoryStatus.FAILED_TRANSIENT, "run-1", reason="HTTP 503", updated_at=2000.0))
+    history.record(outcome(waiting, HistoryStatus.FAILED_TRANSIENT, "run-1", reason="http_503", updated_at=2000.0))
     batches = list(history.scan_columns(["status", "updated_at", "attempts"], batch_rows=2))
     assert [b.num_rows for b in batches] == [2, 1]  # batch_rows bounds every batch
     table = pa.Table.from_batches(batches)

@@ -89,7 +89,7 @@ def test_only_unchanged_final_outcomes_skip_the_history(world) -> None:
     ])  # fmt: skip
     _store_table(store, "indexed_users", PREVIOUS, INDEXED_SCHEMA, [
         _row("same", etags["same"], outcome="indexed", reason="SUCCEEDED", attempts=1),
-        _row("transient", etags["transient"], outcome="failed_transient", reason="HTTP 503", attempts=4),
+        _row("transient", etags["transient"], outcome="failed_transient", reason="http_503", attempts=4),
         _row("edited", etags["edited"], outcome="skipped", reason="claimed by another run", attempts=0),
     ])  # fmt: skip
     # The history as it stands today: another run indexed `edited` after the previous date was

@@ -35,11 +35,11 @@ def test_an_unset_or_empty_ordinary_setting_takes_its_default() -> None:
         ("RIVBULK_COLUMNAR_KEYS_URL_ENCODED", "maybe", "'auto', 'true' or 'false'"),
     ],
 )
-def test_a_bad_value_names_the_variable_the_value_and_the_rule(variable: str, value: str, says: str) -> None:
+def test_a_bad_value_names_the_variable_and_the_rule_never_the_value(variable: str, value: str, says: str) -> None:
     with pytest.raises(SettingsError) as raised:
         Settings.from_env({variable: value})
     message = str(raised.value)
-    assert f"{variable}={value!r}" in message
+    assert f"{variable} is not valid" in message and repr(value) not in message
     assert says in message
 
 
@@ -68,7 +68,7 @@ def test_the_code_location_refuses_to_load_with_a_bad_setting(monkeypatch) -> No
 
     monkeypatch.setenv("RIVBULK_INDEX_RATE", "0")
     sys.modules.pop("rivbulk_pipeline.definitions", None)
-    with pytest.raises(SettingsError, match="RIVBULK_INDEX_RATE='0'"):
+    with pytest.raises(SettingsError, match="RIVBULK_INDEX_RATE is not valid"):
         importlib.import_module("rivbulk_pipeline.definitions")
     sys.modules.pop("rivbulk_pipeline.definitions", None)
 
@@ -76,7 +76,8 @@ def test_the_code_location_refuses_to_load_with_a_bad_setting(monkeypatch) -> No
 def test_the_cli_reports_a_bad_setting_and_exits_2(monkeypatch, capsys) -> None:
     monkeypatch.setenv("RIVBULK_INDEX_MAX_ATTEMPTS", "many")
     assert main(["settings"]) == 2
-    assert "RIVBULK_INDEX_MAX_ATTEMPTS='many'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "RIVBULK_INDEX_MAX_ATTEMPTS is not valid" in err and "many" not in err
 
 
 def test_the_readme_table_is_the_declared_settings() -> None:

@@ -101,7 +101,7 @@ def test_failed_rows_and_counts_by_reason_for_a_date_with_failures(demo, instanc
     logs = instance.all_logs(result.run_id)
     warnings = [e.user_message for e in logs if e.level == 30 and "permanent failure" in e.user_message]
     assert len(warnings) == 5 and {w.split(": ")[2].split(" ")[0] for w in warnings} == FIVE_REASONS
-    assert any("registered 8 of 13 qualified: 5 failed_permanent" in e.user_message for e in logs)
+    assert any("registered 9 of 14 qualified: 5 failed_permanent" in e.user_message for e in logs)
     assert not any("registered: 13/13" in e.user_message for e in logs)
 
 
@@ -125,7 +125,7 @@ def test_summary_across_dates_with_a_backfill_that_registered_nobody(demo, insta
     history = resources["history"]
     waiting = ObjectRef(settings.image_bucket, "later/retry.png")
     assert history.claim(waiting, "e1", "run-x", 60)
-    history.record(HistoryRecord(waiting, "e1", HistoryStatus.FAILED_TRANSIENT, reason="HTTP 503", owner="run-x",
+    history.record(HistoryRecord(waiting, "e1", HistoryStatus.FAILED_TRANSIENT, reason="http_503", owner="run-x",
                                  updated_at=time.time() - 3 * 3600))
 
     result = _summary(instance, resources)
@@ -228,15 +228,15 @@ def test_no_property_value_user_detail_or_image_byte_in_dagster_storage(demo, tm
 def test_failed_rows_keep_the_first_rows_by_reason_across_batches_and_count_them_all():
     failed = FailedRows(limit=3)
     for batch in (
-        [("k1", "failed_transient", "HTTP 503"), ("k2", "failed_permanent", "too_small: 40x40 px, user zed")],
+        [("k1", "failed_transient", "http_503"), ("k2", "failed_permanent", "too_small: 40x40 px, user zed")],
         [("k3", "failed_permanent", "UserAlreadyExists: taken"), ("k0", "failed_permanent", "too_small: 10x10 px")],
-        [("k4", "skipped", "claimed by another run")],
+        [("k4", "skipped", "claimed_elsewhere: claimed by another run")],
     ):
         keys, outcomes, reasons = (pa.array(list(column)) for column in zip(*batch))
         failed.add(keys, outcomes, reasons, pa.array([1] * len(batch)))
     metadata = failed.metadata()
     rows = [(r.data["reason"], r.data["key"]) for r in metadata["failed_rows"].value.records]
-    assert rows == [("HTTP 503", "k1"), ("UserAlreadyExists", "k3"), ("claimed by another run", "k4")]
+    assert rows == [("UserAlreadyExists", "k3"), ("claimed_elsewhere", "k4"), ("http_503", "k1")]
     assert failed.total == 5 and metadata["failed_rows_shown"].value == "first 3 of 5, by reason"
-    assert metadata["reason_too_small"].value == 2 and metadata["reason_HTTP_503"].value == 1
+    assert metadata["reason_too_small"].value == 2 and metadata["reason_http_503"].value == 1
     assert "zed" not in repr(metadata)  # details stay in the stored table

@@ -34,6 +34,16 @@ class ObjectChanged(StoreError):
     """A conditional read found another ETag than the one asked for (S3 412 PreconditionFailed)."""
 
 
+class ObjectTooLarge(StoreError):
+    """A bounded read found the object larger than the bound: nothing past the bound was read."""
+
+    def __init__(self, bucket: str, key: str, size: int | None, bound: int) -> None:
+        over = f"{size:,} bytes" if size is not None else "more than that"
+        super().__init__(bucket, key, f"the object is {over}, over the {bound:,}-byte bound; it was not read")
+        self.size = size
+        self.bound = bound
+
+
 class AccessDenied(StoreError):
     """The store refused access to the object (S3 AccessDenied)."""
 

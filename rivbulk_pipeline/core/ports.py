@@ -15,13 +15,20 @@ from .model import GatewayResult, HistoryRecord, ObjectInfo, ObjectRef, Registra
 class ObjectStore(Protocol):
     """S3's semantics: buckets, any UTF-8 key, ETags, object tags (<= 10, whole-set replace).
 
-    Errors: ObjectNotFound, ObjectChanged, AccessDenied, InvalidKey, TagLimitError, TransientStoreError.
+    Errors: ObjectNotFound, ObjectChanged, ObjectTooLarge, AccessDenied, InvalidKey, TagLimitError, TransientStoreError.
     """
 
     def get_bytes(
-        self, bucket: str, key: str, version_id: Optional[str] = None, if_match: Optional[str] = None
+        self,
+        bucket: str,
+        key: str,
+        version_id: Optional[str] = None,
+        if_match: Optional[str] = None,
+        max_bytes: Optional[int] = None,
     ) -> bytes:
-        """With `if_match`, ObjectChanged unless the object's ETag is that one (S3 IfMatch)."""
+        """With `if_match`, ObjectChanged unless the object's ETag is that one (S3 IfMatch). With
+        `max_bytes`, ObjectTooLarge for a larger object, refused from its size where the store
+        knows it before reading, and never more than max_bytes + 1 bytes read."""
         ...
 
     def open_read(self, bucket: str, key: str) -> ContextManager[BinaryIO]:

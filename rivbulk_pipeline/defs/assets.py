@@ -100,7 +100,7 @@ def inventory_report(
 def batch_manifest(
     context: dg.AssetExecutionContext, settings: Settings, store: ObjectStoreResource
 ) -> dg.MaterializeResult:
-    """Candidate images (PNG/JPEG by name, current versions, no delete markers), also written as an
+    """Candidate images (in the image bucket, PNG/JPEG by name, current versions, no delete markers), also written as an
     S3BatchOperations_CSV_20180820 manifest so that an S3 Batch Operations job can run on it."""
     partition = context.partition_key
     excluded: collections.Counter = collections.Counter()
@@ -113,8 +113,8 @@ def batch_manifest(
 
             def candidates() -> Iterator[pa.RecordBatch]:
                 for batch in inventory.iter_batches(batch_size=BATCH_ROWS):
-                    mask = candidate_mask(batch)
-                    reasons = exclusion_reasons(batch)
+                    mask = candidate_mask(batch, settings.image_bucket)
+                    reasons = exclusion_reasons(batch, settings.image_bucket)
                     for item in pc.value_counts(reasons.filter(pc.invert(mask))).to_pylist():
                         excluded[item["values"]] += item["counts"]
                     chosen = batch.filter(mask).select(CANDIDATE_SCHEMA.names)

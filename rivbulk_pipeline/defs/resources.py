@@ -67,8 +67,17 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             max_properties_bytes=settings.max_properties_bytes,
         )
     else:
+        # Options hold secrets only by reference (checked at load): that is all Dagster stores.
+        options = settings.provider_kwargs
+        names_a_secret = any(isinstance(item, dict) and set(item) == {"secret"} for item in options.values())
         registration = CustomRegistrationProvider(
-            class_path=settings.provider, options=settings.provider_kwargs, store=store
+            class_path=settings.provider,
+            options=options,
+            store=store,
+            secrets_manager=SecretsManagerResource(
+                region_name=settings.region, endpoint_url=settings.endpoint_url, profile_name=settings.aws_profile,
+                max_attempts=settings.aws_max_attempts,
+            ) if names_a_secret else None,
         )
     return {
         "settings": settings,

@@ -14,7 +14,7 @@ from typing import Mapping, Optional
 
 from rivbulk_pipeline.core.model import ObjectRef, RegistrationInfo
 from rivbulk_pipeline.core.ports import ObjectStore
-from rivbulk_pipeline.core.rules.properties import parse_properties
+from rivbulk_pipeline.core.rules.properties import DEFAULT_MAX_PROPERTIES_BYTES, parse_properties
 
 
 class CsvRosterProvider:
@@ -43,5 +43,6 @@ class CsvRosterProvider:
         return RegistrationInfo(user_id=user_id, properties_ref=properties_key or None)
 
     def load_properties(self, properties_ref: str) -> dict[str, str]:
-        raw = self.store.get_bytes(self.bucket, properties_ref)
+        # max_bytes: a larger file is refused from its size (ObjectTooLarge: bad_properties), never read whole.
+        raw = self.store.get_bytes(self.bucket, properties_ref, max_bytes=DEFAULT_MAX_PROPERTIES_BYTES)
         return parse_properties(raw, f"s3://{self.bucket}/{properties_ref}")

@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 from typing import Any, Mapping, Optional
 
 import dagster as dg
-from pydantic import PrivateAttr
+from botocore.exceptions import BotoCoreError, ClientError
+from dagster_aws.secretsmanager import SecretsManagerResource
+from pydantic import Field, PrivateAttr
 
-from ..core.model import ObjectRef, RegistrationInfo
+from ..core.errors import DeploymentError, ObjectTooLarge, RegistrationRejected
+from ..core.model import ObjectRef, Reason, RegistrationInfo
 from ..core.rules.properties import DEFAULT_MAX_PROPERTIES_BYTES, parse_properties, parse_properties_uri
 from ..core.rules.tags import tag_lookup
+from ..settings import is_reference
 from .object_store import ObjectStoreResource
+
+OPTIONS_VARIABLE = "RIVBULK_PROVIDER_OPTIONS"
 
 
 class RegistrationProviderResource(dg.ConfigurableResource):
@@ -50,20 +57,35 @@ class S3TagRegistrationProvider(RegistrationProviderResource):
 
     def load_properties(self, properties_ref: str) -> dict[str, str]:
         bucket, key = parse_properties_uri(properties_ref, self.allowed_property_buckets, properties_ref)
-        raw = self.store.get_bytes(bucket, key)
+        try:
+            raw = self.store.get_bytes(bucket, key, max_bytes=self.max_properties_bytes)
+        except ObjectTooLarge as exc:  # refused from its size: a 500 MB file costs no memory
+            raise RegistrationRejected(
+                Reason.BAD_PROPERTIES, f"{properties_ref}: properties file {_size_text(exc)}, over the {exc.bound}-byte bound"
+            ) from None
         return parse_properties(raw, properties_ref, self.max_properties_bytes)
+
+
+def _size_text(exc: ObjectTooLarge) -> str:
+    return f"is {exc.size} bytes" if exc.size is not None else "is larger"
 
 
 class CustomRegistrationProvider(RegistrationProviderResource):
     """A provider class of the user's own, named `package.module:ClassName`.
 
     The class is built with `options` as keyword arguments, plus `store=` when its
-    constructor accepts it. It must define `registration_for` and `load_properties`.
+    constructor accepts it. It must define `registration_for` and `load_properties`. An option
+    given by reference, `{"env": "VARIABLE"}` or `{"secret": "<Secrets Manager id>"}`, is passed
+    as the variable's or the secret's value, read when the provider is first used: Dagster
+    stores the options (in every run's job snapshot), so only the reference is ever stored.
     """
 
     class_path: str
     options: dict[str, Any] = {}
     store: ObjectStoreResource
+    secrets_manager: Optional[SecretsManagerResource] = Field(
+        default=None, description="dagster-aws's Secrets Manager resource `{\"secret\": ...}` options are read through"
+    )
     _instance: Any = PrivateAttr(default=None)
 
     def _provider(self) -> Any:
@@ -75,11 +97,36 @@ class CustomRegistrationProvider(RegistrationProviderResource):
             for method in ("registration_for", "load_properties"):
                 if not callable(getattr(cls, method, None)):
                     raise TypeError(f"provider class {self.class_path} has no {method}() method")
-            kwargs: dict[str, Any] = dict(self.options)
+            kwargs: dict[str, Any] = {name: self._resolved(name, item) for name, item in self.options.items()}
             if "store" in inspect.signature(cls).parameters:
                 kwargs["store"] = self.store
             self._instance = cls(**kwargs)
         return self._instance
+
+    def _resolved(self, option: str, item: Any) -> Any:
+        """An option's value: a reference read now, anything else as given. Errors name the
+        option and the variable or secret, never a value."""
+        if not is_reference(item):
+            return item
+        kind, name = next(iter(item.items()))
+        if kind == "env":
+            value = os.environ.get(name)
+            if value is None:
+                raise DeploymentError(f"{OPTIONS_VARIABLE}: option {option!r} names the environment variable {name}, which is not set")
+            return value
+        secrets = self.secrets_manager or SecretsManagerResource()
+        try:
+            value = secrets.get_client().get_secret_value(SecretId=name).get("SecretString")
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "error")
+            raise DeploymentError(f"{OPTIONS_VARIABLE}: option {option!r}: cannot read the secret {name!r} from Secrets Manager: {code}") from None
+        except BotoCoreError as error:
+            raise DeploymentError(
+                f"{OPTIONS_VARIABLE}: option {option!r}: cannot read the secret {name!r} from Secrets Manager: {type(error).__name__}"
+            ) from None
+        if value is None:
+            raise DeploymentError(f"{OPTIONS_VARIABLE}: option {option!r}: the secret {name!r} has no SecretString")
+        return value
 
     def registration_for(self, obj: ObjectRef, tags: Mapping[str, str]) -> Optional[RegistrationInfo]:
         return self._provider().registration_for(obj, tags)

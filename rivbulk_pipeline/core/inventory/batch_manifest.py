@@ -6,6 +6,7 @@ here works on whole Arrow batches with pyarrow.compute: no Python loop per row.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import IO, Optional
 
@@ -18,6 +19,7 @@ from .keys import string_buffers, quote_array
 MANIFEST_FORMAT = "S3BatchOperations_CSV_20180820"
 IMAGE_KEY_RE = r"\.(png|jpe?g)$"  # matched case-insensitively: Rekognition takes JPEG and PNG
 
+OTHER_BUCKET = "other_bucket"  # a row of another bucket than the image bucket: never read
 NOT_AN_IMAGE = "not_an_image"
 DELETE_MARKER = "delete_marker"
 NOT_LATEST_VERSION = "not_latest_version"
@@ -37,32 +39,37 @@ def _column(batch: pa.RecordBatch, name: str, typ: pa.DataType) -> pa.Array:
     return batch.column(index) if index >= 0 else pa.nulls(batch.num_rows, typ)
 
 
-def _conditions(batch: pa.RecordBatch) -> tuple[pa.Array, pa.Array, pa.Array]:
-    """(not an image, a delete marker, not the latest version), each never null."""
+def _conditions(batch: pa.RecordBatch, image_bucket: Optional[str]) -> tuple[pa.Array, ...]:
+    """(another bucket, not an image, a delete marker, not the latest version), each never null."""
+    bucket = _column(batch, "bucket", pa.string())
+    if image_bucket is None:
+        elsewhere = pa.array([False] * batch.num_rows)
+    else:
+        elsewhere = pc.fill_null(pc.not_equal(bucket, image_bucket), True)  # no bucket: not ours either
     image = pc.fill_null(pc.match_substring_regex(_column(batch, "key", pa.string()), IMAGE_KEY_RE, ignore_case=True), False)
     marker = pc.fill_null(_column(batch, "is_delete_marker", pa.bool_()), False)  # null: not a marker
     latest = pc.fill_null(_column(batch, "is_latest", pa.bool_()), True)  # null: a current-versions report
-    return pc.invert(image), marker, pc.invert(latest)
+    return elsewhere, pc.invert(image), marker, pc.invert(latest)
 
 
-def candidate_mask(batch: pa.RecordBatch) -> pa.BooleanArray:
-    """True for rows that are candidate images: a .png/.jpg/.jpeg key (any case),
-    not a delete marker (null counts as not), the latest version (null counts as latest)."""
-    not_image, marker, not_latest = _conditions(batch)
-    return pc.invert(pc.or_(pc.or_(not_image, marker), not_latest))
+def candidate_mask(batch: pa.RecordBatch, image_bucket: Optional[str] = None) -> pa.BooleanArray:
+    """True for rows that are candidate images: in `image_bucket` (None: any bucket), a
+    .png/.jpg/.jpeg key (any case), not a delete marker (null counts as not), the latest
+    version (null counts as latest)."""
+    excluded = functools.reduce(pc.or_, _conditions(batch, image_bucket))
+    return pc.invert(excluded)
 
 
-def exclusion_reasons(batch: pa.RecordBatch) -> pa.StringArray:
-    """Per row, why it is not a candidate (null for a candidate); the first rule broken
-    wins, in the order not_an_image, delete_marker, not_latest_version."""
-    not_image, marker, not_latest = _conditions(batch)
-    reasons = pa.array([NOT_AN_IMAGE, DELETE_MARKER, NOT_LATEST_VERSION])
-    return pc.case_when(pc.make_struct(not_image, marker, not_latest), *reasons)
+def exclusion_reasons(batch: pa.RecordBatch, image_bucket: Optional[str] = None) -> pa.StringArray:
+    """Per row, why it is not a candidate (null for a candidate); the first rule broken wins,
+    in the order other_bucket, not_an_image, delete_marker, not_latest_version."""
+    reasons = pa.array([OTHER_BUCKET, NOT_AN_IMAGE, DELETE_MARKER, NOT_LATEST_VERSION])
+    return pc.case_when(pc.make_struct(*_conditions(batch, image_bucket)), *reasons)
 
 
-def select_candidates(batch: pa.RecordBatch) -> pa.RecordBatch:
+def select_candidates(batch: pa.RecordBatch, image_bucket: Optional[str] = None) -> pa.RecordBatch:
     """The candidate rows of an inventory batch, in CANDIDATE_SCHEMA."""
-    kept = batch.filter(candidate_mask(batch))
+    kept = batch.filter(candidate_mask(batch, image_bucket))
     return pa.RecordBatch.from_arrays(
         [_column(kept, f.name, f.type).cast(f.type) for f in CANDIDATE_SCHEMA], schema=CANDIDATE_SCHEMA
     )

@@ -21,9 +21,18 @@ from typing import Callable, Iterable, Iterator, Optional
 
 import pyarrow as pa
 
-from ..errors import DeploymentError, HistoryError, ObjectChanged, ObjectNotFound, RegistrationRejected, StoreError
-from ..model import INDEXED_SCHEMA, GatewayResult, HistoryRecord, HistoryStatus, ObjectRef, Outcome
+from ..errors import (
+    DeploymentError,
+    HistoryError,
+    ObjectChanged,
+    ObjectNotFound,
+    ObjectTooLarge,
+    RegistrationRejected,
+    StoreError,
+)
+from ..model import INDEXED_SCHEMA, GatewayResult, HistoryRecord, HistoryStatus, ObjectRef, Outcome, Reason
 from ..ports import Gateway, ImportHistory, ObjectStore, RegistrationProvider
+from ..rules.images import MAX_IMAGE_BYTES, TOO_LARGE
 from ..rules.ratelimit import InFlightGate, RateLimiter, backoff_delay
 from ..rules.reasons import reason_token
 from ..rules.riv_protocol import TOO_LARGE_FOR_RIV
@@ -36,6 +45,8 @@ STALE_DETAIL = "the image was replaced since this inventory; the history keeps t
 TAG_NOT_WRITTEN = "Indexed tag not written"
 OUTCOME_UNKNOWN = "outcome_unknown"  # the last call may have registered the user: the next run settles first
 SETTLED = "SUCCEEDED (settled: the registry holds this user after a call whose outcome was unknown)"
+TRANSIENT = Reason.TRANSIENT_ERROR.value
+# Every reason recorded here starts with a token (`<code>: <detail>`): the UI shows only the code.
 
 
 class _ClaimGone(Exception):
@@ -99,7 +110,7 @@ class _Indexer:
         except ObjectNotFound:
             return result(Outcome.SKIPPED, f"{STALE_GONE}: the image is gone since the inventory"), None
         except StoreError as exc:
-            return result(Outcome.FAILED_TRANSIENT, f"reading the image failed ({type(exc).__name__})"), None
+            return result(Outcome.FAILED_TRANSIENT, f"{TRANSIENT}: reading the image failed ({type(exc).__name__})"), None
         if row["e_tag"] and current.etag != row["e_tag"]:
             return result(Outcome.SKIPPED, f"{STALE_CHANGED}: {STALE_DETAIL}"), None
         etag = row["e_tag"] or current.etag
@@ -108,11 +119,11 @@ class _Indexer:
         if not self.history.claim(ref, etag, self.policy.owner, self.policy.lease_seconds):
             record = self.history.lookup([ref]).get(ref)
             if record and record.etag == etag and record.status == HistoryStatus.INDEXED:
-                return result(Outcome.SKIPPED, "already indexed by another run", etag=etag), None
+                return result(Outcome.SKIPPED, "already_indexed: by another run", etag=etag), None
             if record and record.status == HistoryStatus.CLAIMED:
-                return result(Outcome.SKIPPED, "claimed by another run", etag=etag), record.claim_expires_at
+                return result(Outcome.SKIPPED, "claimed_elsewhere: claimed by another run", etag=etag), record.claim_expires_at
             state = record.status.value if record else "none"
-            return result(Outcome.SKIPPED, f"not claimable (history: {state})", etag=etag), None
+            return result(Outcome.SKIPPED, f"not_claimable: the history says {state}", etag=etag), None
         # A claim taken over from a run that died, or a last call whose outcome was unknown: that
         # call may have registered the user, so the registry is asked before calling again.
         settle_first = before is not None and before.etag == etag and (
@@ -128,10 +139,10 @@ class _Indexer:
             self.history.release(ref, self.policy.owner)
             raise
         except _ClaimGone:
-            return result(Outcome.SKIPPED, "claimed by another run (this run's claim lapsed before its call)", etag=etag), None
+            return result(Outcome.SKIPPED, "claimed_elsewhere: this run's claim lapsed before its call; another run holds it", etag=etag), None
         except Exception as exc:  # a fault with this object alone must not stop the others
             self.log(f"{ref}: registration failed unexpectedly ({type(exc).__name__}); the next run retries it")
-            final = result(Outcome.FAILED_TRANSIENT, f"unexpected error ({type(exc).__name__})", 0, etag)
+            final = result(Outcome.FAILED_TRANSIENT, f"unexpected_error: {type(exc).__name__}", 0, etag)
         except BaseException:
             self.history.release(ref, self.policy.owner)  # interrupted: no outcome, free it now
             raise
@@ -143,7 +154,7 @@ class _Indexer:
         except HistoryError as exc:
             # e.g. our lease ran out and another run holds the claim now: it settles and records.
             self.log(f"{ref}: outcome {final.outcome} not recorded: {exc}")
-            return result(Outcome.SKIPPED, f"outcome not recorded: {exc}", final.attempts, etag), None
+            return result(Outcome.SKIPPED, f"history_error: outcome not recorded: {exc}", final.attempts, etag), None
         return final, None
 
     def _register(self, ref: ObjectRef, row: dict, etag: str, settle_first: bool) -> IndexResult:
@@ -161,13 +172,19 @@ class _Indexer:
                 )
             try:
                 # IfMatch: the bytes sent are the bytes whose ETag is recorded (closes the HEAD-then-GET race).
-                image = self.store.get_bytes(ref.bucket, ref.key, ref.version_id, if_match=etag)
+                # max_bytes: an image over what the registry takes is refused from its size, never read whole.
+                image = self.store.get_bytes(
+                    ref.bucket, ref.key, ref.version_id, if_match=etag, max_bytes=largest or MAX_IMAGE_BYTES
+                )
+            except ObjectTooLarge as exc:
+                code = TOO_LARGE_FOR_RIV if largest else TOO_LARGE
+                return result(Outcome.FAILED_PERMANENT, f"{code}: {exc}")
             except ObjectChanged:
                 return result(Outcome.SKIPPED, f"{STALE_CHANGED}: {STALE_DETAIL}")
             except ObjectNotFound:
                 return result(Outcome.SKIPPED, f"{STALE_GONE}: the image is gone since the inventory")
             except StoreError as exc:
-                return result(Outcome.FAILED_TRANSIENT, f"reading the image failed ({type(exc).__name__})")
+                return result(Outcome.FAILED_TRANSIENT, f"{TRANSIENT}: reading the image failed ({type(exc).__name__})")
         try:
             properties = self.provider.load_properties(row["properties_ref"]) if row["properties_ref"] else {}
         except RegistrationRejected as rejected:
@@ -176,7 +193,7 @@ class _Indexer:
             # Gone between qualification and now (being replaced?): the next run asks again.
             return result(Outcome.FAILED_TRANSIENT, "properties_not_found: the properties file is gone; the next run retries")
         except Exception as exc:
-            return result(Outcome.FAILED_TRANSIENT, f"loading properties failed ({type(exc).__name__})")
+            return result(Outcome.FAILED_TRANSIENT, f"{Reason.PROVIDER_ERROR}: loading properties failed ({type(exc).__name__})")
 
         user_id = row["user_id"]
         attempts = 0

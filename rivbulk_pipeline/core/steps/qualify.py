@@ -15,9 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import AccessDenied, ObjectNotFound, RegistrationRejected, StoreError
+from ..errors import AccessDenied, DeploymentError, ObjectNotFound, ObjectTooLarge, RegistrationRejected, StoreError
 from ..model import NULL_VERSION, QUALIFIED_SCHEMA, HistoryStatus, ObjectRef, Reason
 from ..ports import ImportHistory, ObjectStore, RegistrationProvider
+from ..rules.images import MAX_IMAGE_BYTES, TOO_LARGE
 from ..rules.reasons import reason_token
 from ..rules.tags import is_true_marker, tag_lookup
 from ..rules.user_ids import RIV_USER_ID_PATTERN, registry_user_id, user_id_problem
@@ -74,8 +75,12 @@ def decide_from_tags(
         return Decision(False, reason, detail)
     except ObjectNotFound as exc:
         return Decision(False, Reason.PROPERTIES_NOT_FOUND, f"{ref}: properties file not found: {exc}")
+    except ObjectTooLarge as exc:  # a provider of one's own that reads with a bound
+        return Decision(False, Reason.BAD_PROPERTIES, f"{ref}: properties file: {exc}")
     except StoreError as exc:
         return _store_error_decision(ref, exc, "reading properties")
+    except DeploymentError:  # e.g. a secret the provider's options name cannot be read: stop the run
+        raise
     except Exception as exc:  # a user's provider may raise anything; it must not fail the others
         return Decision(False, Reason.PROVIDER_ERROR, f"{ref}: registration provider raised {type(exc).__name__}")
     return Decision(True, Reason.QUALIFIED, "", registry_user_id(info.user_id), info.properties_ref)
@@ -122,6 +127,7 @@ def qualify_candidates(
         for batch in candidate_batches:
             # S3 Inventory's ETag field is optional: without it, the object's own ETag (HEAD) decides.
             batch, unreadable = _fill_missing_etags(batch, store, pool)
+            unreadable = {**_too_large(batch), **unreadable}  # decided without a tag read either way
             final = known.match(batch) if known is not None else np.zeros(batch.num_rows, np.uint8)
             stats.known_before += int(np.count_nonzero(final))
             from_history = np.zeros(batch.num_rows, dtype=bool)
@@ -192,6 +198,22 @@ def _fill_missing_etags(
     filled = pc.replace_with_mask(etag, missing, pa.array([f if isinstance(f, str) else None for f in found], pa.string()))
     failed = {int(i): f for i, f in zip(unlisted, found) if isinstance(f, Decision)}
     return batch.set_column(batch.schema.get_field_index("e_tag"), "e_tag", filled), failed
+
+
+def _too_large(batch: pa.RecordBatch) -> dict[int, Decision]:
+    """The decisions for the rows whose listed Size is over what the registry takes: such an
+    image is refused here, never read (the history still answers first for one indexed before)."""
+    over = np.flatnonzero(np.asarray(pc.fill_null(pc.greater(batch.column("size"), MAX_IMAGE_BYTES), False)))
+    if not len(over):
+        return {}
+    sizes = batch.column("size").take(pa.array(over, pa.int64())).to_pylist()
+    refs = _refs(batch.take(pa.array(over, pa.int64())))
+    return {
+        int(i): Decision(
+            False, TOO_LARGE, f"{ref}: image is {size:,} bytes (the inventory's Size), over the {MAX_IMAGE_BYTES:,}-byte limit; not read"
+        )
+        for i, ref, size in zip(over, refs, sizes)
+    }
 
 
 def _refs(batch: pa.RecordBatch) -> list[ObjectRef]:

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..model import HistoryStatus, Outcome, Reason
+from ..rules.reasons import shown_code
 
 # What the per-date table holds, in order (also its column schema in the UI).
 DATE_COLUMNS = {
@@ -44,10 +45,13 @@ TableReader = Callable[[str, str, list[str]], Optional[pa.Table]]  # (asset, dat
 
 
 def reason_codes(reasons: pa.Array) -> pa.Array:
-    """Each reason's code: the text before the first ':' (`too_small: the image is 40x40 px` ->
-    `too_small`). Details may name the user; codes never do."""
-    head = pc.list_element(pc.split_pattern(pc.fill_null(reasons, ""), ":", max_splits=1), 0)
-    return pc.utf8_trim_whitespace(head)
+    """Each reason's code as the UI may show it: the text before the first ':' (`too_small: the
+    image is 40x40 px` -> `too_small`) when it is in the bounded set of `rules.reasons.shown_code`,
+    else `gateway_error`. Details may name the user; codes never do."""
+    head = pc.utf8_trim_whitespace(pc.list_element(pc.split_pattern(pc.fill_null(reasons, ""), ":", max_splits=1), 0))
+    distinct = pc.unique(head)
+    shown = pa.array([shown_code(code) if code else code for code in distinct.to_pylist()], pa.string())
+    return shown.take(pc.index_in(head, distinct))
 
 
 @dataclass(frozen=True)

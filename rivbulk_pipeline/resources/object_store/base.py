@@ -21,9 +21,15 @@ class ObjectStoreResource(dg.ConfigurableResource):
     """The object store interface (`core.ports.ObjectStore`) plus `delete` and `create_bucket`."""
 
     def get_bytes(
-        self, bucket: str, key: str, version_id: Optional[str] = None, if_match: Optional[str] = None
+        self,
+        bucket: str,
+        key: str,
+        version_id: Optional[str] = None,
+        if_match: Optional[str] = None,
+        max_bytes: Optional[int] = None,
     ) -> bytes:
-        """The object's bytes; with `if_match`, ObjectChanged unless its ETag is that one."""
+        """The object's bytes; with `if_match`, ObjectChanged unless its ETag is that one; with
+        `max_bytes`, ObjectTooLarge for a larger object, having read at most max_bytes + 1 bytes."""
         raise NotImplementedError
 
     def open_read(self, bucket: str, key: str, version_id: Optional[str] = None) -> ContextManager[BinaryIO]:

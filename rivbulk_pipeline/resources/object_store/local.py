@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -21,6 +22,7 @@ from ...core.errors import (
     ObjectChanged,
     InvalidKey,
     ObjectNotFound,
+    ObjectTooLarge,
 )
 from ...core.model import ObjectInfo, ObjectRef, listed_objects
 from ...core.rules.tags import merge_tag_sets, validate_tag_set
@@ -93,12 +95,20 @@ class LocalObjectStore(ObjectStoreResource):
     root: str = Field(description="Folder holding one sub-folder per bucket.")
 
     _threads: ThreadConnections = PrivateAttr(default_factory=ThreadConnections)
+    _real_root_path: Optional[str] = PrivateAttr(default=None)
 
     # ---- plumbing ----
 
     @property
     def _root(self) -> str:
         return os.path.abspath(os.path.expanduser(self.root))
+
+    @property
+    def _real_root(self) -> str:
+        """The root with its own symbolic links resolved (the root may itself be a link)."""
+        if self._real_root_path is None:
+            self._real_root_path = os.path.realpath(self._root)
+        return self._real_root_path
 
     def _db(self) -> sqlite3.Connection:
         """This thread's connection (SQLite connections must not cross threads or forks)."""
@@ -142,7 +152,14 @@ class LocalObjectStore(ObjectStoreResource):
         problem = _key_problem(key)
         if problem:
             raise InvalidKey(bucket, key, f"the local store cannot hold this key: {problem}")
-        return os.path.join(folder, *key.split("/"))
+        path = os.path.join(folder, *key.split("/"))
+        # A symbolic link anywhere below the root (the bucket's folder, a key's folder, the file
+        # itself) could lead outside the store, or into another bucket: such a path is refused.
+        if os.path.realpath(path) != os.path.join(self._real_root, bucket, *key.split("/")):
+            raise AccessDenied(
+                bucket, key, "the path goes through a symbolic link; the local store reads and writes only its own files"
+            )
+        return path
 
     def _missing(self, bucket: str, key: str) -> ObjectNotFound:
         if not os.path.isdir(os.path.join(self._root, bucket)):
@@ -283,10 +300,23 @@ class LocalObjectStore(ObjectStoreResource):
         os.makedirs(self._bucket_dir(bucket), exist_ok=True)
 
     def get_bytes(
-        self, bucket: str, key: str, version_id: Optional[str] = None, if_match: Optional[str] = None
+        self,
+        bucket: str,
+        key: str,
+        version_id: Optional[str] = None,
+        if_match: Optional[str] = None,
+        max_bytes: Optional[int] = None,
     ) -> bytes:
         with self.open_read(bucket, key, version_id) as f:
-            body = f.read()
+            if max_bytes is None:
+                body = f.read()
+            else:
+                size = os.fstat(f.fileno()).st_size  # the opened file's own size: refused unread
+                if size > max_bytes:
+                    raise ObjectTooLarge(bucket, key, size, max_bytes)
+                body = f.read(max_bytes + 1)  # a file written in place while read stops here too
+                if len(body) > max_bytes:
+                    raise ObjectTooLarge(bucket, key, None, max_bytes)
         # Objects are replaced whole (os.replace), so the bytes read are one version: their MD5 is its ETag.
         if if_match is not None and hashlib.md5(body).hexdigest() != if_match:
             raise ObjectChanged(bucket, key, f"PreconditionFailed: the object's ETag is no longer {if_match}")
@@ -296,9 +326,14 @@ class LocalObjectStore(ObjectStoreResource):
         self._check_version(bucket, key, version_id)
         path, _ = self._stat(bucket, key)
         try:
-            return open(path, "rb")
+            # O_NOFOLLOW: a file swapped for a symbolic link since `_path` checked it is not followed.
+            return os.fdopen(os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW), "rb")
         except (FileNotFoundError, IsADirectoryError):
             raise self._missing(bucket, key) from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise AccessDenied(bucket, key, "the file is a symbolic link; the local store reads only its own files") from None
+            raise
 
     def head(self, bucket: str, key: str, version_id: Optional[str] = None) -> ObjectInfo:
         self._check_version(bucket, key, version_id)

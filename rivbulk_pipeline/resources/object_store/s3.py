@@ -25,6 +25,7 @@ from ...core.errors import (
     AccessDenied,
     ObjectChanged,
     ObjectNotFound,
+    ObjectTooLarge,
     StoreError,
     TagLimitError,
     TransientStoreError,
@@ -97,6 +98,16 @@ def _s3_errors(bucket: str, key: str) -> Iterator[None]:
         raise mapped from (exc if isinstance(exc, (ClientError, *_TRANSIENT_EXCEPTIONS)) else None)
 
 
+def _total_size(response: dict) -> Optional[int]:
+    """The object's whole size from a GET's `Content-Range: bytes 0-99/12345` (else its length)."""
+    content_range = response.get("ContentRange") or ""
+    total = content_range.rpartition("/")[2]
+    if total.isdigit():
+        return int(total)
+    length = response.get("ContentLength")
+    return int(length) if length is not None and not content_range else None
+
+
 def _strip_etag(etag: str) -> str:
     return etag.strip('"')
 
@@ -110,10 +121,18 @@ class _S3BodyReader(io.RawIOBase):
     breaks (ranged GET, If-Match on the ETag so a changed object fails instead of mixing)."""
 
     def __init__(
-        self, client: Any, bucket: str, key: str, version_id: Optional[str], response: dict, max_attempts: int
+        self,
+        client: Any,
+        bucket: str,
+        key: str,
+        version_id: Optional[str],
+        response: dict,
+        max_attempts: int,
+        last_byte: Optional[int] = None,
     ) -> None:
         super().__init__()
         self._client, self._bucket, self._key, self._version_id = client, bucket, key, version_id
+        self._last_byte = last_byte  # a ranged read (from byte 0) resumes within its range
         self._body = response["Body"]
         self._etag = response.get("ETag", "")
         self._size = int(response.get("ContentLength", 0))
@@ -144,7 +163,8 @@ class _S3BodyReader(io.RawIOBase):
     def _reopen(self) -> None:
         with contextlib.suppress(Exception):
             self._body.close()
-        params = {"Bucket": self._bucket, "Key": self._key, "Range": f"bytes={self._pos}-", "IfMatch": self._etag}
+        end = "" if self._last_byte is None else self._last_byte
+        params = {"Bucket": self._bucket, "Key": self._key, "Range": f"bytes={self._pos}-{end}", "IfMatch": self._etag}
         if self._version_id:
             params["VersionId"] = self._version_id
         with _s3_errors(self._bucket, self._key):
@@ -196,6 +216,32 @@ class S3ObjectStore(ObjectStoreResource):
         raw = _S3BodyReader(self._s3(), bucket, key, version_id, response, self.max_attempts)
         return io.BufferedReader(raw, buffer_size=CHUNK_BYTES)
 
+    def _get_bounded(
+        self, bucket: str, key: str, version_id: Optional[str], if_match: Optional[str], max_bytes: int
+    ) -> bytes:
+        """At most max_bytes + 1 bytes asked for (a ranged GET from byte 0); a larger object is
+        refused from the total size S3 states in Content-Range, before its body is read."""
+        condition = {"IfMatch": f'"{if_match}"'} if if_match is not None else {}
+        params = self._params(bucket, key, version_id, Range=f"bytes=0-{max_bytes}", **condition)
+        with _s3_errors(bucket, key):
+            try:
+                response = self._s3().get_object(**params)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "InvalidRange":
+                    raise
+                # S3 answers 416 to any range on an empty object: read it unranged, still bounded.
+                del params["Range"]
+                response = self._s3().get_object(**params)
+        raw = _S3BodyReader(self._s3(), bucket, key, version_id, response, self.max_attempts, last_byte=max_bytes)
+        with io.BufferedReader(raw, buffer_size=min(CHUNK_BYTES, max_bytes + 1)) as reader:
+            total = _total_size(response)
+            if total is not None and total > max_bytes:
+                raise ObjectTooLarge(bucket, key, total, max_bytes)  # closing drops the unread body
+            body = reader.read(max_bytes + 1)
+        if len(body) > max_bytes:
+            raise ObjectTooLarge(bucket, key, None, max_bytes)
+        return body
+
     def console_url(self, bucket: str, key: str) -> Optional[str]:
         if self.aws.endpoint_url:  # MinIO, LocalStack, moto: no AWS console
             return None
@@ -215,8 +261,15 @@ class S3ObjectStore(ObjectStoreResource):
                 pass
 
     def get_bytes(
-        self, bucket: str, key: str, version_id: Optional[str] = None, if_match: Optional[str] = None
+        self,
+        bucket: str,
+        key: str,
+        version_id: Optional[str] = None,
+        if_match: Optional[str] = None,
+        max_bytes: Optional[int] = None,
     ) -> bytes:
+        if max_bytes is not None:
+            return self._get_bounded(bucket, key, version_id, if_match, max_bytes)
         with self._open(bucket, key, version_id, if_match) as f:
             return f.read()
 
