@@ -21,7 +21,7 @@ from ..ports import ImportHistory, ObjectStore, RegistrationProvider
 from ..rules.images import validate_user_id
 from ..rules.reasons import reason_token
 from ..rules.tags import is_true_marker, tag_lookup
-from .known_outcomes import Known, KnownOutcomes
+from .known_outcomes import Known, KnownOutcomes, history_keys
 from .progress import Progress
 
 
@@ -194,17 +194,6 @@ def _refs(batch: pa.RecordBatch) -> list[ObjectRef]:
 
 def _uri(batch: pa.RecordBatch | pa.Table) -> pa.Array:
     return pc.binary_join_element_wise("s3:/", batch.column("bucket"), batch.column("key"), "/")
-
-
-def history_keys(batch: pa.RecordBatch | pa.Table) -> pa.Table:
-    """The import history's keys of these rows (bucket, key, version_id): object_uri and version_id."""
-    version = pc.fill_null(batch.column("version_id"), "")
-    return pa.table(
-        {
-            "object_uri": _uri(batch),
-            "version_id": pc.if_else(pc.equal(version, ""), NULL_VERSION, version),
-        }
-    )
 
 
 def _history_decisions(
