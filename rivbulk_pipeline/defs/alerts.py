@@ -46,6 +46,8 @@ def run_failure_fields(context: dg.RunFailureSensorContext) -> dict[str, Any]:
     steps = {}
     for event in context.get_step_failure_events():
         error = getattr(event.event_specific_data, "error", None)
+        while getattr(error, "cause", None) is not None:  # Dagster wraps the step's own error
+            error = error.cause
         steps[event.step_key or "?"] = getattr(error, "cls_name", None) or "unknown"
     return {
         "job": run.job_name,

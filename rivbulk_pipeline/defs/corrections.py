@@ -47,7 +47,11 @@ def correction_metadata(chosen: corrections.Plan, applied: "corrections.Applied 
     return metadata
 
 
-@dg.op(description="Choose history records, count them, and (unless a dry run) reopen them for the next load.")
+# The counts stay in memory (the stored-table IO manager keeps DataFrames of assets); the UI shows them as metadata.
+@dg.op(
+    description="Choose history records, count them, and (unless a dry run) reopen them for the next load.",
+    out=dg.Out(dict, io_manager_key="correction_counts"),
+)
 def correct_history(
     context: dg.OpExecutionContext,
     config: CorrectionConfig,
