@@ -96,7 +96,7 @@ def run_scenario(d: Deployment, date1: str, date2: str, queue_url: str) -> None:
     # ---- date 1 ----
     first = job.execute_in_process(partition_key=date1, instance=instance)
     assert first.success
-    assert [status(k) for k in BY_HAND] == ["indexed", "indexed"] and status(LOST_KEY) == "indexed"
+    assert [status(k) for k in BY_HAND] == ["indexed", "indexed"] and status(LOST_KEY) == "indexed", history.records_of(f"s3://{bucket}/{LOST_KEY}")
     assert status(RETRIED) == "failed_permanent"
     checks = {e.check_name: e for e in first.get_asset_check_evaluations()}
     breached = checks["indexed_users_permanent_failures_within_threshold"]
