@@ -234,7 +234,11 @@ def load_previous_outcomes(
         return None
     changed = None
     if changes_since is not None:
-        changed = changes_since(history_read_at(store, bucket, prefix, date) - _CLOCK_SKEW_SECONDS)
+        read_at = history_read_at(store, bucket, prefix, date)
+        # A margin for clocks; a log started within it still covers the previous date's read.
+        changed = changes_since(read_at - _CLOCK_SKEW_SECONDS)
+        if changed is None:
+            changed = changes_since(read_at)
         if changed is None:
             return None
     tables = [
