@@ -87,6 +87,9 @@ def build(home: str, objects: int, new_fraction: float = 0.01, log: Callable[[st
     store = LocalObjectStore(root=str(settings.home_path / "store"))
     for bucket in (settings.image_bucket, settings.inventory_bucket):
         store.create_bucket(bucket)
+    # The history exists before the previous date was loaded (its change log starts with it).
+    history_path = str(settings.home_path / "import_history.sqlite")
+    SqliteImportHistory(db_path=history_path)._conn().close()  # creates the file, WAL and schema
     started = time.perf_counter()
 
     # The new objects: real images with tags, written as plain files (the store takes files copied in).
@@ -175,8 +178,6 @@ def build(home: str, objects: int, new_fraction: float = 0.01, log: Callable[[st
     log(f"  previous date's table: {time.perf_counter() - started:.0f}s")
 
     # The history: every old object indexed with its ETag.
-    history_path = str(settings.home_path / "import_history.sqlite")
-    SqliteImportHistory(db_path=history_path)._conn().close()  # creates the file, WAL and schema
     with sqlite3.connect(history_path) as conn:
         uri_prefix = f"s3://{settings.image_bucket}/"
         for start in range(0, old, _CHUNK):

@@ -122,6 +122,15 @@ class Settings(dg.ConfigurableResource):
     inventory_max_age_hours: float = _setting(
         48.0, "a warning in the UI when the newest complete inventory report is older than this (S3 Inventory is daily), > 0", gt=0
     )
+    alert_permanent_failures: int = _setting(
+        100, "a WARN check (and an alert) when one date records more permanent failures than this, >= 0", ge=0
+    )
+    alert_transient_backlog_hours: float = _setting(
+        48.0, "a WARN check (and an alert) when a transient failure has waited longer than this for a run, > 0", gt=0
+    )
+    alert_sns_topic_arn: str = _setting(
+        "", "an SNS topic that also receives alerts (failed runs, breached thresholds; counts and codes only). Empty: the UI only"
+    )
     columnar_keys_url_encoded: Literal["auto", "true", "false"] = _setting(
         "auto", "whether keys in ORC/Parquet reports are URL-encoded (`true`/`false`); `auto` decides per report"
     )

@@ -340,3 +340,11 @@ def _parse(body: bytes) -> tuple[Optional[str], Optional[str]]:
     if not isinstance(user_id, str):
         return None, None
     return user_id, hashlib.sha256(image).hexdigest() if image is not None else None
+
+
+def forget_user(gateway: "FakeRivGateway", user_id: str) -> None:
+    """The registry's team removes a user (emulate_registry): their face is free again."""
+    with gateway._lock:
+        sha = gateway._users.pop(f"User::{user_id.lower()}", None)
+        if sha is not None:
+            gateway._faces.pop(sha, None)

@@ -204,6 +204,18 @@ class HistoryStatus(_Text):
     INDEXED = "indexed"
     FAILED_PERMANENT = "failed_permanent"
     FAILED_TRANSIENT = "failed_transient"
+    REOPENED = "reopened"  # an operator's correction (retry, lost): the next run registers it again
+
+
+class Correction(_Text):
+    """What an operator's correction did to a history record."""
+
+    RETRY = "retry"  # a failure reopened on purpose
+    LOST = "lost"  # a registration the registry lost: reopened, its Indexed tag removed
+
+
+# What the history keeps of the last correction of a record (kept by later outcomes; never user ids).
+CORRECTION_FIELDS = ("correction", "corrected_by", "corrected_at", "correction_why")
 
 
 @dataclass(frozen=True)
@@ -220,3 +232,7 @@ class HistoryRecord:
     updated_at: float = 0.0  # epoch seconds
     claim_expires_at: float = 0.0  # epoch seconds; only meaningful when CLAIMED
     extra: Mapping[str, str] = field(default_factory=dict)
+    correction: str = ""  # the last operator correction (a Correction value), "" when none
+    corrected_by: str = ""
+    corrected_at: float = 0.0
+    correction_why: str = ""

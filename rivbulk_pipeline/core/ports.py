@@ -121,7 +121,7 @@ class ImportHistory(Protocol):
     """One record per object version: what the pipeline did with it.
 
     `claim` is a conditional write: it succeeds only when no record exists, the record is a
-    transient failure, the record's ETag differs from `etag`, or the record is a claim whose
+    transient failure or reopened by an operator, the record's ETag differs from `etag`, or the record is a claim whose
     lease has expired. Two runs can never both hold a claim on one object.
     """
 
@@ -148,6 +148,20 @@ class ImportHistory(Protocol):
         """Extend this owner's claim to `lease_seconds` from now (as a call leaves); False when it
         no longer holds the claim (another run took the object over)."""
         ...
+
+    def reopen(self, record: HistoryRecord, correction: str, by: str, why: str, at: float) -> bool:
+        """An operator's correction: the record becomes `reopened` (claimable), stamped with who,
+        when and why, if it is still as `record` says; False when it changed meanwhile."""
+        ...
+
+    def changes_since(self, since: float) -> Optional[pa.Table]:
+        """Keys (object_uri, version_id) whose final record changed or went since `since`; None
+        when the change log does not reach back that far."""
+        ...
+
+    def records_of(self, object_uri: str) -> list[HistoryRecord]: ...
+
+    def records_of_user(self, user_id: str) -> list[HistoryRecord]: ...
 
     def scan(self) -> Iterator[HistoryRecord]:
         """Every record (for reports and tests)."""

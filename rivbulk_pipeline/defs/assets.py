@@ -22,7 +22,7 @@ from ..core.rules.ratelimit import RateLimiter
 from ..core.rules.riv_protocol import INLINE, largest_inline_image
 from ..core.steps.call_meter import CallMeter
 from ..core.steps.indexing import IndexingPolicy, index_qualified
-from ..core.steps.known_outcomes import load_previous_outcomes
+from ..core.steps.known_outcomes import HISTORY_READ_AT, load_previous_outcomes
 from ..core.steps.progress import Progress
 from ..core.steps.qualify import QualifyStats, qualify_candidates
 from ..core.steps.summary import why_nothing_registered
@@ -149,8 +149,12 @@ def qualified_objects(
     reasons: collections.Counter = collections.Counter()
     failed = FailedRows()
     started = time.monotonic()
-    # Final outcomes of the previous loaded date: those objects need no lookup when unchanged.
-    known = load_previous_outcomes(store, settings.output_bucket_name, settings.output_prefix, partition)
+    read_at = time.time()  # stored with the table: the next date asks the change log from here
+    # Final outcomes of the previous loaded date: those objects need no lookup when unchanged
+    # (unless the history's change log says their record changed since).
+    known = load_previous_outcomes(
+        store, settings.output_bucket_name, settings.output_prefix, partition, changes_since=history.changes_since
+    )
     stats = QualifyStats()
     with open_table(store, _location(settings, "batch_manifest", partition)) as candidate_table:
         candidates = candidate_table.metadata.num_rows
@@ -170,7 +174,7 @@ def qualified_objects(
         table = write_table(
             store,
             _location(settings, "qualified_objects", partition),
-            QUALIFIED_SCHEMA,
+            QUALIFIED_SCHEMA.with_metadata({HISTORY_READ_AT: repr(read_at).encode()}),
             failed.watch(_counted(decisions, "reason", reasons), not_qualified, attempts=None),
         )
     context.log.info(progress.summary())
@@ -184,6 +188,7 @@ def qualified_objects(
             **location_metadata(store, table.location),
             "previous_date": known.source if known is not None else "none",
             "decided_by_previous_date": stats.known_before,
+            "changed_since_previous_date": len(known.changed) if known is not None else 0,
             "history_strategy": strategy,
             "history_lookups": stats.history_calls,
             "history_keys_asked": stats.history_keys,

@@ -87,4 +87,5 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         "registration": registration,
         # Every stored table as a pandas DataFrame (load_asset_value, downstream inputs).
         "io_manager": StoredTableIOManager(settings=settings, store=store),
+        "correction_counts": dg.mem_io_manager,  # correct_history_job's counts (shown as metadata)
     }

@@ -16,6 +16,8 @@ import pandas as pd
 import pyarrow as pa
 
 from ..core.steps.summary import (
+    CORRECTION_COLUMNS,
+    CORRECTION_SCHEMA,
     DATE_COLUMNS,
     DATE_SCHEMA,
     HISTORY_COLUMNS,
@@ -112,6 +114,11 @@ def import_summary(
             _records(by_reason.tail(REASON_ROWS_SHOWN)),
             schema=column_schema(REASON_SCHEMA, REASON_COLUMNS),
         ),
+        "corrections": dg.MetadataValue.table(
+            _records(totals.corrections.head(REASON_ROWS_SHOWN)), schema=column_schema(CORRECTION_SCHEMA, CORRECTION_COLUMNS)
+        ),
+        "corrected_objects": int(totals.corrections["objects"].sum()) if len(totals.corrections) else 0,
+        "reopened_waiting": totals.reopened,
         "dates_known": len(dates),
         "dates_loaded": len(loaded),
         "users_registered": totals.registered,

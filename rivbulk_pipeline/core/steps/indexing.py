@@ -190,7 +190,7 @@ class _Indexer:
         except RegistrationRejected as rejected:
             return result(Outcome.FAILED_PERMANENT, f"{reason_token(rejected.reason)}: {rejected.detail}")
         except ObjectNotFound:
-            # Gone between qualification and now (being replaced?): the next run asks again.
+            # Gone between qualification and now (being replaced?): as at qualification, the next run asks again.
             return result(Outcome.FAILED_TRANSIENT, "properties_not_found: the properties file is gone; the next run retries")
         except Exception as exc:
             return result(Outcome.FAILED_TRANSIENT, f"{Reason.PROVIDER_ERROR}: loading properties failed ({type(exc).__name__})")

@@ -6,6 +6,11 @@ refuses any claim on a final outcome for the same ETag. Such objects need no loo
 Everything else (not final, a new ETag, absent from that date, or no such date) still
 consults the history.
 
+The shortcut is only a shortcut: the history's change log names every record that left a final
+outcome since the previous date read the history (an operator's correction, another run, a row
+deleted by hand); those objects ask the history again, which then decides. When the log does not
+reach back that far, nothing is taken from the previous date.
+
 Memory stays small at any bucket size: one 64-bit fingerprint per known object (80 MB at 10M
 objects), sorted once in place and searched per batch with numpy. A false
 match needs two different (bucket, key, version, ETag) rows to share a 64-bit fingerprint:
@@ -15,14 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import enum
-from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..model import Outcome, Reason
+from ..model import NULL_VERSION, Outcome, Reason
 from ..ports import ObjectStore
 from .tables import open_table, released_batches, table_location
 
@@ -30,6 +35,9 @@ _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _FINGERPRINT_COLUMNS = ("bucket", "key", "version_id", "e_tag")
+# The Parquet schema metadata of qualified_objects: when that date's qualification read the history.
+HISTORY_READ_AT = b"rivbulk.history_read_at"
+_CLOCK_SKEW_SECONDS = 300.0  # the change log's clock (SQLite's, DynamoDB's) against ours
 
 
 class Known(enum.IntEnum):
@@ -103,6 +111,22 @@ def _search(sorted_prints: np.ndarray, prints: np.ndarray) -> np.ndarray:
     return found
 
 
+def history_keys(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+    """The import history's keys of these rows (bucket, key, version_id): object_uri and version_id."""
+    version = pc.fill_null(batch.column("version_id"), "")
+    return pa.table(
+        {
+            "object_uri": pc.binary_join_element_wise("s3:/", batch.column("bucket"), batch.column("key"), "/"),
+            "version_id": pc.if_else(pc.equal(version, ""), NULL_VERSION, version),
+        }
+    )
+
+
+def key_prints(keys: pa.Table) -> np.ndarray:
+    """One fingerprint per history key (object_uri, version_id)."""
+    return combined_hash((keys.column("object_uri"), keys.column("version_id")), keys.num_rows)
+
+
 @dataclass(frozen=True)
 class KnownOutcomes:
     """Sorted fingerprints of the objects known indexed and known failed permanently."""
@@ -110,6 +134,11 @@ class KnownOutcomes:
     indexed: np.ndarray  # uint64, sorted
     failed: np.ndarray  # uint64, sorted
     source: str  # where they came from, e.g. "dt=2026-03-01"
+    changed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))  # sorted key prints whose record changed since: not known
+
+    def without(self, changed_keys: pa.Table) -> "KnownOutcomes":
+        """The same, except for these history keys (their records changed since)."""
+        return KnownOutcomes(self.indexed, self.failed, self.source, np.sort(key_prints(changed_keys)))
 
     @classmethod
     def build(cls, parts: Iterable[tuple[np.ndarray, Known]], source: str, capacity: int = 0) -> "KnownOutcomes":
@@ -146,6 +175,8 @@ class KnownOutcomes:
         has_etag = np.asarray(pc.is_valid(batch.column("e_tag")))
         result[_search(self.indexed, prints) & has_etag] = Known.INDEXED
         result[_search(self.failed, prints) & has_etag] = Known.FAILED_PERMANENT
+        if len(self.changed):
+            result[_search(self.changed, key_prints(history_keys(batch)))] = Known.UNKNOWN
         return result
 
 
@@ -176,14 +207,40 @@ def previous_loaded_date(store: ObjectStore, bucket: str, prefix: str, partition
     return None
 
 
+def history_read_at(store: ObjectStore, bucket: str, prefix: str, date: str) -> float:
+    """When `date`'s qualification read the history (its table's metadata); for a table written
+    before that was recorded, when the table was written."""
+    location = table_location(bucket, prefix, "qualified_objects", date)
+    with open_table(store, location) as table:
+        stamp = (table.schema_arrow.metadata or {}).get(HISTORY_READ_AT)
+    if stamp is not None:
+        return float(stamp)
+    return store.head(location.bucket, location.key).last_modified.timestamp()
+
+
 def load_previous_outcomes(
-    store: ObjectStore, bucket: str, prefix: str, partition: str, batch_rows: int = 65_536
+    store: ObjectStore,
+    bucket: str,
+    prefix: str,
+    partition: str,
+    batch_rows: int = 65_536,
+    changes_since: Optional[Callable[[float], Optional[pa.Table]]] = None,
 ) -> Optional[KnownOutcomes]:
     """The final outcomes in the previous loaded date's qualified_objects and indexed_users
-    tables, or None when no earlier date was loaded."""
+    tables, less the objects whose history record changed since (`changes_since`, the history's
+    change log); None when no earlier date was loaded or the log cannot say what changed."""
     date = previous_loaded_date(store, bucket, prefix, partition)
     if date is None:
         return None
+    changed = None
+    if changes_since is not None:
+        read_at = history_read_at(store, bucket, prefix, date)
+        # A margin for clocks; a log started within it still covers the previous date's read.
+        changed = changes_since(read_at - _CLOCK_SKEW_SECONDS)
+        if changed is None:
+            changed = changes_since(read_at)
+        if changed is None:
+            return None
     tables = [
         (table_location(bucket, prefix, asset, date), column, values) for asset, (column, values) in _FINAL_IN.items()
     ]
@@ -198,4 +255,5 @@ def load_previous_outcomes(
             for batch in released_batches(table.iter_batches(batch_size=batch_rows, columns=[*_FINGERPRINT_COLUMNS, column]))
             for part in _final_rows(batch, column, values)
         )
-        return KnownOutcomes.build(parts, source=f"dt={date}", capacity=capacity)
+        known = KnownOutcomes.build(parts, source=f"dt={date}", capacity=capacity)
+    return known.without(changed) if changed is not None and changed.num_rows else known

@@ -22,7 +22,7 @@ from ..rules.images import MAX_IMAGE_BYTES, TOO_LARGE
 from ..rules.reasons import reason_token
 from ..rules.tags import is_true_marker, tag_lookup
 from ..rules.user_ids import RIV_USER_ID_PATTERN, registry_user_id, user_id_problem
-from .known_outcomes import Known, KnownOutcomes
+from .known_outcomes import Known, KnownOutcomes, history_keys
 from .progress import Progress
 
 
@@ -223,17 +223,6 @@ def _refs(batch: pa.RecordBatch) -> list[ObjectRef]:
 
 def _uri(batch: pa.RecordBatch | pa.Table) -> pa.Array:
     return pc.binary_join_element_wise("s3:/", batch.column("bucket"), batch.column("key"), "/")
-
-
-def history_keys(batch: pa.RecordBatch | pa.Table) -> pa.Table:
-    """The import history's keys of these rows (bucket, key, version_id): object_uri and version_id."""
-    version = pc.fill_null(batch.column("version_id"), "")
-    return pa.table(
-        {
-            "object_uri": _uri(batch),
-            "version_id": pc.if_else(pc.equal(version, ""), NULL_VERSION, version),
-        }
-    )
 
 
 def _history_decisions(

@@ -7,7 +7,7 @@ and the history is aggregated batch by batch, so millions of records cost little
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Optional
 
 import pandas as pd
@@ -40,6 +40,19 @@ REASON_COLUMNS = {
 }
 
 REASON_SCHEMA = pa.schema([(name, pa.int64() if name == "count" else pa.string()) for name in REASON_COLUMNS])
+# Operators' corrections, from the history's records (each keeps its last correction).
+CORRECTION_COLUMNS = {
+    "corrected_at": "when (UTC)",
+    "correction": "retry (failures reopened) or lost (registrations declared lost)",
+    "corrected_by": "who or what corrected",
+    "why": "the reason they gave",
+    "objects": "records this correction reopened (and not corrected again since)",
+    "registered_since": "of those, indexed since",
+    "waiting": "of those, still reopened: the next load registers them",
+}
+CORRECTION_SCHEMA = pa.schema(
+    [(n, pa.int64() if n in ("objects", "registered_since", "waiting") else pa.string()) for n in CORRECTION_COLUMNS]
+)
 
 TableReader = Callable[[str, str, list[str]], Optional[pa.Table]]  # (asset, date, columns) -> table or None
 
@@ -62,13 +75,16 @@ class HistoryTotals:
     transient_backlog: int  # failed_transient, plus claims whose run died (lease expired)
     claims_in_flight: int
     oldest_unresolved_failure_at: Optional[float]  # epoch seconds of the oldest transient failure still waiting
+    reopened: int = 0  # reopened by an operator, waiting for the next run
+    corrections: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(CORRECTION_COLUMNS)))
 
     def oldest_unresolved_age_hours(self, now: float) -> Optional[float]:
         at = self.oldest_unresolved_failure_at
         return None if at is None else round(max(0.0, now - at) / 3600, 2)
 
 
-HISTORY_COLUMNS = ["status", "updated_at", "claim_expires_at"]
+HISTORY_COLUMNS = ["status", "updated_at", "claim_expires_at", "correction", "corrected_by", "corrected_at", "correction_why"]
+_CORRECTION_KEY = ["correction", "corrected_by", "corrected_at", "correction_why"]
 
 
 def history_totals(batches: Iterable[pa.RecordBatch], now: Optional[float] = None) -> HistoryTotals:
@@ -77,8 +93,18 @@ def history_totals(batches: Iterable[pa.RecordBatch], now: Optional[float] = Non
     counts: dict[str, int] = {}
     expired = in_flight = records = 0
     oldest: Optional[float] = None
+    corrected: list[pd.DataFrame] = []
     for batch in batches:
         frame = batch.to_pandas()
+        if "correction" in frame:
+            marked = frame[frame["correction"].fillna("") != ""]
+            if len(marked):
+                corrected.append(
+                    marked.assign(
+                        registered=marked["status"] == HistoryStatus.INDEXED.value,
+                        waiting=marked["status"] == HistoryStatus.REOPENED.value,
+                    ).groupby(_CORRECTION_KEY, dropna=False)[["registered", "waiting"]].agg(["size", "sum"])
+                )
         records += len(frame)
         for status, count in frame["status"].value_counts().items():
             counts[status] = counts.get(status, 0) + int(count)
@@ -97,7 +123,27 @@ def history_totals(batches: Iterable[pa.RecordBatch], now: Optional[float] = Non
         transient_backlog=counts.get(HistoryStatus.FAILED_TRANSIENT.value, 0) + expired,
         claims_in_flight=in_flight,
         oldest_unresolved_failure_at=oldest,
+        reopened=counts.get(HistoryStatus.REOPENED.value, 0),
+        corrections=_corrections(corrected),
     )
+
+
+def _corrections(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """One row per correction (CORRECTION_COLUMNS), newest first."""
+    if not parts:
+        return pd.DataFrame({n: pd.Series(dtype="int64" if t == pa.int64() else "object") for n, t in zip(CORRECTION_SCHEMA.names, CORRECTION_SCHEMA.types)})
+    total = pd.concat(parts).groupby(level=list(range(len(_CORRECTION_KEY)))).sum()
+    frame = pd.DataFrame(
+        {
+            "objects": total[("registered", "size")].astype("int64"),
+            "registered_since": total[("registered", "sum")].astype("int64"),
+            "waiting": total[("waiting", "sum")].astype("int64"),
+        }
+    ).reset_index()
+    frame.columns = [*_CORRECTION_KEY, "objects", "registered_since", "waiting"]
+    frame = frame.sort_values("corrected_at", ascending=False)
+    frame["corrected_at"] = pd.to_datetime(frame["corrected_at"], unit="s", utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return frame.rename(columns={"correction_why": "why"})[list(CORRECTION_COLUMNS)].reset_index(drop=True)
 
 
 def reason_counts(dates: Iterable[str], read: TableReader) -> pd.DataFrame:

@@ -10,7 +10,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ...core.errors import HistoryError
-from ...core.model import HISTORY_LOOKUP_SCHEMA, NULL_VERSION, HistoryRecord, HistoryStatus, ObjectRef
+from ...core.model import (
+    CORRECTION_FIELDS, HISTORY_KEY_SCHEMA, HISTORY_LOOKUP_SCHEMA, NULL_VERSION, HistoryRecord, HistoryStatus, ObjectRef,
+)
 from ...core.rules.limits import DYNAMODB_ITEM_LIMIT, dynamodb_item_size
 
 
@@ -24,8 +26,13 @@ _FINAL_FOR_ETAG = (HistoryStatus.INDEXED, HistoryStatus.FAILED_PERMANENT)  # no 
 # Columns a report may read with `scan_columns` (no user ids, no extra diagnostics).
 SUMMARY_COLUMNS = pa.schema(
     [("status", pa.string()), ("reason", pa.string()), ("attempts", pa.int64()),
-     ("updated_at", pa.float64()), ("claim_expires_at", pa.float64())]
+     ("updated_at", pa.float64()), ("claim_expires_at", pa.float64()),
+     ("correction", pa.string()), ("corrected_by", pa.string()), ("corrected_at", pa.float64()),
+     ("correction_why", pa.string())]
 )
+CHANGES_SCHEMA = HISTORY_KEY_SCHEMA  # keys whose record changed or went (`changes_since`)
+# Statuses a claim may take whatever the ETag: the next run asks the registry again.
+CLAIMABLE = (HistoryStatus.FAILED_TRANSIENT, HistoryStatus.REOPENED)
 
 _FINAL_STATUSES = (HistoryStatus.INDEXED, HistoryStatus.FAILED_PERMANENT, HistoryStatus.FAILED_TRANSIENT)
 
@@ -130,7 +137,7 @@ def _claim_allowed(row: Mapping[str, Any], etag: str, owner: str, now: float) ->
     status = row["status"]
     if status == HistoryStatus.CLAIMED.value:
         return row["claim_expires_at"] < now or row["owner"] == owner
-    return status == HistoryStatus.FAILED_TRANSIENT.value or row["etag"] != etag
+    return status in (s.value for s in CLAIMABLE) or row["etag"] != etag
 
 
 def _summary_schema(columns: Sequence[str]) -> pa.Schema:
@@ -150,6 +157,14 @@ def _unique_keys(refs: Sequence[ObjectRef]) -> dict[tuple[str, str], ObjectRef]:
     return {(ref.uri, _version_key(ref)): ref for ref in refs}
 
 
+def _field(row: Any, name: str) -> Any:
+    """A column that older stores may lack (sqlite3.Row has no `get`)."""
+    try:
+        return row[name]
+    except (KeyError, IndexError):
+        return None
+
+
 def _record_from_row(row: Mapping[str, Any], ref: Optional[ObjectRef] = None) -> HistoryRecord:
     extra = row["extra"]
     return HistoryRecord(
@@ -163,7 +178,21 @@ def _record_from_row(row: Mapping[str, Any], ref: Optional[ObjectRef] = None) ->
         updated_at=float(row["updated_at"] or 0),
         claim_expires_at=float(row["claim_expires_at"] or 0),
         extra=json.loads(extra) if isinstance(extra, str) else dict(extra or {}),
+        correction=_field(row, "correction") or "",
+        corrected_by=_field(row, "corrected_by") or "",
+        corrected_at=float(_field(row, "corrected_at") or 0),
+        correction_why=_field(row, "correction_why") or "",
     )
+
+
+def reopened_reason(correction: str, record: HistoryRecord) -> str:
+    """The reason a reopened record carries: the correction, then what it was (code only)."""
+    code = record.reason.split(":", 1)[0].strip() or "none"
+    return f"{correction}: was {record.status.value} ({code})"
+
+
+def correction_attrs(correction: str, by: str, why: str, at: float) -> dict[str, Any]:
+    return dict(zip(CORRECTION_FIELDS, (str(correction), by, at, why)))
 
 
 class ImportHistoryResource(dg.ConfigurableResource, abc.ABC):
@@ -220,6 +249,26 @@ class ImportHistoryResource(dg.ConfigurableResource, abc.ABC):
     @abc.abstractmethod
     def renew(self, ref: ObjectRef, owner: str, lease_seconds: float) -> bool:
         """Extend `owner`'s claim to `lease_seconds` from now; False when it no longer holds it."""
+
+    @abc.abstractmethod
+    def reopen(self, record: HistoryRecord, correction: str, by: str, why: str, at: float) -> bool:
+        """An operator's correction: set this record `reopened` (the next run claims it and asks the
+        registry again), stamped with who, when and why, if it is still as `record` says (same
+        status and ETag); False, and nothing written, when it changed meanwhile (e.g. claimed)."""
+
+    @abc.abstractmethod
+    def changes_since(self, since: float) -> Optional[pa.Table]:
+        """The keys (CHANGES_SCHEMA) whose record left a final outcome (changed or deleted, by a
+        correction, another run or by hand) at or after `since` (epoch seconds); None when the
+        change log does not reach back that far (then nothing may be assumed unchanged)."""
+
+    @abc.abstractmethod
+    def records_of(self, object_uri: str) -> list[HistoryRecord]:
+        """Every version's record of one object (`rivbulk where`)."""
+
+    @abc.abstractmethod
+    def records_of_user(self, user_id: str) -> list[HistoryRecord]:
+        """The records naming this user (`rivbulk where`, `rivbulk lost --user`); may read the whole history."""
 
     @abc.abstractmethod
     def scan(self) -> Iterator[HistoryRecord]:

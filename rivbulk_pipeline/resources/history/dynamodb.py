@@ -16,13 +16,16 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field, PrivateAttr
 
 from ...core.errors import HistoryError
-from ...core.model import HistoryRecord, HistoryStatus, ObjectRef
+from ...core.model import CORRECTION_FIELDS, HistoryRecord, HistoryStatus, ObjectRef
 from ...core.rules.limits import dynamodb_item_size
 from ...core.steps.known_outcomes import combined_hash
 from ..aws import AwsClients
 
 from .base import (
+    CHANGES_SCHEMA,
     LOOKUP_SCHEMA,
+    correction_attrs,
+    reopened_reason,
     ClaimLost,
     ImportHistoryResource,
     _check_item,
@@ -48,6 +51,11 @@ _BATCH_GET_LIMIT = 100  # DynamoDB BatchGetItem: at most 100 keys per request
 _READ_UNIT_BYTES = 4096  # a strongly consistent read unit reads up to 4 KB
 _TYPICAL_ITEM_BYTES = 300  # an indexed record of a 60-character key, by DynamoDB's size rule
 _UNPROCESSED_RETRIES = 8
+# The table's stream (keys only: no user ids leave the table) is its change log. DynamoDB keeps
+# stream records 24 hours; a question reaching back further is answered "cannot tell".
+STREAM_SPECIFICATION = {"StreamEnabled": True, "StreamViewType": "KEYS_ONLY"}
+STREAM_RETENTION_SECONDS = 24 * 3600
+_STREAM_SAFETY_SECONDS = 600  # records near the 24-hour edge may already be trimmed
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
@@ -84,6 +92,7 @@ def _record_from_item(item: Mapping[str, Any], ref: Optional[ObjectRef] = None) 
             "updated_at": plain.get("updated_at", 0),
             "claim_expires_at": plain.get("claim_expires_at", 0),
             "extra": plain.get("extra", {}),
+            **{name: plain.get(name) for name in CORRECTION_FIELDS},
         },
         ref,
     )
@@ -204,6 +213,7 @@ def create_history_table(
                 "KeySchema": _KEY_SCHEMA,
                 "AttributeDefinitions": _KEY_ATTRIBUTES,
                 "BillingMode": billing_mode,
+                "StreamSpecification": STREAM_SPECIFICATION,
             }
             if billing_mode == "PROVISIONED":
                 request["ProvisionedThroughput"] = {
@@ -219,6 +229,9 @@ def create_history_table(
         _check_key_schema(table_name, table)
         if table.get("TableStatus") != "ACTIVE":
             client.get_waiter("table_exists").wait(TableName=table_name, WaiterConfig={"Delay": 2, "MaxAttempts": 150})
+        if not table.get("StreamSpecification", {}).get("StreamEnabled"):
+            # A table from before the change log: turn its stream on (the shortcut waits a day for it).
+            client.update_table(TableName=table_name, StreamSpecification=STREAM_SPECIFICATION)
         return str(table["TableArn"])
     except ClientError as error:
         raise HistoryError(f"table {table_name}: DynamoDB refused to create or describe it ({_error_code(error)})") from error
@@ -388,7 +401,7 @@ class DynamoImportHistory(ImportHistoryResource):
                 " #expires = :expires ADD #attempts :one",
                 ConditionExpression="attribute_not_exists(#uri)"
                 " OR (#status = :claimed AND (#expires < :now OR #owner = :owner))"
-                " OR (#status <> :claimed AND (#status = :transient OR #etag <> :etag))",
+                " OR (#status <> :claimed AND (#status IN (:transient, :reopened) OR #etag <> :etag))",
                 ExpressionAttributeNames={
                     "#uri": "object_uri",
                     "#etag": "etag",
@@ -402,6 +415,7 @@ class DynamoImportHistory(ImportHistoryResource):
                     ":etag": _to_dynamo(etag),
                     ":claimed": _to_dynamo(HistoryStatus.CLAIMED.value),
                     ":transient": _to_dynamo(HistoryStatus.FAILED_TRANSIENT.value),
+                    ":reopened": _to_dynamo(HistoryStatus.REOPENED.value),
                     ":owner": _to_dynamo(owner),
                     ":now": _to_dynamo(now),
                     ":expires": _to_dynamo(attrs["claim_expires_at"]),
@@ -485,6 +499,102 @@ class DynamoImportHistory(ImportHistoryResource):
             raise self._fail(f"{ref}: {what}", error) from error
         except BotoCoreError as error:
             raise self._fail(f"{ref}: {what}", error) from error
+
+    def reopen(self, record: HistoryRecord, correction: str, by: str, why: str, at: float) -> bool:
+        values = {
+            ":reopened": HistoryStatus.REOPENED.value,
+            ":reason": reopened_reason(correction, record),
+            ":at": at,
+            ":zero": 0,
+            ":status": record.status.value,
+            ":etag": record.etag,
+            **{f":{name}": value for name, value in correction_attrs(correction, by, why, at).items()},
+        }
+        names = {"#status": "status", "#reason": "reason", "#updated": "updated_at", "#expires": "claim_expires_at",
+                 "#etag": "etag", "#uri": "object_uri"}
+        sets = ["#status = :reopened", "#reason = :reason", "#updated = :at", "#expires = :zero"]
+        for name in correction_attrs("", "", "", 0):
+            names[f"#{name}"] = name
+            sets.append(f"#{name} = :{name}")
+        try:
+            self._dynamodb().update_item(
+                TableName=self.table_name,
+                Key={name: _to_dynamo(value) for name, value in _key_attrs(record.ref).items()},
+                UpdateExpression="SET " + ", ".join(sets),
+                ConditionExpression="attribute_exists(#uri) AND #status = :status AND #etag = :etag",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues={name: _to_dynamo(value) for name, value in values.items()},
+            )
+            return True
+        except ClientError as error:
+            if _error_code(error) == "ConditionalCheckFailedException":
+                return False
+            raise self._fail(f"{record.ref}: reopen", error) from error
+        except BotoCoreError as error:
+            raise self._fail(f"{record.ref}: reopen", error) from error
+
+    def changes_since(self, since: float) -> Optional[pa.Table]:
+        """From the table's stream (keys only): every key modified or removed since `since`. Keys-only
+        records cannot say whether the old record was final, so this is a superset (claims and
+        outcomes of the day's new objects too), which only costs those keys a lookup."""
+        try:
+            table = self._dynamodb().describe_table(TableName=self.table_name)["Table"]
+            arn = table.get("LatestStreamArn")
+            if not arn or not table.get("StreamSpecification", {}).get("StreamEnabled"):
+                return None
+            streams = self.aws.client("dynamodbstreams")
+            description = streams.describe_stream(StreamArn=arn)["StreamDescription"]
+            began = description.get("CreationRequestDateTime")
+            oldest_kept = time.time() - STREAM_RETENTION_SECONDS + _STREAM_SAFETY_SECONDS
+            if began is None or since < max(began.timestamp(), oldest_kept):
+                return None
+            keys: set[tuple[str, str]] = set()
+            shards = list(description.get("Shards", []))
+            while description.get("LastEvaluatedShardId"):
+                description = streams.describe_stream(
+                    StreamArn=arn, ExclusiveStartShardId=description["LastEvaluatedShardId"]
+                )["StreamDescription"]
+                shards += description.get("Shards", [])
+            for shard in shards:
+                iterator = streams.get_shard_iterator(
+                    StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+                ).get("ShardIterator")
+                while iterator:
+                    page = streams.get_records(ShardIterator=iterator, Limit=1000)
+                    for item in page.get("Records", []):
+                        change = item.get("dynamodb", {})
+                        at = change.get("ApproximateCreationDateTime")
+                        if item.get("eventName") in ("MODIFY", "REMOVE") and (at is None or at.timestamp() >= since - 1):
+                            key = change.get("Keys", {})
+                            keys.add((key["object_uri"]["S"], key["version_id"]["S"]))
+                    # An open shard hands out a next iterator forever: stop once it is caught up.
+                    if not page.get("Records"):
+                        break
+                    iterator = page.get("NextShardIterator")
+        except (ClientError, BotoCoreError) as error:
+            raise self._fail("reading the change stream", error) from error
+        return pa.Table.from_pylist([{"object_uri": u, "version_id": v} for u, v in sorted(keys)], schema=CHANGES_SCHEMA)
+
+    def records_of(self, object_uri: str) -> list[HistoryRecord]:
+        try:
+            pages = self._dynamodb().get_paginator("query").paginate(
+                TableName=self.table_name, ConsistentRead=True, KeyConditionExpression="#uri = :uri",
+                ExpressionAttributeNames={"#uri": "object_uri"}, ExpressionAttributeValues={":uri": {"S": object_uri}},
+            )
+            return [_record_from_item(item) for page in pages for item in page.get("Items", [])]
+        except (ClientError, BotoCoreError) as error:
+            raise self._fail("query", error) from error
+
+    def records_of_user(self, user_id: str) -> list[HistoryRecord]:
+        # A Scan with a filter: it reads the whole table (an operator's question, not the daily run).
+        try:
+            pages = self._dynamodb().get_paginator("scan").paginate(
+                TableName=self.table_name, ConsistentRead=True, FilterExpression="#user = :user",
+                ExpressionAttributeNames={"#user": "user_id"}, ExpressionAttributeValues={":user": {"S": user_id}},
+            )
+            return [_record_from_item(item) for page in pages for item in page.get("Items", [])]
+        except (ClientError, BotoCoreError) as error:
+            raise self._fail("scan", error) from error
 
     def scan(self) -> Iterator[HistoryRecord]:
         try:

@@ -6,7 +6,7 @@ import os
 import random
 import sqlite3
 import time
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import dagster as dg
 import pyarrow as pa
@@ -17,7 +17,10 @@ from ...core.model import HistoryRecord, HistoryStatus, ObjectRef
 
 from ..sqlite_threads import ThreadConnections
 from .base import (
+    CHANGES_SCHEMA,
     ClaimLost,
+    correction_attrs,
+    reopened_reason,
     ImportHistoryResource,
     LOOKUP_SCHEMA,
     _check_item,
@@ -44,10 +47,41 @@ CREATE TABLE IF NOT EXISTS import_history (
     updated_at REAL NOT NULL DEFAULT 0,
     claim_expires_at REAL NOT NULL DEFAULT 0,
     extra TEXT NOT NULL DEFAULT '{}',
+    correction TEXT NOT NULL DEFAULT '',
+    corrected_by TEXT NOT NULL DEFAULT '',
+    corrected_at REAL NOT NULL DEFAULT 0,
+    correction_why TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (object_uri, version_id)
 ) WITHOUT ROWID
 """
-_COLUMNS = "object_uri, version_id, etag, status, user_id, reason, attempts, owner, updated_at, claim_expires_at, extra"
+# Added after the first release: a history file from before gets them on first use.
+_LATER_COLUMNS = {
+    "correction": "TEXT NOT NULL DEFAULT ''",
+    "corrected_by": "TEXT NOT NULL DEFAULT ''",
+    "corrected_at": "REAL NOT NULL DEFAULT 0",
+    "correction_why": "TEXT NOT NULL DEFAULT ''",
+}
+# The change log: a final record (indexed, failed_permanent) that changes or goes, whoever does
+# it (a correction, another run, someone with the sqlite3 shell), leaves its key here, so the
+# daily shortcut (the previous date's outcomes) can tell which of them no longer hold.
+_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+_FINAL = "('indexed', 'failed_permanent')"
+_CHANGE_LOG = [
+    "CREATE TABLE IF NOT EXISTS history_changes (changed_at REAL NOT NULL, object_uri TEXT NOT NULL, version_id TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS history_changes_at ON history_changes (changed_at)",
+    "CREATE TABLE IF NOT EXISTS history_meta (name TEXT PRIMARY KEY, value REAL NOT NULL)",
+    f"INSERT OR IGNORE INTO history_meta VALUES ('changes_logged_since', {_NOW})",
+    f"""CREATE TRIGGER IF NOT EXISTS history_final_deleted AFTER DELETE ON import_history
+        WHEN OLD.status IN {_FINAL}
+        BEGIN INSERT INTO history_changes VALUES ({_NOW}, OLD.object_uri, OLD.version_id); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS history_final_changed AFTER UPDATE OF status, etag ON import_history
+        WHEN OLD.status IN {_FINAL} AND (NEW.status <> OLD.status OR NEW.etag <> OLD.etag)
+        BEGIN INSERT INTO history_changes VALUES ({_NOW}, OLD.object_uri, OLD.version_id); END""",
+]
+_COLUMNS = (
+    "object_uri, version_id, etag, status, user_id, reason, attempts, owner, updated_at, claim_expires_at, extra,"
+    " correction, corrected_by, corrected_at, correction_why"
+)
 # The day's keys go into a per-connection temporary table, joined on the primary key: one
 # index search per key (`(a, b) IN (VALUES ...)` made SQLite scan the whole table per chunk).
 # CROSS JOIN fixes the loop order: SQLite's planner, without statistics on the temp table,
@@ -106,7 +140,19 @@ class SqliteImportHistory(ImportHistoryResource):
             try:
                 if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                     conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute(_SCHEMA)
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute(_SCHEMA)
+                    have = {row[1] for row in conn.execute("PRAGMA table_info(import_history)")}
+                    for name, kind in _LATER_COLUMNS.items():
+                        if name not in have:
+                            conn.execute(f"ALTER TABLE import_history ADD COLUMN {name} {kind}")
+                    for statement in _CHANGE_LOG:
+                        conn.execute(statement)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
                 return
             except sqlite3.OperationalError as error:
                 if not _is_busy(error) or time.monotonic() > deadline:
@@ -212,6 +258,43 @@ class SqliteImportHistory(ImportHistoryResource):
             (expires_at, time.time(), ref.uri, _version_key(ref), owner, HistoryStatus.CLAIMED.value),
         )
         return cursor.rowcount == 1
+
+    def reopen(self, record: HistoryRecord, correction: str, by: str, why: str, at: float) -> bool:
+        cursor = self._conn().execute(
+            f"""UPDATE import_history SET status = :reopened, reason = :reason, claim_expires_at = 0, updated_at = :at,
+                   correction = :correction, corrected_by = :corrected_by, corrected_at = :corrected_at,
+                   correction_why = :correction_why
+               WHERE object_uri = :object_uri AND version_id = :version_id AND status = :status AND etag = :etag""",
+            {
+                **correction_attrs(correction, by, why, at),
+                "reopened": HistoryStatus.REOPENED.value,
+                "reason": reopened_reason(correction, record),
+                "at": at,
+                "object_uri": record.ref.uri,
+                "version_id": _version_key(record.ref),
+                "status": record.status.value,
+                "etag": record.etag,
+            },
+        )
+        return cursor.rowcount == 1
+
+    def changes_since(self, since: float) -> Optional[pa.Table]:
+        conn = self._conn()
+        started = conn.execute("SELECT value FROM history_meta WHERE name = 'changes_logged_since'").fetchone()
+        if started is None or since < started[0]:
+            return None
+        rows = conn.execute(
+            "SELECT DISTINCT object_uri, version_id FROM history_changes WHERE changed_at >= ?", (since,)
+        ).fetchall()
+        return pa.Table.from_pylist([dict(row) for row in rows], schema=CHANGES_SCHEMA)
+
+    def records_of(self, object_uri: str) -> list[HistoryRecord]:
+        rows = self._conn().execute(f"SELECT {_COLUMNS} FROM import_history WHERE object_uri = ?", (object_uri,))
+        return [_record_from_row(row) for row in rows.fetchall()]
+
+    def records_of_user(self, user_id: str) -> list[HistoryRecord]:
+        rows = self._conn().execute(f"SELECT {_COLUMNS} FROM import_history WHERE user_id = ?", (user_id,))
+        return [_record_from_row(row) for row in rows.fetchall()]
 
     def scan(self) -> Iterator[HistoryRecord]:
         # Materialise per page so no read transaction stays open while the caller works.
