@@ -124,7 +124,7 @@ def run_scenario(d: Deployment, date1: str, date2: str, queue_url: str) -> None:
         run_config={"ops": {"correct_history": {"config": {"action": "retry", "dates": [date1], "dry_run": True}}}},
     )
     assert ui.success and ui.output_for_node("correct_history") == {
-        "failed_permanent/UserAlreadyExists": 1, "failed_permanent/UserAlreadyRegistered": 1,
+        "failed_permanent/UserAlreadyExists": 1, "failed_permanent/apostrophe_in_request": 1,
         "failed_permanent/corrupt_image": 1, "failed_permanent/too_small": 1, "failed_permanent/unsupported_format": 1,
     }
     assert _history_rows(history) == before

@@ -465,6 +465,12 @@ class RivStandIn:
         with self._lock:
             return self._max_concurrency
 
+    def forget_user(self, user_id: str) -> None:
+        """The registry's team removes a user: their rows and their faces in the collections go."""
+        with self._lock:
+            self._table.pop(f"User::{user_id.lower()}", None)
+            self._collection = [f for f in self._collection if f.external_image_id != user_id.lower()]
+
     @property
     def registrations(self) -> dict[str, int]:
         """Face rows per registered user (the id as stored, lower-cased): what the registry holds."""
