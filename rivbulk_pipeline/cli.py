@@ -83,17 +83,46 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     return 0  # not reached
 
 
+# What `rivbulk dev` adds to DAGSTER_HOME/dagster.yaml (each key only where the file has none, so an
+# operator's own settings stay). The run launcher checks that a run's process lives, so the
+# daemon's run monitoring fails a killed run and then frees its pool slot; a run whose worker
+# died (not one whose step failed) is retried once.
+LOCAL_INSTANCE = {
+    "telemetry": {"enabled": False},
+    "run_launcher": {"module": "rivbulk_pipeline.run_launchers", "class": "LocalRunLauncher"},
+    "run_monitoring": {
+        "enabled": True,
+        "poll_interval_seconds": 30,
+        "free_slots_after_run_end_seconds": 30,
+        "max_resume_run_attempts": 0,  # DefaultRunLauncher cannot resume a run: a new run retries it
+    },
+    "run_retries": {"enabled": True, "max_retries": 1, "retry_on_asset_or_op_failure": False},
+    "concurrency": {
+        "pools": {"default_limit": GATEWAY_POOL_LIMIT},
+        # One run per inventory date at a time: two runs of one partition would race on its tables.
+        "runs": {"tag_concurrency_limits": [{"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]},
+    },
+}
+
+
+def _fill(config: dict, defaults: dict) -> None:
+    for key, value in defaults.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            _fill(config[key], value)
+        else:
+            config.setdefault(key, value)
+
+
 def write_instance_config(path: str) -> None:
-    """Telemetry off and the gateway pool's limit, kept alongside an operator's own settings."""
+    """Telemetry off, the gateway pool's limit, run monitoring and retries (`LOCAL_INSTANCE`),
+    kept alongside an operator's own settings."""
     import yaml
 
     config = {}
     if os.path.exists(path):
         with open(path) as existing:
             config = yaml.safe_load(existing) or {}
-    config.setdefault("telemetry", {"enabled": False})
-    pools = config.setdefault("concurrency", {}).setdefault("pools", {})
-    pools.setdefault("default_limit", GATEWAY_POOL_LIMIT)
+    _fill(config, LOCAL_INSTANCE)
     with open(path, "w") as out:
         yaml.safe_dump(config, out, sort_keys=False)
 
