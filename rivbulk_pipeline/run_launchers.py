@@ -76,7 +76,7 @@ def _started_process_event(instance: DagsterInstance, run_id: str) -> Optional[t
     found = None
     for record in instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT):
         event = record.dagster_event
-        if not (record.user_message or "").startswith(_STARTED_PROCESS) or event is None:
+        if not (record.message or "").startswith(_STARTED_PROCESS) or event is None:
             continue
         pid = event.engine_event_data.metadata.get("pid") if event.engine_event_data else None
         if pid is not None and str(pid.value).isdigit():
