@@ -67,9 +67,10 @@ def kill_everything(roots: list[int]) -> int:
         with contextlib.suppress(psutil.NoSuchProcess):
             root = psutil.Process(pid)
             victims += [root, *root.children(recursive=True)]
-    for pid in roots:
+    for pid in roots:  # a group of its own (rivbulk dev's session), never the test's
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(os.getpgid(pid), signal.SIGKILL)
+            if os.getpgid(pid) != os.getpgid(0):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
     for victim in victims:
         with contextlib.suppress(psutil.NoSuchProcess):
             victim.kill()
