@@ -159,7 +159,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "load",
         help="load one inventory date as a batch job (no UI, no daemon); the run is recorded in DAGSTER_HOME's instance",
         description="Exit status: 0 processed, no object failed; 1 the run failed; 2 configuration error, no run; "
-        "3 processed, some objects failed. Prints a JSON result record when the run starts and when it ends.",
+        "3 processed, some objects failed; 4 refused: a run of that date is queued or in progress. "
+        "Prints a JSON result record when the run starts and when it ends.",
     )
     load.add_argument("--date", help="inventory date YYYY-MM-DD (default: the newest complete report's date)")
     load.add_argument("--result-uri", help="also write the JSON result record to s3://bucket/key (through the configured store)")
