@@ -72,6 +72,9 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     os.makedirs(dagster_home, exist_ok=True)
     env = dict(os.environ, DAGSTER_HOME=dagster_home, RIVBULK_HOME=str(settings.home_path))
     write_instance_config(os.path.join(dagster_home, "dagster.yaml"))
+    if args.write_instance:
+        print(f"wrote {os.path.join(dagster_home, 'dagster.yaml')}; now: DAGSTER_HOME={dagster_home} dagster dev")
+        return 0
     # A workspace file of our own, so the code location is called `rivbulk` wherever this runs from.
     workspace = os.path.join(dagster_home, "workspace.yaml")
     with open(workspace, "w") as out:
@@ -153,6 +156,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dev = commands.add_parser("dev", help="create the demo data if missing and start the Dagster UI and daemon")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=3000)
+    dev.add_argument(
+        "--write-instance", action="store_true",
+        help="only write DAGSTER_HOME/dagster.yaml (pool limit, run monitoring) and exit, for plain `dagster dev`",
+    )
     dev.set_defaults(run=cmd_dev)
 
     load = commands.add_parser(

@@ -208,3 +208,23 @@ def test_production_instance_after_every_process_is_killed(world: World, tmp_pat
         for worker in workers:  # a run worker outlives its code server
             with contextlib.suppress(psutil.NoSuchProcess):
                 worker.kill()
+
+
+def test_rivbulk_dev_fills_the_instance_config_and_keeps_the_operators_values(tmp_path: Path) -> None:
+    from rivbulk_pipeline.cli import main
+    from rivbulk_pipeline.run_launchers import LocalRunLauncher
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(yaml.safe_dump({"run_monitoring": {"poll_interval_seconds": 7}, "run_retries": {"max_retries": 3}}))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DAGSTER_HOME", str(home))
+        mp.setenv("RIVBULK_HOME", str(tmp_path / "rivbulk"))
+        assert main(["dev", "--write-instance"]) == 0
+    config = yaml.safe_load((home / "dagster.yaml").read_text())
+    assert config["run_monitoring"] == {"poll_interval_seconds": 7, "enabled": True, "free_slots_after_run_end_seconds": 30, "max_resume_run_attempts": 0}
+    assert config["run_retries"] == {"max_retries": 3, "enabled": True, "retry_on_asset_or_op_failure": False}
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert isinstance(instance.run_launcher, LocalRunLauncher) and instance.run_launcher.supports_check_run_worker_health
+        assert instance.run_monitoring_enabled and instance.run_retries_enabled
+        assert instance.event_log_storage.get_concurrency_info(GATEWAY_POOL).slot_count == 1
