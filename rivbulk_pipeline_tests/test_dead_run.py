@@ -227,4 +227,4 @@ def test_rivbulk_dev_fills_the_instance_config_and_keeps_the_operators_values(tm
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert isinstance(instance.run_launcher, LocalRunLauncher) and instance.run_launcher.supports_check_run_worker_health
         assert instance.run_monitoring_enabled and instance.run_retries_enabled
-        assert instance.event_log_storage.get_concurrency_info(GATEWAY_POOL).slot_count == 1
+        assert instance.event_log_storage.get_concurrency_info(GATEWAY_POOL).limit == 1
