@@ -72,6 +72,9 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     os.makedirs(dagster_home, exist_ok=True)
     env = dict(os.environ, DAGSTER_HOME=dagster_home, RIVBULK_HOME=str(settings.home_path))
     write_instance_config(os.path.join(dagster_home, "dagster.yaml"))
+    if args.write_instance:
+        print(f"wrote {os.path.join(dagster_home, 'dagster.yaml')}; now: DAGSTER_HOME={dagster_home} dagster dev")
+        return 0
     # A workspace file of our own, so the code location is called `rivbulk` wherever this runs from.
     workspace = os.path.join(dagster_home, "workspace.yaml")
     with open(workspace, "w") as out:
@@ -83,17 +86,46 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     return 0  # not reached
 
 
+# What `rivbulk dev` adds to DAGSTER_HOME/dagster.yaml (each key only where the file has none, so an
+# operator's own settings stay). The run launcher checks that a run's process lives, so the
+# daemon's run monitoring fails a killed run and then frees its pool slot; a run whose worker
+# died (not one whose step failed) is retried once.
+LOCAL_INSTANCE = {
+    "telemetry": {"enabled": False},
+    "run_launcher": {"module": "rivbulk_pipeline.run_launchers", "class": "LocalRunLauncher"},
+    "run_monitoring": {
+        "enabled": True,
+        "poll_interval_seconds": 30,
+        "free_slots_after_run_end_seconds": 30,
+        "max_resume_run_attempts": 0,  # DefaultRunLauncher cannot resume a run: a new run retries it
+    },
+    "run_retries": {"enabled": True, "max_retries": 1, "retry_on_asset_or_op_failure": False},
+    "concurrency": {
+        "pools": {"default_limit": GATEWAY_POOL_LIMIT},
+        # One run per inventory date at a time: two runs of one partition would race on its tables.
+        "runs": {"tag_concurrency_limits": [{"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]},
+    },
+}
+
+
+def _fill(config: dict, defaults: dict) -> None:
+    for key, value in defaults.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            _fill(config[key], value)
+        else:
+            config.setdefault(key, value)
+
+
 def write_instance_config(path: str) -> None:
-    """Telemetry off and the gateway pool's limit, kept alongside an operator's own settings."""
+    """Telemetry off, the gateway pool's limit, run monitoring and retries (`LOCAL_INSTANCE`),
+    kept alongside an operator's own settings."""
     import yaml
 
     config = {}
     if os.path.exists(path):
         with open(path) as existing:
             config = yaml.safe_load(existing) or {}
-    config.setdefault("telemetry", {"enabled": False})
-    pools = config.setdefault("concurrency", {}).setdefault("pools", {})
-    pools.setdefault("default_limit", GATEWAY_POOL_LIMIT)
+    _fill(config, LOCAL_INSTANCE)
     with open(path, "w") as out:
         yaml.safe_dump(config, out, sort_keys=False)
 
@@ -219,13 +251,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dev = commands.add_parser("dev", help="create the demo data if missing and start the Dagster UI and daemon")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=3000)
+    dev.add_argument(
+        "--write-instance", action="store_true",
+        help="only write DAGSTER_HOME/dagster.yaml (pool limit, run monitoring) and exit, for plain `dagster dev`",
+    )
     dev.set_defaults(run=cmd_dev)
 
     load = commands.add_parser(
         "load",
         help="load one inventory date as a batch job (no UI, no daemon); the run is recorded in DAGSTER_HOME's instance",
         description="Exit status: 0 processed, no object failed; 1 the run failed; 2 configuration error, no run; "
-        "3 processed, some objects failed. Prints a JSON result record when the run starts and when it ends.",
+        "3 processed, some objects failed; 4 refused: a run of that date is queued or in progress. "
+        "Prints a JSON result record when the run starts and when it ends.",
     )
     load.add_argument("--date", help="inventory date YYYY-MM-DD (default: the newest complete report's date)")
     load.add_argument("--result-uri", help="also write the JSON result record to s3://bucket/key (through the configured store)")

@@ -12,6 +12,12 @@ Exit status (also in the README):
     1  failed: the run failed (a step raised, e.g. a deployment fault such as a refused API key)
     2  failed before any run: the configuration is broken (settings, DAGSTER_HOME, no report)
     3  processed, but some objects failed (failed_permanent or failed_transient; see the history)
+    4  refused, no run: a run of the same date is queued or in progress (its id in the record)
+
+Guards, as for the daemon's runs: a date already queued or running is refused, not run twice; the
+run carries its process in its tags (`run_launchers.worker_tags`), so the daemon's run monitoring
+fails it and frees its `riv_gateway` slot if the process dies. Without a daemon, the next
+`rivbulk load` on the same machine does that for a dead load before it starts.
 """
 from __future__ import annotations
 
@@ -23,8 +29,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Optional, TextIO
 
-EXIT_OK, EXIT_RUN_FAILED, EXIT_CONFIGURATION, EXIT_OBJECTS_FAILED = 0, 1, 2, 3
+EXIT_OK, EXIT_RUN_FAILED, EXIT_CONFIGURATION, EXIT_OBJECTS_FAILED, EXIT_REFUSED = 0, 1, 2, 3, 4
 LOAD_TAG = "rivbulk/trigger"
+PARTITION_TAG = "dagster/partition"
 
 
 @dataclass
@@ -46,6 +53,13 @@ class LoadResult:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
+
+
+def _unfinished() -> list[Any]:
+    import dagster as dg
+
+    S = dg.DagsterRunStatus
+    return [S.QUEUED, S.NOT_STARTED, S.STARTING, S.STARTED, S.CANCELING]
 
 
 def _now() -> str:
@@ -108,6 +122,39 @@ def _first_failure(result: Any) -> str:
     return "the run failed"
 
 
+def fail_dead_loads(instance: Any) -> list[str]:
+    """Fail the unfinished `rivbulk load` runs of this machine whose process is gone, and free
+    their pool slots at once (the process is dead: nothing else can call the gateway for them).
+    Returns their run ids."""
+    import dagster as dg
+    from dagster._core.launcher import WorkerStatus
+
+    from .run_launchers import local_worker_health
+
+    failed = []
+    for run in instance.get_runs(dg.RunsFilter(statuses=_unfinished(), tags={LOAD_TAG: "rivbulk load"})):
+        health = local_worker_health(instance, run)
+        if health.status == WorkerStatus.FAILED:
+            instance.report_run_failed(run, f"rivbulk load: {health.msg}")
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+            failed.append(run.run_id)
+    return failed
+
+
+def _busy(instance: Any, date: str) -> Optional[str]:
+    """Why a run of `date` must not start now (another is queued or in progress), or None."""
+    import dagster as dg
+
+    others = instance.get_runs(dg.RunsFilter(statuses=_unfinished(), tags={PARTITION_TAG: date}))
+    if not others:
+        return None
+    other = others[0]
+    return (
+        f"refused: run {other.run_id} of {date} is {other.status.value}; two runs of one date never run at once "
+        "(run again when it has finished)"
+    )
+
+
 def load(inventory_date: Optional[str], result_uri: Optional[str], out: TextIO = sys.stdout) -> int:
     """Load one inventory date (the newest complete report's date when None); return the exit status."""
     reporter = _Reporter(out, result_uri)
@@ -158,16 +205,26 @@ def load(inventory_date: Optional[str], result_uri: Optional[str], out: TextIO =
     except (RivbulkError, dg.DagsterInvariantViolationError) as error:
         return fail_before_run(str(error))
 
-    # ---- the run
+    # ---- the guards, then the run
     date = record.inventory_date
     assert date is not None
+    for run_id in fail_dead_loads(instance):
+        print(f"rivbulk load: run {run_id} had died; marked failed and its pool slots freed", file=sys.stderr)
+    busy = _busy(instance, date)
+    if busy:
+        record.status, record.error, record.finished_at, record.exit_code = "failed", busy, _now(), EXIT_REFUSED
+        reporter.emit(record)
+        return EXIT_REFUSED
     if not instance.has_dynamic_partition(inventory_dates.name, date):
         instance.add_dynamic_partitions(inventory_dates.name, [date])
     record.run_id = str(uuid.uuid4())
     reporter.emit(record)
     job = defs.resolve_job_def("bulk_load_job")
+    from .run_launchers import worker_tags
+
     result = job.execute_in_process(
-        instance=instance, partition_key=date, run_id=record.run_id, raise_on_error=False, tags={LOAD_TAG: "rivbulk load"}
+        instance=instance, partition_key=date, run_id=record.run_id, raise_on_error=False,
+        tags={LOAD_TAG: "rivbulk load", **worker_tags()},
     )
     _fill_counts(record, result)
     record.finished_at = _now()

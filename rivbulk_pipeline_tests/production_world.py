@@ -81,14 +81,15 @@ class World:
 
     def instance_yaml(self, *, launcher: str) -> str:
         """deploy/dagster.yaml as shipped. `launcher="ecs"`: only the four REPLACE_ values filled
-        in; `launcher="default"`: runs as local processes, because ECS cannot start tasks here."""
+        in; `launcher="default"`: runs as local processes, because ECS cannot start tasks here,
+        by LocalRunLauncher, whose worker health check stands in for EcsRunLauncher's."""
         text = (REPO / "deploy" / "dagster.yaml").read_text()
         text = text.replace("REPLACE_CLUSTER", CLUSTER).replace("REPLACE_SUBNET_A", SUBNETS[0])
         text = text.replace("REPLACE_SUBNET_B", SUBNETS[1]).replace("REPLACE_SECURITY_GROUP", SECURITY_GROUP)
         if launcher == "default":
             start = text.index("run_launcher:")
             end = text.index("\n# Step logs")
-            text = text[:start] + "run_launcher:\n  module: dagster.core.launcher\n  class: DefaultRunLauncher\n" + text[end:]
+            text = text[:start] + "run_launcher:\n  module: rivbulk_pipeline.run_launchers\n  class: LocalRunLauncher\n" + text[end:]
         assert not re.search(r"REPLACE_[A-Z]", text)
         return text
 
@@ -103,6 +104,27 @@ class World:
         self.logs.append(log)
         out = open(log, "ab")
         return subprocess.Popen(args, env=env or self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.scratch)
+
+
+def add_date(world: World, users: list[str], created_at: datetime, seed: int) -> str:
+    """New images, one per user (distinct faces from `seed` on), and a complete report at
+    `created_at` listing the whole bucket; returns its inventory date."""
+    store = build_resources(world.settings)["store"]
+    for n, user in enumerate(users):
+        key = f"{user}/face.png"
+        store.put_bytes(world.settings.image_bucket, key, face_image(seed + n))
+        store.put_tags(world.settings.image_bucket, key, {"UserId": user})
+    write_inventory_report(
+        store,
+        iter(list(store.list_objects(world.settings.image_bucket))),
+        source_bucket=world.settings.image_bucket,
+        destination_bucket=world.settings.inventory_bucket,
+        destination_prefix=world.settings.inventory_prefix,
+        config_id=world.settings.inventory_config_id,
+        created_at=created_at,
+        file_format="CSV",
+    )
+    return created_at.date().isoformat()
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 1.0) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Iterator, Optional
 
 import dagster as dg
@@ -18,9 +19,11 @@ import pytest
 
 from rivbulk_pipeline.core.rules.tags import tag_lookup
 from rivbulk_pipeline.demo import DEMO_CASES
-from rivbulk_pipeline.load import EXIT_CONFIGURATION, EXIT_OBJECTS_FAILED, EXIT_OK, EXIT_RUN_FAILED
+from rivbulk_pipeline.load import EXIT_CONFIGURATION, EXIT_OBJECTS_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_RUN_FAILED
+from rivbulk_pipeline.run_launchers import PID_TAG
 
-from .production_world import BIN, World, production_world
+from .gateway_server import Answer
+from .production_world import BIN, World, add_date, production_world
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -131,3 +134,49 @@ def test_a_clean_date_exits_0_and_the_newest_report_is_the_default(world: World,
     assert final["not_qualified"]["already_indexed"] == len(INDEXED)
     assert world.riv.registrations.get("zoe") == 1 and world.riv.registrations.get("yusuf") == 1
     assert instance.get_run_by_id(final["run_id"]).status == dg.DagsterRunStatus.SUCCESS
+
+
+def test_a_date_already_running_is_refused_and_a_killed_load_frees_its_slot(world: World, instance: dg.DagsterInstance) -> None:
+    """Issue 17: a second load of a date that is running exits 4 without a run; the first, killed
+    with SIGKILL mid-indexing, is failed by the next load on this machine, which then gets the
+    riv_gateway slot (limit 1: it would wait for ever otherwise) and registers the rest once."""
+    import os
+    import signal
+    import time
+
+    users = [f"load-{n:02d}" for n in range(40)]  # 20 s at 2 per second: time for the second load
+    date = add_date(world, users, datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0), seed=700)
+    slow = {**world.env, "RIVBULK_INDEX_RATE": "2", "RIVBULK_CLAIM_LEASE_SECONDS": "3"}
+    world.riv.default = Answer.succeeded().slow(0.2)
+    first = subprocess.Popen([str(BIN / "rivbulk"), "load", "--date", date], env=slow, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while sum(1 for u in users if world.riv.registrations.get(u)) < 3:
+            assert first.poll() is None and time.monotonic() < deadline, "the first load never got to indexing"
+            time.sleep(0.1)
+        (running,) = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": date}))
+        assert running.status == dg.DagsterRunStatus.STARTED and running.tags[PID_TAG] == str(first.pid)
+
+        second = rivbulk_load(world, "--date", date, env=slow)
+        assert second.code == EXIT_REFUSED and len(second.records) == 1, second.stderr[-2000:]
+        assert second.final["status"] == "failed" and running.run_id in second.final["error"] and second.final["run_id"] is None
+        assert len(instance.get_runs(dg.RunsFilter(tags={"dagster/partition": date}))) == 1  # no second run
+
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(timeout=30)
+    assert instance.get_run_by_id(running.run_id).status == dg.DagsterRunStatus.STARTED  # nobody said otherwise yet
+    world.riv.default = Answer.succeeded()
+    third = rivbulk_load(world, "--date", date, env=slow)
+    assert third.code == EXIT_OK, third.stderr[-3000:]
+    assert f"run {running.run_id} had died" in third.stderr
+    dead = instance.get_run_by_id(running.run_id)
+    assert dead.status == dg.DagsterRunStatus.FAILURE
+    assert not any(s.run_id == running.run_id for s in instance.event_log_storage.get_concurrency_info("riv_gateway").claimed_slots)
+    counts = {u: world.riv.registrations.get(u, 0) for u in users}
+    assert all(counts.values()), counts  # nothing lost
+    assert sum(counts.values()) - len(users) <= 8, counts  # at most the calls in flight at the kill, repeated

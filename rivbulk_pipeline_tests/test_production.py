@@ -23,6 +23,7 @@ from typing import Any, Iterator
 import dagster as dg
 import pytest
 from botocore.awsrequest import AWSResponse
+from dagster_aws.ecs import EcsRunLauncher
 
 from rivbulk_pipeline.demo import DEMO_CASES
 
@@ -246,7 +247,7 @@ def test_ecs_run_launcher_request_and_its_command_run_locally(world: World, grpc
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         launcher = instance.run_launcher
-        assert type(launcher).__name__ == "EcsRunLauncher"
+        assert isinstance(launcher, EcsRunLauncher) and type(launcher).__name__ == "RivbulkEcsRunLauncher"
         assert launcher.task_definition == task_definition_arn  # resolved through moto from the family name
         launcher.ecs.meta.events.register("before-call.ecs.RunTask", capture_run_task)
         run = execute_launch_command(

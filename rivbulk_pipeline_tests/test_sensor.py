@@ -143,3 +143,33 @@ def test_two_new_reports_of_one_date_in_one_tick_get_one_run_for_the_newer(demo,
     assert runs(result) == [(day(1), folder_name(late))]
     assert added(result) == [day(1)]
     assert runs(tick(instance, resources, result.cursor)) == []
+
+
+def test_before_any_demo_data_the_sensor_skips_saying_what_to_run(local_settings, instance) -> None:
+    """Plain `dagster dev` in a fresh clone: no store yet. A skip that names the command, not an
+    error on every tick; the cursor stays empty, so the first real tick still loads only the newest."""
+    resources = build_resources(local_settings)
+    context = dg.build_sensor_context(instance=instance, resources={"settings": resources["settings"], "store": resources["store"]})
+    result = inventory_report_sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    assert not result.run_requests and not result.dynamic_partitions_requests and result.cursor is None
+    assert result.skip_reason is not None
+    message = result.skip_reason.skip_message
+    assert "rivbulk demo" in message and str(local_settings.local_store_root) in message
+
+
+def test_a_missing_bucket_in_production_is_still_an_error(aws_credentials, monkeypatch, instance) -> None:
+    from moto import mock_aws
+
+    from rivbulk_pipeline.core.errors import ObjectNotFound
+    from rivbulk_pipeline.settings import Settings
+
+    for name, value in {"RIVBULK_DEPLOYMENT": "aws", "RIVBULK_REGION": "us-east-1", "RIVBULK_IMAGE_BUCKET": "images",
+                        "RIVBULK_INVENTORY_BUCKET": "no-such-inventory", "RIVBULK_OUTPUT_BUCKET": "out",
+                        "RIVBULK_GATEWAY_URL": "http://127.0.0.1:9"}.items():
+        monkeypatch.setenv(name, value)
+    with mock_aws():
+        resources = build_resources(Settings.from_env())
+        with dg.build_sensor_context(instance=instance, resources={"settings": resources["settings"], "store": resources["store"]}) as context:
+            with pytest.raises(ObjectNotFound):
+                inventory_report_sensor(context)

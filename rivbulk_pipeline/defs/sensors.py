@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from ..core.errors import ObjectNotFound
 from ..core.inventory.reports import SensorCursor, scan_for_new_reports
 from ..resources.object_store import ObjectStoreResource
 from ..settings import Settings
@@ -22,7 +23,16 @@ def inventory_report_sensor(
 ) -> dg.SensorResult:
     cursor = SensorCursor.parse(context.cursor)
     first_tick = not context.cursor
-    scan = scan_for_new_reports(store, settings.inventory_bucket, settings.report_root, cursor)
+    try:
+        scan = scan_for_new_reports(store, settings.inventory_bucket, settings.report_root, cursor)
+    except ObjectNotFound:
+        if settings.deployment != "local":
+            raise  # a production bucket that is not there is a fault the operator must see
+        # The local default before any data exists (plain `dagster dev` in a fresh clone): say what to do.
+        return dg.SensorResult(
+            skip_reason=f"no inventory reports in {settings.local_store_root / settings.inventory_bucket}: "
+            "run `rivbulk demo` for the demo data, or `rivbulk inventory` to list your own image bucket"
+        )
     known = set(context.instance.get_dynamic_partitions(inventory_dates.name))
     new_dates = sorted({folder.inventory_date for folder in scan.complete} - known)
     # One run per date, for its newest report: a run loads its date's newest complete report
