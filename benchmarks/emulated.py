@@ -4,7 +4,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 from rivbulk_pipeline.core.model import GatewayResult
 from rivbulk_pipeline.core.ports import ObjectStore
@@ -44,8 +44,16 @@ class RecordingGateway:
         self._lock = threading.Lock()
         self.entries: list[float] = []
 
+    needs_image_bytes = True
+
     def register(
-        self, user_id: str, image: bytes, properties: Mapping[str, str], pace: Callable[[], object] = lambda: None
+        self,
+        user_id: str,
+        image: Optional[bytes],
+        properties: Mapping[str, str],
+        pace: Callable[[], object] = lambda: None,
+        *,
+        source: object = None,
     ) -> GatewayResult:
         pace()
         arrived = time.monotonic()
@@ -53,3 +61,6 @@ class RecordingGateway:
             self.entries.append(arrived)
         time.sleep(self._latency)
         return GatewayResult.succeeded()
+
+    def user_exists(self, user_id: str) -> Optional[bool]:
+        return None

@@ -51,7 +51,11 @@ def make_history(path: str, records: int, seed: int = 5) -> SqliteImportHistory:
     conn.execute("PRAGMA synchronous = OFF")
     conn.execute("BEGIN")
     for rows in _history_rows(records, np.random.default_rng(seed)):
-        conn.executemany("INSERT INTO import_history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        conn.executemany(
+            "INSERT INTO import_history (object_uri, version_id, etag, status, user_id, reason, attempts, owner,"
+            " updated_at, claim_expires_at, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
     conn.execute("COMMIT")
     conn.close()
     return history
