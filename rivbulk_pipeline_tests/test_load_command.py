@@ -22,7 +22,6 @@ from rivbulk_pipeline.demo import DEMO_CASES
 from rivbulk_pipeline.load import EXIT_CONFIGURATION, EXIT_OBJECTS_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_RUN_FAILED
 from rivbulk_pipeline.run_launchers import PID_TAG
 
-from .gateway_server import Answer
 from .production_world import BIN, World, add_date, production_world
 
 pytestmark = pytest.mark.timeout(300)
@@ -146,8 +145,9 @@ def test_a_date_already_running_is_refused_and_a_killed_load_frees_its_slot(worl
 
     users = [f"load-{n:02d}" for n in range(40)]  # 20 s at 2 per second: time for the second load
     date = add_date(world, users, datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0), seed=700)
-    slow = {**world.env, "RIVBULK_INDEX_RATE": "2", "RIVBULK_CLAIM_LEASE_SECONDS": "3"}
-    world.riv.default = Answer.succeeded().slow(0.2)
+    slow = {**world.env, "RIVBULK_INDEX_RATE": "2", "RIVBULK_CLAIM_LEASE_SECONDS": "3",
+            "RIVBULK_GATEWAY_TIMEOUT_SECONDS": "1", "RIVBULK_GATEWAY_WORKFLOW_TIMEOUT_SECONDS": "1"}
+    world.riv.set_latency(0.2)
     first = subprocess.Popen([str(BIN / "rivbulk"), "load", "--date", date], env=slow, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -170,7 +170,7 @@ def test_a_date_already_running_is_refused_and_a_killed_load_frees_its_slot(worl
             os.killpg(first.pid, signal.SIGKILL)
             first.wait(timeout=30)
     assert instance.get_run_by_id(running.run_id).status == dg.DagsterRunStatus.STARTED  # nobody said otherwise yet
-    world.riv.default = Answer.succeeded()
+    world.riv.set_latency(0.0)
     third = rivbulk_load(world, "--date", date, env=slow)
     assert third.code == EXIT_OK, third.stderr[-3000:]
     assert f"run {running.run_id} had died" in third.stderr

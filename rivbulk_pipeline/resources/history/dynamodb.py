@@ -465,12 +465,12 @@ class DynamoImportHistory(ImportHistoryResource):
             raise self._fail(f"{record.ref}: record", error) from error
 
     def release(self, ref: ObjectRef, owner: str) -> bool:
-        return self._set_own_lease(ref, owner, 0.0, "release")
+        return self._set_own_lease(ref, owner, 0, "release")
 
     def renew(self, ref: ObjectRef, owner: str, lease_seconds: float) -> bool:
         return self._set_own_lease(ref, owner, time.time() + lease_seconds, "renew")
 
-    def _set_own_lease(self, ref: ObjectRef, owner: str, expires_at: float, what: str) -> bool:
+    def _set_own_lease(self, ref: ObjectRef, owner: str, expires_at: float, what: str) -> bool:  # 0: ended
         """Set the lease of `owner`'s claim (0: ended); False when `owner` holds no claim."""
         key = _key_attrs(ref)
         try:
