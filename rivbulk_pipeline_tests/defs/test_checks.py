@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime, timezone
 
 import dagster as dg
 import pyarrow as pa
@@ -17,12 +16,9 @@ from rivbulk_pipeline.defs.checks import (
     indexed_users_match_the_import_history,
     indexed_users_one_outcome_per_qualified_object,
 )
-from rivbulk_pipeline.defs.partitions import inventory_dates
 from rivbulk_pipeline.defs.resources import build_resources
-from rivbulk_pipeline.demo import create_demo
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 
-NOW = datetime(2026, 11, 22, 9, 30, tzinfo=timezone.utc)
 DATE = "2026-11-22"
 
 
@@ -37,17 +33,9 @@ class DoublingStore(LocalObjectStore):
 
 
 @pytest.fixture
-def demo(local_settings):
-    create_demo(local_settings, now=NOW)
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(inventory_dates.name, [DATE])
-    return local_settings, instance
-
-
-@pytest.fixture
-def loaded(demo):
+def loaded(demo, instance):
     """The demo date loaded, every check passing: the tests then break what was stored."""
-    settings, instance = demo
+    settings = demo.settings
     resources = build_resources(settings)
     result = dg.materialize(
         [*bulk_load_assets, *bulk_load_checks], partition_key=DATE, resources=resources, instance=instance
@@ -70,8 +58,8 @@ def _run_checks(resources: dict, instance: dg.DagsterInstance, *checks) -> dict[
     return _evaluations(result)
 
 
-def test_doubled_decisions_fail_the_blocking_check_and_nobody_is_registered(demo):
-    settings, instance = demo
+def test_doubled_decisions_fail_the_blocking_check_and_nobody_is_registered(demo, instance):
+    settings = demo.settings
     resources = build_resources(settings)
     resources["store"] = DoublingStore(root=resources["store"].root)
     resources["registration"] = resources["registration"].model_copy(update={"store": resources["store"]})

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
 import io
 import json
-import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,30 +39,11 @@ from rivbulk_pipeline.defs.resources import build_resources
 from rivbulk_pipeline.demo import DEMO_CASES, OTHER_BUCKET, face_image, populate_images, preregister
 from rivbulk_pipeline.settings import Settings
 
-from .gateway_server import FakeRivGateway, SigV4Expectation
-from .riv_standin import RecordedRequest, RivStandIn
-
-REGION = "eu-west-1"  # not us-east-1: buckets need a LocationConstraint, tables live per region
-DECOY_REGION = "us-west-2"  # AWS_DEFAULT_REGION: RIVBULK_REGION must win over it
-API_KEY = "k3y-for-the-fake-gateway"
-ACCESS_KEY, SECRET_KEY, SESSION_TOKEN = "AKIDRIVBULKTEST", "rivbulk-test-secret", "rivbulk-test-token"
-OUTPUT_PREFIX = "rivbulk-out"
-
-# Every setting the aws deployment reads, as an operator would export them.
-RIVBULK_ENV = {
-    "RIVBULK_DEPLOYMENT": "aws",
-    "RIVBULK_REGION": REGION,
-    "RIVBULK_IMAGE_BUCKET": "riv-aws-images",
-    "RIVBULK_INVENTORY_BUCKET": "riv-aws-inventory",
-    "RIVBULK_INVENTORY_PREFIX": "inventory/reports",
-    "RIVBULK_INVENTORY_CONFIG_ID": "nightly",
-    "RIVBULK_OUTPUT_BUCKET": "riv-aws-output",
-    "RIVBULK_OUTPUT_PREFIX": OUTPUT_PREFIX,
-    "RIVBULK_HISTORY_TABLE": "riv-aws-import-history",
-    "RIVBULK_GATEWAY_AUTH": "api_key",
-    "RIVBULK_GATEWAY_API_KEY": API_KEY,
-    "RIVBULK_INDEX_RATE": "50",
-}
+from rivbulk_pipeline_tests.support.aws_deployment import (
+    ACCESS_KEY, API_KEY, OUTPUT_PREFIX, REGION, RIVBULK_ENV, SECRET_KEY, SESSION_TOKEN, hermetic_aws_env, load_definitions,
+)
+from rivbulk_pipeline_tests.support.gateway_server import FakeRivGateway, SigV4Expectation
+from rivbulk_pipeline_tests.support.riv_standin import RecordedRequest, RivStandIn
 
 INDEXED_CASES = [c for c in DEMO_CASES if c.expect == "indexed"]
 FAILED_CASES = [c for c in DEMO_CASES if c.expect.startswith("failed:")]
@@ -87,30 +66,6 @@ def _expected_faces() -> dict[str, int]:
 def _user_id(case: Any) -> Optional[str]:
     user_id = tag_lookup(case.tags, "UserId")
     return user_id.lower() if user_id else None  # as RIV keys it
-
-
-def _hermetic_aws_env(mp: pytest.MonkeyPatch, scratch: Path) -> None:
-    """Only our settings and fake credentials: nothing from the host's environment or ~/.aws."""
-    for name in list(os.environ):
-        if name.startswith(("RIVBULK_", "AWS_")):
-            mp.delenv(name)
-    mp.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    mp.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    mp.setenv("AWS_SESSION_TOKEN", SESSION_TOKEN)
-    mp.setenv("AWS_DEFAULT_REGION", DECOY_REGION)
-    mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(scratch / "no-credentials"))
-    mp.setenv("AWS_CONFIG_FILE", str(scratch / "no-config"))
-    mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-
-
-def load_definitions() -> dg.Definitions:
-    """Run definitions.py afresh under the current environment, as loading the code location
-    does, without replacing the module object that other tests may hold."""
-    spec = importlib.util.find_spec("rivbulk_pipeline.definitions")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.defs
 
 
 @dataclass
@@ -156,7 +111,7 @@ def _recording(endpoint: str) -> list[tuple[str, str]]:
 def aws_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AwsRun]:
     scratch = tmp_path_factory.mktemp("aws_pipeline")
     with pytest.MonkeyPatch.context() as mp:
-        _hermetic_aws_env(mp, scratch)
+        hermetic_aws_env(mp, scratch)
         # moto's request recorder is our S3 access log; keep its file out of the working tree.
         mp.setattr(recorder, "_location", str(scratch / "moto_recording.jsonl"))
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

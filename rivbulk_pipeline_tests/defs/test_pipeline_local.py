@@ -1,21 +1,16 @@
 """The four assets end to end on the local default, through Dagster's `materialize`."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
 
 import dagster as dg
 import pyarrow.parquet as pq
-import pytest
 
 from rivbulk_pipeline.core.inventory.reports import report_folders
 from rivbulk_pipeline.core.model import Outcome
 from rivbulk_pipeline.defs.assets import bulk_load_assets
 from rivbulk_pipeline.defs.checks import bulk_load_checks
 from rivbulk_pipeline.defs.partitions import inventory_dates
-from rivbulk_pipeline.defs.resources import build_resources
-from rivbulk_pipeline.demo import DEMO_CASES, create_demo
-
-NOW = datetime(2026, 11, 22, 9, 30, tzinfo=timezone.utc)
+from rivbulk_pipeline.demo import DEMO_CASES
 
 
 def _table(home, settings, asset: str, partition: str) -> list[dict]:
@@ -29,24 +24,14 @@ def _load(instance, resources, partition: str, **kwargs) -> dg.ExecuteInProcessR
     )
 
 
-@pytest.fixture
-def demo(local_settings):
-    home = create_demo(local_settings, now=NOW)
-    resources = build_resources(local_settings)
-    instance = dg.DagsterInstance.ephemeral()
-    folders = report_folders(resources["store"], local_settings.inventory_bucket, resources["settings"].report_root)
-    instance.add_dynamic_partitions(inventory_dates.name, sorted({f.inventory_date for f in folders}))
-    return local_settings, home, resources, instance
-
-
 def test_demo_writes_reports_for_three_past_dates_and_today(demo):
     settings, home, resources, _ = demo
     folders = report_folders(resources["store"], settings.inventory_bucket, resources["settings"].report_root)
     assert [f.inventory_date for f in folders] == ["2026-11-19", "2026-11-20", "2026-11-21", "2026-11-22"]
 
 
-def test_every_demo_object_ends_with_the_outcome_its_case_calls_for(demo):
-    settings, home, resources, instance = demo
+def test_every_demo_object_ends_with_the_outcome_its_case_calls_for(demo, instance):
+    settings, home, resources, _ = demo
     result = _load(instance, resources, "2026-11-22")
     assert result.success
 
@@ -84,8 +69,8 @@ def test_every_demo_object_ends_with_the_outcome_its_case_calls_for(demo):
     assert {e.partition for e in result.get_asset_check_evaluations()} == {"2026-11-22"}
 
 
-def test_rerun_and_backfill_register_nobody_twice(demo):
-    settings, home, resources, instance = demo
+def test_rerun_and_backfill_register_nobody_twice(demo, instance):
+    settings, home, resources, _ = demo
     assert _load(instance, resources, "2026-11-22").success
     registry = resources["gateway"]
     calls_after_first = registry.register_calls()

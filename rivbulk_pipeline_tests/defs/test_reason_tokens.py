@@ -20,7 +20,7 @@ from rivbulk_pipeline.defs.partitions import inventory_dates
 from rivbulk_pipeline.defs.resources import build_resources
 from rivbulk_pipeline.demo import face_image
 from rivbulk_pipeline.resources.gateway import RivHttpGateway
-from rivbulk_pipeline_tests.gateway_server import Answer, FakeRivGateway
+from rivbulk_pipeline_tests.support.gateway_server import Answer, FakeRivGateway
 
 NAMED = "Mallory Smith is on the watch list and may not enrol"  # a gateway's sentence, no colon
 

@@ -26,7 +26,7 @@ from rivbulk_pipeline.defs.resources import build_resources
 from rivbulk_pipeline.demo import face_image
 from rivbulk_pipeline.resources.registration import CustomRegistrationProvider
 from rivbulk_pipeline.settings import Settings, SettingsError
-from rivbulk_pipeline_tests.test_local_store import fake_aws
+from rivbulk_pipeline_tests.support.aws import fake_aws
 
 DSN = "postgresql://hr:Hunter2-SeKrEt-dsn@db.example.internal/people"
 TOKEN = "tok-SeKrEt-from-secrets-manager"

@@ -12,7 +12,7 @@ from rivbulk_pipeline.defs.jobs import bulk_load_job
 from rivbulk_pipeline.defs.partitions import inventory_dates
 from rivbulk_pipeline.defs.resources import build_resources
 from rivbulk_pipeline.defs.sensors import inventory_report_sensor
-from rivbulk_pipeline.demo import create_demo, write_report
+from rivbulk_pipeline.demo import write_report
 
 # Relative to the real clock: the sensor keeps an incomplete report pending for a week from now.
 TODAY = datetime.now(timezone.utc).date()
@@ -24,16 +24,14 @@ def day(offset: int) -> str:
 
 
 @pytest.fixture
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
+def demo_now() -> datetime:
+    return NOW
 
 
 @pytest.fixture
-def demo(local_settings):
-    create_demo(local_settings, now=NOW)
-    resources = build_resources(local_settings)
-    return local_settings, {"settings": resources["settings"], "store": resources["store"]}
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
 
 
 def tick(instance: dg.DagsterInstance, resources: dict[str, Any], cursor: Optional[str]) -> dg.SensorResult:
@@ -71,7 +69,7 @@ def test_sensor_is_running_by_default_and_targets_the_bulk_load_job():
 
 
 def test_first_tick_adds_every_date_and_runs_only_the_newest_report(demo, instance):
-    settings, resources = demo
+    settings, _, resources, _ = demo
     folders = report_folders(resources["store"], settings.inventory_bucket, resources["settings"].report_root)
     assert [f.inventory_date for f in folders] == [day(-3), day(-2), day(-1), day(0)]
 
@@ -87,7 +85,7 @@ def test_first_tick_adds_every_date_and_runs_only_the_newest_report(demo, instan
 
 
 def test_a_report_delivered_later_gets_exactly_one_run_and_its_date(demo, instance):
-    settings, resources = demo
+    settings, _, resources, _ = demo
     cursor = tick(instance, resources, None).cursor
 
     tomorrow = NOW + timedelta(hours=13)  # 01:00 the next day
@@ -109,7 +107,7 @@ def test_a_report_delivered_later_gets_exactly_one_run_and_its_date(demo, instan
 
 
 def test_an_incomplete_report_gets_no_run_until_it_is_complete(demo, instance):
-    settings, resources = demo
+    settings, _, resources, _ = demo
     store = resources["store"]
     cursor = tick(instance, resources, None).cursor
 
@@ -133,7 +131,7 @@ def test_an_incomplete_report_gets_no_run_until_it_is_complete(demo, instance):
 
 
 def test_two_new_reports_of_one_date_in_one_tick_get_one_run_for_the_newer(demo, instance):
-    settings, resources = demo
+    settings, _, resources, _ = demo
     cursor = tick(instance, resources, None).cursor
 
     early, late = NOW + timedelta(hours=13), NOW + timedelta(hours=20)
@@ -158,7 +156,7 @@ def test_before_any_demo_data_the_sensor_skips_saying_what_to_run(local_settings
     assert "rivbulk demo" in message and str(local_settings.local_store_root) in message
 
 
-def test_a_missing_bucket_in_production_is_still_an_error(aws_credentials, monkeypatch, instance) -> None:
+def test_a_missing_bucket_in_production_is_still_an_error(aws_env, monkeypatch, instance) -> None:
     from moto import mock_aws
 
     from rivbulk_pipeline.core.errors import ObjectNotFound

@@ -6,7 +6,7 @@ import pytest
 from rivbulk_pipeline.cli import main
 from rivbulk_pipeline.settings import Settings, SettingsError
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_empty_prefixes_stay_empty_so_a_report_at_the_bucket_root_is_found() -> None:

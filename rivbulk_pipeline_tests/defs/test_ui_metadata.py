@@ -13,29 +13,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rivbulk_pipeline.core.inventory.reports import report_folders
 from rivbulk_pipeline.core.model import CANDIDATE_SCHEMA, INDEXED_SCHEMA, INVENTORY_SCHEMA, QUALIFIED_SCHEMA, HistoryRecord, HistoryStatus, ObjectRef
 from rivbulk_pipeline.defs.assets import bulk_load_assets, indexed_users
 from rivbulk_pipeline.defs.inventory_freshness import inventory_age_result, inventory_is_fresh
 from rivbulk_pipeline.defs.metadata import FailedRows
 from rivbulk_pipeline.defs.partitions import inventory_dates
-from rivbulk_pipeline.defs.resources import build_resources
 from rivbulk_pipeline.defs.summary import import_summary
-from rivbulk_pipeline.demo import DEMO_CASES, create_demo
+from rivbulk_pipeline.demo import DEMO_CASES
+from rivbulk_pipeline_tests.support.clock import NOW
 
-NOW = datetime(2026, 11, 22, 9, 30, tzinfo=timezone.utc)
 NEWEST, OLDEST = "2026-11-22", "2026-11-19"
 FIVE_REASONS = {"UserAlreadyExists", "apostrophe_in_request", "corrupt_image", "too_small", "unsupported_format"}
 SCHEMAS = {"inventory_report": INVENTORY_SCHEMA, "batch_manifest": CANDIDATE_SCHEMA,
            "qualified_objects": QUALIFIED_SCHEMA, "indexed_users": INDEXED_SCHEMA}
-
-
-@pytest.fixture
-def demo(local_settings):
-    home = create_demo(local_settings, now=NOW)
-    resources = build_resources(local_settings)
-    folders = report_folders(resources["store"], local_settings.inventory_bucket, local_settings.report_root)
-    return local_settings, home, resources, sorted({f.inventory_date for f in folders})
 
 
 def _defs(resources) -> dg.Definitions:
@@ -62,13 +52,6 @@ def _stored(home: Path, settings, asset: str, partition: str) -> pd.DataFrame:
     return pq.read_table(
         home / "store" / settings.output_bucket_name / settings.output_prefix / asset / f"dt={partition}" / f"{asset}.parquet"
     ).to_pandas()
-
-
-@pytest.fixture
-def instance(demo):
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(inventory_dates.name, demo[3])
-    return instance
 
 
 def test_failed_rows_and_counts_by_reason_for_a_date_with_failures(demo, instance):

@@ -21,13 +21,14 @@ import pytest
 from rivbulk_pipeline.core.inventory.reports import report_folders
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 from rivbulk_pipeline.settings import Settings
-from rivbulk_pipeline_tests.test_dagster_dev import (
+from rivbulk_pipeline_tests.support.dev_server import (
     LAUNCH_BACKFILL,
+    POLL_SECONDS,
     DevServer,
     finished_backfill,
     finished_sensor_run,
-    wait_for,
 )
+from rivbulk_pipeline_tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -116,17 +117,17 @@ def test_the_ui_shows_failed_rows_and_the_summary(tmp_path: Path) -> None:
     server = DevServer(home, dagster_home, tmp_path / "rivbulk-dev.log")
     try:
         settings = Settings.from_env({"RIVBULK_HOME": str(home)})
-        wait_for(server, "the demo data", lambda: (home / "store").exists() or None, deadline)
-        wait_for(server, "the sensor's run of the newest date", lambda: finished_sensor_run(server), deadline)
+        wait_for("the demo data", lambda: (home / "store").exists() or None, deadline=deadline, interval=POLL_SECONDS, server=server)
+        wait_for("the sensor's run of the newest date", lambda: finished_sensor_run(server), deadline=deadline, interval=POLL_SECONDS, server=server)
         store = LocalObjectStore(root=str(home / "store"))
         dates = sorted({f.inventory_date for f in report_folders(store, settings.inventory_bucket, settings.report_root)})
         newest, oldest = dates[-1], dates[0]
 
         backfill_id = _launch_job_backfill(server, [oldest])
-        backfill = wait_for(server, f"the backfill of {oldest}", lambda: finished_backfill(server, backfill_id), deadline)
+        backfill = wait_for(f"the backfill of {oldest}", lambda: finished_backfill(server, backfill_id), deadline=deadline, interval=POLL_SECONDS, server=server)
         assert backfill["status"] == "COMPLETED_SUCCESS", backfill
         summary_path = home / "store" / settings.output_bucket_name / settings.output_prefix / "import_summary" / "import_summary.parquet"
-        stored = wait_for(server, "the summary after the backfill", lambda: _summary_covering(summary_path, oldest), deadline)
+        stored = wait_for("the summary after the backfill", lambda: _summary_covering(summary_path, oldest), deadline=deadline, interval=POLL_SECONDS, server=server)
         assert stored[newest]["indexed"] == 9 and stored[oldest]["indexed"] == 0
 
         with sync_playwright() as playwright:

@@ -26,8 +26,9 @@ from rivbulk_pipeline.defs.resources import build_resources
 from rivbulk_pipeline.demo import face_image
 from rivbulk_pipeline.settings import Settings
 
-from .riv_standin import RivStandInProcess
-from .test_dagster_dev import DevServer, finished_backfill, launch_backfill, wait_for
+from rivbulk_pipeline_tests.support.dev_server import POLL_SECONDS, DevServer, finished_backfill, launch_backfill
+from rivbulk_pipeline_tests.support.riv_standin import RivStandInProcess
+from rivbulk_pipeline_tests.support.waiting import wait_for
 
 RATE = 4  # registrations per second for the deployment
 USERS_PER_DATE = 6
@@ -132,7 +133,7 @@ def test_a_backfill_of_three_dates_keeps_one_gateway_rate_and_registers_everyone
             started = time.monotonic()
             deadline = started + TOTAL_SECONDS
             server = DevServer(tmp_path / "home", dagster_home, tmp_path / "rivbulk-dev.log", extra_env=env)
-            wait_for(server, "the webserver", lambda: requests.get(f"{server.url}/server_info", timeout=5).json() or None, deadline)
+            wait_for("the webserver", lambda: requests.get(f"{server.url}/server_info", timeout=5).json() or None, deadline=deadline, interval=POLL_SECONDS, server=server)
             _stop_sensor(server)
             users = _write_dates(settings)
             for date in DATES:
@@ -140,7 +141,7 @@ def test_a_backfill_of_three_dates_keeps_one_gateway_rate_and_registers_everyone
                 assert added["addDynamicPartition"]["__typename"] == "AddDynamicPartitionSuccess", added
 
             backfill_id = launch_backfill(server, DATES)
-            backfill = wait_for(server, f"backfill of {DATES}", lambda: finished_backfill(server, backfill_id), deadline)
+            backfill = wait_for(f"backfill of {DATES}", lambda: finished_backfill(server, backfill_id), deadline=deadline, interval=POLL_SECONDS, server=server)
             elapsed = time.monotonic() - started
 
             assert backfill["status"] == "COMPLETED_SUCCESS", backfill

@@ -18,9 +18,9 @@ from rivbulk_pipeline.cli import main
 from rivbulk_pipeline.defs.partitions import inventory_dates
 from rivbulk_pipeline.demo import create_demo, populate_images, preregister
 
-from .corrections_scenario import Deployment, alert_queue, check_backlog_alert, run_scenario
-from .riv_standin import RivStandIn
-from .test_pipeline_aws import API_KEY, REGION, RIVBULK_ENV, _hermetic_aws_env, load_definitions
+from rivbulk_pipeline_tests.support.aws_deployment import API_KEY, REGION, RIVBULK_ENV, hermetic_aws_env, load_definitions
+from rivbulk_pipeline_tests.support.corrections_scenario import Deployment, alert_queue, check_backlog_alert, run_scenario
+from rivbulk_pipeline_tests.support.riv_standin import RivStandIn
 
 ALERT_ENV = {"RIVBULK_ALERT_PERMANENT_FAILURES": "2", "RIVBULK_ALERT_TRANSIENT_BACKLOG_HOURS": "24"}
 
@@ -35,7 +35,7 @@ def moto_server():
 
 
 def test_corrections_end_to_end_local(tmp_path, monkeypatch, moto_server):
-    _hermetic_aws_env(monkeypatch, tmp_path)
+    hermetic_aws_env(monkeypatch, tmp_path)
     monkeypatch.setenv("RIVBULK_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("RIVBULK_INDEX_RATE", "200")
     monkeypatch.setenv("RIVBULK_REGION", REGION)
@@ -78,7 +78,7 @@ def test_corrections_end_to_end_local(tmp_path, monkeypatch, moto_server):
 
 
 def test_corrections_end_to_end_aws(tmp_path, monkeypatch, moto_server):
-    _hermetic_aws_env(monkeypatch, tmp_path)
+    hermetic_aws_env(monkeypatch, tmp_path)
     with RivStandIn(api_key=API_KEY) as riv:
         for name, value in {**RIVBULK_ENV, **ALERT_ENV}.items():
             monkeypatch.setenv(name, value)

@@ -31,8 +31,8 @@ import yaml
 
 from rivbulk_pipeline.defs.pools import GATEWAY_POOL
 
-from .production_world import BIN, World, add_date, code_server, free_port, production_world, stop, workspace_file
-from .test_dagster_dev import DevServer
+from rivbulk_pipeline_tests.support.dev_server import DevServer
+from rivbulk_pipeline_tests.support.production_world import BIN, World, add_date, code_server, free_port, production_world, stop, workspace_file
 
 pytestmark = pytest.mark.timeout(600)
 

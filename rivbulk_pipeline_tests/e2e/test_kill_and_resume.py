@@ -43,7 +43,7 @@ def test_sigkill_mid_indexing_then_rerun(local_settings, tmp_path, monkeypatch):
         instance.add_dynamic_partitions(inventory_dates.name, [partition])
 
     child = subprocess.Popen(
-        [sys.executable, "-m", "rivbulk_pipeline_tests.resume_child", partition],
+        [sys.executable, "-m", "rivbulk_pipeline_tests.support.resume_child", partition],
         env=dict(os.environ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -22,8 +22,8 @@ from rivbulk_pipeline.demo import DEMO_CASES
 from rivbulk_pipeline.load import EXIT_CONFIGURATION, EXIT_OBJECTS_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_RUN_FAILED
 from rivbulk_pipeline.run_launchers import PID_TAG
 
-from .gateway_server import Answer
-from .production_world import BIN, World, add_date, production_world
+from rivbulk_pipeline_tests.support.gateway_server import Answer
+from rivbulk_pipeline_tests.support.production_world import BIN, World, add_date, production_world
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -27,7 +27,7 @@ from dagster_aws.ecs import EcsRunLauncher
 
 from rivbulk_pipeline.demo import DEMO_CASES
 
-from .production_world import (
+from rivbulk_pipeline_tests.support.production_world import (
     API_KEY,
     BIN,
     CLUSTER,
@@ -43,9 +43,9 @@ from .production_world import (
     pg_dump,
     production_world,
     stop,
-    wait_for,
     workspace_file,
 )
+from rivbulk_pipeline_tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(600)
 

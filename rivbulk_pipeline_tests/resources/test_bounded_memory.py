@@ -13,8 +13,8 @@ from moto import mock_aws
 from rivbulk_pipeline.core.errors import ObjectChanged, ObjectTooLarge
 from rivbulk_pipeline.resources.aws import AwsClients
 from rivbulk_pipeline.resources.object_store import LocalObjectStore, ObjectStoreResource, S3ObjectStore
-from rivbulk_pipeline_tests.test_local_store import fake_aws, md5
-from rivbulk_pipeline_tests.test_s3_store import FaultyFront, direct, front, moto_endpoint, moto_server, aws_env, through  # noqa: F401
+from rivbulk_pipeline_tests.support.aws import fake_aws, md5
+from rivbulk_pipeline_tests.support.faulty_front import through
 
 BUCKET = "images"
 

@@ -9,7 +9,6 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
 
 import boto3
 import dagster as dg
@@ -31,35 +30,7 @@ from rivbulk_pipeline.resources.history import (
     record_item_size,
 )
 from rivbulk_pipeline.resources.history.sqlite import LOOKUP_QUERY as SQLITE_LOOKUP_QUERY
-
-REGION = "us-east-1"
-TABLE = "rivbulk-history"
-
-
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Fake credentials through the standard chain; no real profile or config can leak in."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-
-
-@pytest.fixture(params=["sqlite", "dynamodb"])
-def history(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ImportHistoryResource]:
-    if request.param == "sqlite":
-        store = SqliteImportHistory(db_path=str(tmp_path / "history" / "history.db"))
-        yield store
-        store.close()
-    else:
-        request.getfixturevalue("aws_env")
-        with mock_aws():
-            create_history_table(TABLE, AwsClients(region_name=REGION))
-            yield DynamoImportHistory(table_name=TABLE, aws=AwsClients(region_name=REGION))
-
+from rivbulk_pipeline_tests.support.aws import HISTORY_TABLE as TABLE, REGION
 
 def ref(key: str, version_id: str | None = None) -> ObjectRef:
     return ObjectRef("faces", key, version_id)

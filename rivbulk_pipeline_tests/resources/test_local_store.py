@@ -6,7 +6,6 @@ its key limits, the files on disk, atomic writes, hand-copied files, threads and
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import multiprocessing
 import threading
@@ -23,6 +22,7 @@ from rivbulk_pipeline.core.errors import InvalidKey, ObjectNotFound, TagLimitErr
 from rivbulk_pipeline.core.model import LISTING_SCHEMA
 from rivbulk_pipeline.resources.aws import AwsClients
 from rivbulk_pipeline.resources.object_store import LocalObjectStore, ObjectStoreResource, S3ObjectStore
+from rivbulk_pipeline_tests.support.aws import fake_aws, md5
 
 BUCKET = "images"
 
@@ -43,25 +43,6 @@ ODD_KEYS = [
 # must come before "x😀" (U+1F600), "B" before "b-x", and a folder's keys after "b.x".
 ORDER_KEYS = ["b~", "bé", "B", "b-x", "b.x", "b/x", "b/a/z", "b0/y", "ba", "x😀", "x\uff5e", "x/1", "x/2/3"]
 ORDER_EXPECTED = ["B", "b-x", "b.x", "b/a/z", "b/x", "b0/y", "ba", "b~", "bé", "x/1", "x/2/3", "x\uff5e", "x😀"]
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
-
-
-def fake_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Fake credentials only; no profile or config file of the machine running the tests."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
 
 
 @pytest.fixture(params=["local", "s3"])

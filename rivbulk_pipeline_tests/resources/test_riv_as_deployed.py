@@ -25,7 +25,7 @@ from rivbulk_pipeline.resources.history import SqliteImportHistory
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 from rivbulk_pipeline.resources.registration import S3TagRegistrationProvider
 
-from .riv_standin import RivStandIn, make_png
+from rivbulk_pipeline_tests.support.riv_standin import RivStandIn, make_png
 
 BUCKET = "faces"
 

@@ -23,7 +23,7 @@ from rivbulk_pipeline.core.model import GatewayResult, ObjectRef, Outcome
 from rivbulk_pipeline.core.rules.riv_protocol import DETECT_FACES_RESULT_RESERVE
 from rivbulk_pipeline.resources.gateway import GatewayResource, RivHttpGateway
 
-from .gateway_server import Answer, FakeRivGateway, SigV4Expectation
+from rivbulk_pipeline_tests.support.gateway_server import Answer, FakeRivGateway, SigV4Expectation
 
 PROPS = {"name": "Private Person", "employee": "E-1234"}
 
@@ -49,7 +49,7 @@ def riv() -> Iterator[FakeRivGateway]:
 
 
 @pytest.fixture
-def aws_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def no_aws_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A hermetic AWS credential chain: no real files, no instance metadata."""
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
                  "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ROLE_ARN",
@@ -337,7 +337,7 @@ def test_secrets_and_personal_data_never_reach_the_logs(riv: FakeRivGateway, cap
         assert secret not in text
 
 
-def test_sigv4_verified_by_the_server(aws_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sigv4_verified_by_the_server(no_aws_credentials: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "right-secret")
     monkeypatch.setenv("AWS_SESSION_TOKEN", "session-token-1")
@@ -361,7 +361,7 @@ def test_sigv4_verified_by_the_server(aws_env: Path, monkeypatch: pytest.MonkeyP
         assert [r.authorized for r in riv.requests] == [True, False, False]
 
 
-def test_sigv4_region_from_the_environment(aws_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sigv4_region_from_the_environment(no_aws_credentials: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-south-1")
@@ -369,10 +369,10 @@ def test_sigv4_region_from_the_environment(aws_env: Path, monkeypatch: pytest.Mo
         assert RivHttpGateway(url=riv.url, auth="sigv4").register("vic", face(24), {}).outcome is Outcome.INDEXED
 
 
-def test_sigv4_credentials_are_refreshed_per_call(aws_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sigv4_credentials_are_refreshed_per_call(no_aws_credentials: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A credential_process that hands out short-lived keys: botocore must refresh before each call.
-    key_file = aws_env / "current-key"
-    script = aws_env / "creds.py"
+    key_file = no_aws_credentials / "current-key"
+    script = no_aws_credentials / "creds.py"
     script.write_text(
         "import datetime, json, pathlib\n"
         f"key = pathlib.Path({str(key_file)!r}).read_text()\n"
@@ -380,8 +380,8 @@ def test_sigv4_credentials_are_refreshed_per_call(aws_env: Path, monkeypatch: py
         "print(json.dumps({'Version': 1, 'AccessKeyId': key, 'SecretAccessKey': 'secret-' + key,\n"
         "                  'Expiration': expires.strftime('%Y-%m-%dT%H:%M:%SZ')}))\n"
     )
-    (aws_env / "config").write_text(f"[default]\ncredential_process = {sys.executable} {script}\n")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(aws_env / "config"))
+    (no_aws_credentials / "config").write_text(f"[default]\ncredential_process = {sys.executable} {script}\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(no_aws_credentials / "config"))
     key_file.write_text("AKIDFIRST")
     with FakeRivGateway(sigv4=SigV4Expectation("AKIDFIRST", "secret-AKIDFIRST", "eu-west-1")) as riv:
         gw = RivHttpGateway(url=riv.url, auth="sigv4", region_name="eu-west-1")
@@ -395,7 +395,7 @@ def test_sigv4_credentials_are_refreshed_per_call(aws_env: Path, monkeypatch: py
 # ---- configuration, threads, Dagster ----
 
 
-def test_configuration_errors_raise_clearly(aws_env: Path) -> None:
+def test_configuration_errors_raise_clearly(no_aws_credentials: Path) -> None:
     with pytest.raises(DeploymentError, match="auth must be one of"):
         RivHttpGateway(url="http://127.0.0.1:9", auth="basic").register("a", face(27), {})
     with pytest.raises(DeploymentError, match="needs api_key"):

@@ -17,7 +17,7 @@ import requests
 from moto import mock_aws
 from PIL import Image as PILImage
 
-from rivbulk_pipeline_tests.riv_standin import (
+from rivbulk_pipeline_tests.support.riv_standin import (
     STATE_LIMIT_BYTES,
     RivStandIn,
     execution_input_bytes,
@@ -369,7 +369,7 @@ def test_versions_before_98f4a0d_have_no_check_userid_route():
 # -- by reference (S3) ------------------------------------------------------------------------------
 
 
-def test_without_image_head_reads_s3_and_lower_cases_bucket_and_name_at_index(aws_credentials):
+def test_without_image_head_reads_s3_and_lower_cases_bucket_and_name_at_index(aws_env):
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket="photos")

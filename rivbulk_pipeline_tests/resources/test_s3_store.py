@@ -7,161 +7,25 @@ test_local_store.py, in the same suite as the local store.
 """
 from __future__ import annotations
 
-import http.client
 import os
 import re
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Callable, Iterator, Union
+from typing import Callable
 
 import boto3
 import pytest
 from moto import mock_aws
-from moto.server import ThreadedMotoServer
 
 from rivbulk_pipeline.core.errors import AccessDenied, ObjectNotFound, StoreError, TransientStoreError
 from rivbulk_pipeline.resources.aws import AwsClients
 from rivbulk_pipeline.resources.object_store import S3ObjectStore
-from rivbulk_pipeline_tests.test_local_store import fake_aws, md5
+from rivbulk_pipeline_tests.support.aws import fake_aws, md5
+from rivbulk_pipeline_tests.support.faulty_front import Action, FaultyFront, Plan, through
 
 BUCKET = "images"
-
-# What the front server does with request number n (0-based): forward it (None), cut the
-# forwarded body in half ("truncate") or send none of it ("hangup"), or answer an S3 error
-# ((status, code)).
-Action = Union[None, str, tuple[int, str]]
-Plan = Callable[[int, BaseHTTPRequestHandler], Action]
-
-S3_ERROR_XML = (
-    '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>test fault {n}</Message>'
-    "<RequestId>TESTREQ{n}</RequestId><HostId>front</HostId></Error>"
-)
-
-
-class FaultyFront:
-    """A real HTTP server on 127.0.0.1 in front of the moto server, following a plan."""
-
-    def __init__(self, upstream: tuple[str, int], plan: Plan) -> None:
-        self.upstream = upstream
-        self.plan = plan
-        self.requests: list[tuple[str, str, dict[str, str]]] = []
-        self._lock = threading.Lock()
-        front = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def handle_any(self) -> None:
-                front.handle(self)
-
-            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = handle_any
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
-
-    def handle(self, h: BaseHTTPRequestHandler) -> None:
-        length = int(h.headers.get("Content-Length") or 0)
-        body = h.rfile.read(length) if length else b""
-        with self._lock:
-            n = len(self.requests)
-            self.requests.append((h.command, h.path, dict(h.headers)))
-        action = self.plan(n, h)
-        if isinstance(action, tuple):
-            status, code = action
-            data = b"" if h.command == "HEAD" else S3_ERROR_XML.format(code=code, n=n).encode()
-            h.send_response(status)
-            h.send_header("Content-Type", "application/xml")
-            h.send_header("Content-Length", str(len(data)))
-            h.end_headers()
-            h.wfile.write(data)
-            return
-        upstream = http.client.HTTPConnection(*self.upstream, timeout=30)
-        headers = {k: v for k, v in h.headers.items() if k.lower() not in ("expect", "connection")}
-        upstream.request(h.command, h.path, body=body, headers=headers)
-        response = upstream.getresponse()
-        data = response.read()
-        upstream.close()
-        h.send_response(response.status)
-        for name, value in response.getheaders():
-            if name.lower() not in ("transfer-encoding", "connection", "content-length", "date", "server"):
-                h.send_header(name, value)
-        length = response.getheader("Content-Length", "0") if h.command == "HEAD" else str(len(data))
-        h.send_header("Content-Length", length)
-        h.end_headers()
-        if h.command == "HEAD":
-            return
-        if action in ("truncate", "hangup"):  # promise the whole body, send half or nothing
-            h.wfile.write(data[: len(data) // 2] if action == "truncate" else b"")
-            h.wfile.flush()
-            h.close_connection = True
-            return
-        h.wfile.write(data)
-
-    def object_gets(self) -> list[dict[str, str]]:
-        """Headers of the GETs of object bodies (not of ?tagging or listings)."""
-        return [headers for method, path, headers in self.requests if method == "GET" and "?" not in path]
-
-
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    fake_aws(monkeypatch, tmp_path)
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[tuple[str, int]]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    yield server.get_host_and_port()
-    server.stop()
-
-
-@pytest.fixture
-def moto_server(aws_env: None, moto_endpoint: tuple[str, int]) -> str:
-    """The moto server's URL, its state emptied for this test."""
-    reset = http.client.HTTPConnection(*moto_endpoint, timeout=30)
-    reset.request("POST", "/moto-api/reset")
-    assert reset.getresponse().status == 200
-    reset.close()
-    return "http://%s:%d" % moto_endpoint
-
-
-@pytest.fixture
-def direct(moto_server: str) -> S3ObjectStore:
-    """A store talking straight to the moto server, to set objects up."""
-    store = S3ObjectStore(aws=AwsClients(region_name="us-east-1", endpoint_url=moto_server))
-    store.create_bucket(BUCKET)
-    return store
-
-
-@pytest.fixture
-def front(moto_server: str) -> Iterator[Callable[[Plan], FaultyFront]]:
-    started: list[FaultyFront] = []
-
-    def start(plan: Plan) -> FaultyFront:
-        host, port = moto_server.removeprefix("http://").split(":")
-        started.append(FaultyFront((host, int(port)), plan))
-        return started[-1]
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-def through(server: FaultyFront, max_attempts: int) -> S3ObjectStore:
-    return S3ObjectStore(aws=AwsClients(region_name="us-east-1", endpoint_url=server.url, max_attempts=max_attempts))
-
 
 # ------------------------------------------------------------------ moto over HTTP
 

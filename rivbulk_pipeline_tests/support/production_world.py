@@ -15,11 +15,10 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import boto3
 import pytest
@@ -34,8 +33,9 @@ from rivbulk_pipeline.settings import Settings
 
 from .riv_standin import RivStandIn
 from .postgres_server import PostgresServer, running_postgres
+from .waiting import wait_for
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 REGION = "eu-west-1"
 API_KEY = "riv-api-key-from-secrets-manager-7f3a"
@@ -125,17 +125,6 @@ def add_date(world: World, users: list[str], created_at: datetime, seed: int) ->
         file_format="CSV",
     )
     return created_at.date().isoformat()
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def stop(process: subprocess.Popen) -> None:

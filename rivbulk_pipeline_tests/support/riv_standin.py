@@ -1204,7 +1204,7 @@ class RivStandInProcess:
         import sys
 
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "rivbulk_pipeline_tests.riv_standin", json.dumps(self._options)],
+            [sys.executable, "-m", "rivbulk_pipeline_tests.support.riv_standin", json.dumps(self._options)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         self.url = self._process.stdout.readline().strip()

@@ -18,7 +18,7 @@ from rivbulk_pipeline.core.inventory.reports import ReportFolder, report_folders
 from rivbulk_pipeline.core.inventory.writer import write_inventory_report
 from rivbulk_pipeline.core.model import ObjectInfo, listing_batch
 
-from .test_inventory import FolderStore
+from rivbulk_pipeline_tests.support.folder_store import FolderStore
 
 DEST = "inventory-bucket"
 CREATED = datetime(2026, 11, 20, 8, 15, 42, tzinfo=timezone.utc)

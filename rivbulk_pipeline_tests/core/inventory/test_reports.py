@@ -15,10 +15,10 @@ from rivbulk_pipeline.core.inventory.reports import SensorCursor, newest_complet
 from rivbulk_pipeline.core.inventory.writer import write_inventory_report
 from rivbulk_pipeline.core.model import ObjectInfo
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
+from rivbulk_pipeline_tests.support.clock import NOW
 
 BUCKET = "inventory-bucket"
 ROOT = report_root("inventory", "image-bucket", "daily")
-NOW = datetime(2026, 11, 22, 9, 30, tzinfo=timezone.utc)
 OBJECT = ObjectInfo("image-bucket", "alice/portrait.png", 1234, "0" * 32, NOW - timedelta(days=10))
 
 

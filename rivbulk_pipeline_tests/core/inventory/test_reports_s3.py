@@ -20,7 +20,7 @@ def _folder(n: int) -> str:
 
 
 @pytest.fixture
-def s3(aws_credentials):
+def s3(aws_env):
     with mock_aws():
         client = boto3.client("s3", region_name="us-east-1")
         client.create_bucket(Bucket=BUCKET)

@@ -14,8 +14,7 @@ from rivbulk_pipeline.demo import face_image
 from rivbulk_pipeline.resources.gateway import RivHttpGateway
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 from rivbulk_pipeline.resources.registration import S3TagRegistrationProvider
-from rivbulk_pipeline_tests.gateway_server import Answer, FakeRivGateway
-from rivbulk_pipeline_tests.test_history import aws_env, history  # noqa: F401 (fixtures: both histories)
+from rivbulk_pipeline_tests.support.gateway_server import Answer, FakeRivGateway
 
 BUCKET = "faces"
 
