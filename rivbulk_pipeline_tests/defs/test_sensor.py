@@ -25,6 +25,7 @@ def day(offset: int) -> str:
 
 @pytest.fixture
 def demo_now() -> datetime:
+    """The demo's newest report is of today: the sensor judges reports by the real clock."""
     return NOW
 
 
@@ -32,6 +33,13 @@ def demo_now() -> datetime:
 def instance():
     with dg.instance_for_test() as instance:
         yield instance
+
+
+@pytest.fixture
+def demo(demo):
+    """The demo's settings, and only the resources the sensor requires (the others would need
+    the sensor context opened as a context manager)."""
+    return demo.settings, {"settings": demo.resources["settings"], "store": demo.resources["store"]}
 
 
 def tick(instance: dg.DagsterInstance, resources: dict[str, Any], cursor: Optional[str]) -> dg.SensorResult:
@@ -69,7 +77,7 @@ def test_sensor_is_running_by_default_and_targets_the_bulk_load_job():
 
 
 def test_first_tick_adds_every_date_and_runs_only_the_newest_report(demo, instance):
-    settings, _, resources, _ = demo
+    settings, resources = demo
     folders = report_folders(resources["store"], settings.inventory_bucket, resources["settings"].report_root)
     assert [f.inventory_date for f in folders] == [day(-3), day(-2), day(-1), day(0)]
 
@@ -85,7 +93,7 @@ def test_first_tick_adds_every_date_and_runs_only_the_newest_report(demo, instan
 
 
 def test_a_report_delivered_later_gets_exactly_one_run_and_its_date(demo, instance):
-    settings, _, resources, _ = demo
+    settings, resources = demo
     cursor = tick(instance, resources, None).cursor
 
     tomorrow = NOW + timedelta(hours=13)  # 01:00 the next day
@@ -107,7 +115,7 @@ def test_a_report_delivered_later_gets_exactly_one_run_and_its_date(demo, instan
 
 
 def test_an_incomplete_report_gets_no_run_until_it_is_complete(demo, instance):
-    settings, _, resources, _ = demo
+    settings, resources = demo
     store = resources["store"]
     cursor = tick(instance, resources, None).cursor
 
@@ -131,7 +139,7 @@ def test_an_incomplete_report_gets_no_run_until_it_is_complete(demo, instance):
 
 
 def test_two_new_reports_of_one_date_in_one_tick_get_one_run_for_the_newer(demo, instance):
-    settings, _, resources, _ = demo
+    settings, resources = demo
     cursor = tick(instance, resources, None).cursor
 
     early, late = NOW + timedelta(hours=13), NOW + timedelta(hours=20)
