@@ -19,7 +19,7 @@ from rivbulk_pipeline.resources.history import SqliteImportHistory
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 from rivbulk_pipeline.resources.registration import S3TagRegistrationProvider
 from rivbulk_pipeline.settings import Settings
-from rivbulk_pipeline_tests.riv_standin import RivStandInProcess
+from rivbulk_pipeline_tests.support.riv_standin import RivStandInProcess
 
 BUCKET = "riv-rate-faces"
 
