@@ -277,7 +277,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     where.add_argument("what", help="a key in the image bucket, an s3:// URI, or a user id")
     where.set_defaults(run=cmd_where)
 
-    shown = commands.add_parser("settings", help="print every RIVBULK_* setting as the README's table")
+    shown = commands.add_parser("settings", help="print every RIVBULK_* setting as docs/settings.md's table")
     shown.set_defaults(run=cmd_settings)
 
     args = parser.parse_args(argv)

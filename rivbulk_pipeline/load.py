@@ -6,7 +6,7 @@ Settings come from the environment; the run is recorded in the Dagster instance 
 result record is printed when the run starts and again when it ends, and optionally written to
 S3 (or the local store) at the same key each time, so a reader sees `started` until the end.
 
-Exit status (also in the README):
+Exit status (also in docs/production.md):
 
     0  processed: the run succeeded and no object failed
     1  failed: the run failed (a step raised, e.g. a deployment fault such as a refused API key)

@@ -1,4 +1,4 @@
-"""Every setting, declared once: its variable, default, check and README line follow from here.
+"""Every setting, declared once: its variable, default, check and docs/settings.md line follow from here.
 
 `Settings` is also the Dagster resource the assets and the sensor take, so the launchpad shows
 the values in force, and Dagster stores them in every run's job snapshot. A field `x` is read
@@ -250,7 +250,7 @@ class Settings(dg.ConfigurableResource):
 
     @classmethod
     def markdown_table(cls) -> str:
-        """The README's settings table."""
+        """The settings table of docs/settings.md."""
         lines = ["| variable | default | meaning |", "|---|---|---|"]
         for name, field in cls.model_fields.items():
             default = field.default

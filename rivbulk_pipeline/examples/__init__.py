@@ -1,1 +1,1 @@
-"""Worked examples of extension points (see README: "Your own registration provider")."""
+"""Worked examples of extension points (see docs/providers.md)."""

@@ -2,7 +2,7 @@
 
 `S3TagRegistrationProvider` reads the seed's tags (UserId, Properties). A team with its own
 source of truth names a class by import path with `CustomRegistrationProvider`; the class
-implements `registration_for(obj, tags)` and `load_properties(ref)` (see README).
+implements `registration_for(obj, tags)` and `load_properties(ref)` (see docs/providers.md).
 """
 from __future__ import annotations
 

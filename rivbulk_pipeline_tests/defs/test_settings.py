@@ -6,7 +6,7 @@ import pytest
 from rivbulk_pipeline.cli import main
 from rivbulk_pipeline.settings import Settings, SettingsError
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+SETTINGS_DOC = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 
 
 def test_empty_prefixes_stay_empty_so_a_report_at_the_bucket_root_is_found() -> None:
@@ -81,5 +81,5 @@ def test_the_cli_reports_a_bad_setting_and_exits_2(monkeypatch, capsys) -> None:
 
 
 def test_the_readme_table_is_the_declared_settings() -> None:
-    """Each setting's README line follows from its declaration (`rivbulk settings` prints it)."""
-    assert Settings.markdown_table() in README.read_text()
+    """Each setting's line in docs/settings.md follows from its declaration (`rivbulk settings` prints it)."""
+    assert Settings.markdown_table() in SETTINGS_DOC.read_text()

@@ -206,7 +206,7 @@ class _Indexer:
                 if exists:
                     return result(Outcome.INDEXED, SETTLED, attempts)
                 # False: it did not register, call again. None (no check-userid on this RIV): call
-                # again too; at worst RIV stores a second face of this user (README: the gateway).
+                # again too; at worst RIV stores a second face of this user (docs/gateway.md).
             attempts += 1
             sent_at: list[float] = []
 
