@@ -153,3 +153,43 @@ def test_provider_options_that_hold_a_secret_are_refused_at_load(options: dict, 
     message = str(caught.value)
     assert "RIVBULK_PROVIDER_OPTIONS is not valid" in message and says in message
     assert "Hunter2" not in message
+
+
+def postgres_text(url: str) -> str:
+    """Every cell of every table of a Postgres database as text, compressed blobs decompressed."""
+    import psycopg2
+
+    parts = []
+    with psycopg2.connect(url) as conn, conn.cursor() as cursor:
+        cursor.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+        for (table,) in cursor.fetchall():
+            cursor.execute(f'SELECT * FROM "{table}"')
+            for row in cursor.fetchall():
+                for cell in row:
+                    if isinstance(cell, memoryview):
+                        cell = bytes(cell)
+                        try:
+                            cell = zlib.decompress(cell)
+                        except zlib.error:
+                            pass
+                        cell = cell.decode("utf-8", "replace")
+                    parts.append(str(cell))
+    return "\n".join(parts)
+
+
+def test_secrets_given_by_reference_reach_no_postgres_storage(roster_env, tmp_path: Path):
+    from rivbulk_pipeline_tests.support.postgres_server import running_postgres
+
+    settings, resources, date = roster_env
+    (tmp_path / "pg_home").mkdir()
+    with running_postgres() as pg:
+        overrides = {"storage": {"postgres": {"postgres_url": pg.url.replace("postgresql://", "postgresql+psycopg2://")}}}
+        with dg.instance_for_test(overrides=overrides, temp_dir=str(tmp_path / "pg_home")) as instance:
+            assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+            instance.add_dynamic_partitions(inventory_dates.name, [date])
+            result = dg.materialize(bulk_load_assets, partition_key=date, resources=resources, instance=instance)
+            assert result.success
+        stored = postgres_text(pg.url)
+    assert result.run_id in stored and SECRET_ID in stored  # the scan reads the runs and their snapshots
+    for secret in ("Hunter2-SeKrEt", TOKEN):
+        assert secret not in stored
