@@ -18,8 +18,8 @@ from rivbulk_pipeline.defs.checks import (
     indexed_users_one_outcome_per_qualified_object,
 )
 from rivbulk_pipeline.defs.partitions import inventory_dates
-from rivbulk_pipeline.defs.resources import build_resources
-from rivbulk_pipeline.demo import create_demo
+from rivbulk_pipeline.resources.deployment import build_resources
+from rivbulk_pipeline.cli.demo import create_demo
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 
 NOW = datetime(2026, 11, 22, 9, 30, tzinfo=timezone.utc)

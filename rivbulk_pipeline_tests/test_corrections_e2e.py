@@ -16,7 +16,7 @@ from moto.server import ThreadedMotoServer
 
 from rivbulk_pipeline.cli import main
 from rivbulk_pipeline.defs.partitions import inventory_dates
-from rivbulk_pipeline.demo import create_demo, populate_images, preregister
+from rivbulk_pipeline.cli.demo import create_demo, populate_images, preregister
 
 from .corrections_scenario import Deployment, alert_queue, check_backlog_alert, run_scenario
 from .riv_standin import RivStandIn

@@ -12,8 +12,8 @@ from rivbulk_pipeline.core.model import Outcome
 from rivbulk_pipeline.defs.assets import bulk_load_assets
 from rivbulk_pipeline.defs.checks import bulk_load_checks
 from rivbulk_pipeline.defs.partitions import inventory_dates
-from rivbulk_pipeline.defs.resources import build_resources
-from rivbulk_pipeline.demo import DEMO_CASES, create_demo
+from rivbulk_pipeline.resources.deployment import build_resources
+from rivbulk_pipeline.cli.demo import DEMO_CASES, create_demo
 
 NOW = datetime(2026, 11, 22, 9, 30, tzinfo=timezone.utc)
 
