@@ -74,12 +74,12 @@ def _sparse(path: str, size: int, head: bytes = b"") -> None:
 def build(home: str, normal: int) -> str:
     """The store of `home` with `normal` tagged face images and the three hostile objects, and
     the inventory report of that date; returns the date."""
-    from rivbulk_pipeline.bucket_report import write_report
-    from rivbulk_pipeline.demo import face_image
-    from rivbulk_pipeline.resources.object_store import LocalObjectStore
+    from rivbulk_pipeline.cli.inventory import write_report
+    from rivbulk_pipeline.cli.demo import face_image
+    from rivbulk_pipeline.resources.deployment import store_for
 
     settings = _settings(home)
-    store = LocalObjectStore(root=str(settings.local_store_root))
+    store = store_for(settings)
     for bucket in (IMAGE_BUCKET, PROPERTIES_BUCKET, settings.inventory_bucket):
         store.create_bucket(bucket)
     for n in range(normal):
@@ -108,9 +108,8 @@ def run_step(home: str, date: str, asset: str) -> dict:
     import pyarrow.parquet as pq
 
     from rivbulk_pipeline.core.steps.summary import reason_codes
-    from rivbulk_pipeline.core.steps.tables import table_location
     from rivbulk_pipeline.defs.assets import bulk_load_assets
-    from rivbulk_pipeline.defs.resources import build_resources
+    from rivbulk_pipeline.resources.deployment import build_resources
 
     settings = _settings(home)
     resources = build_resources(settings)
@@ -124,7 +123,7 @@ def run_step(home: str, date: str, asset: str) -> dict:
     seconds = time.perf_counter() - started
     figures: dict = {"asset": asset, "success": result.success, "seconds": seconds}
     if asset in STEPS and result.success:
-        location = table_location(settings.output_bucket_name, settings.output_prefix, asset, date)
+        location = settings.table_location(asset, date)
         table = pq.read_table(os.path.join(str(settings.local_store_root), location.bucket, *location.key.split("/")))
         rows = table.to_pydict()
         codes = reason_codes(table.column("reason")).to_pylist()

@@ -24,8 +24,8 @@ from typing import Callable, Optional
 
 from rivbulk_pipeline.core.inventory.reader import iter_inventory_batches, load_manifest
 from rivbulk_pipeline.core.inventory.reports import report_folders
-from rivbulk_pipeline.demo import face_image
-from rivbulk_pipeline.resources.object_store import LocalObjectStore
+from rivbulk_pipeline.cli.demo import face_image
+from rivbulk_pipeline.resources.deployment import store_for
 from rivbulk_pipeline.settings import Settings
 
 from .scale import distinct_png
@@ -78,7 +78,7 @@ def run_command(home: str) -> tuple[float, int]:
 def check_report(home: str, objects: int) -> None:
     """The latest report lists every file once, with the MD5 and size of a sample of them."""
     settings = _settings(home)
-    store = LocalObjectStore(root=str(settings.local_store_root))
+    store = store_for(settings)
     folder = report_folders(store, settings.inventory_bucket, settings.report_root)[-1]
     manifest = load_manifest(store, settings.inventory_bucket, f"{settings.report_root}/{folder.name}")
     sample = set(random.Random(objects).sample(range(objects), min(SAMPLE, objects)))

@@ -35,10 +35,10 @@ import pyarrow.csv as pcsv
 
 from rivbulk_pipeline.core.inventory.reader import REPORT_FOLDER_FORMAT
 from rivbulk_pipeline.core.model import QUALIFIED_SCHEMA
-from rivbulk_pipeline.core.steps.tables import table_location, write_table
-from rivbulk_pipeline.demo import face_image
+from rivbulk_pipeline.core.steps.tables import write_table
+from rivbulk_pipeline.cli.demo import face_image
 from rivbulk_pipeline.resources.history import SqliteImportHistory
-from rivbulk_pipeline.resources.object_store import LocalObjectStore
+from rivbulk_pipeline.resources.deployment import store_for
 from rivbulk_pipeline.settings import Settings
 
 ASSETS = ("inventory_report", "batch_manifest", "qualified_objects", "indexed_users")
@@ -84,11 +84,11 @@ def build(home: str, objects: int, new_fraction: float = 0.01, log: Callable[[st
     settings = _settings(home)
     new = max(1, int(objects * new_fraction))
     old = objects - new
-    store = LocalObjectStore(root=str(settings.home_path / "store"))
+    store = store_for(settings)
     for bucket in (settings.image_bucket, settings.inventory_bucket):
         store.create_bucket(bucket)
     # The history exists before the previous date was loaded (its change log starts with it).
-    history_path = str(settings.home_path / "import_history.sqlite")
+    history_path = str(settings.local_history_path)
     SqliteImportHistory(db_path=history_path)._conn().close()  # creates the file, WAL and schema
     started = time.perf_counter()
 
@@ -173,7 +173,7 @@ def build(home: str, objects: int, new_fraction: float = 0.01, log: Callable[[st
             )  # fmt: skip
 
     previous = PREVIOUS.date().isoformat()
-    write_table(store, table_location(settings.output_bucket_name, settings.output_prefix, "qualified_objects", previous),
+    write_table(store, settings.table_location("qualified_objects", previous),
                 QUALIFIED_SCHEMA, previous_batches())  # fmt: skip
     log(f"  previous date's table: {time.perf_counter() - started:.0f}s")
 
@@ -207,9 +207,9 @@ def run_daily(home: str, partition: str, previous: bool = True, executor: str = 
 
     if not previous:  # the same day as if the previous date had never been loaded
         settings = _settings(home)
-        store = LocalObjectStore(root=str(settings.home_path / "store"))
+        store = store_for(settings)
         for asset in ("qualified_objects", "indexed_users"):
-            loc = table_location(settings.output_bucket_name, settings.output_prefix, asset, (TODAY - timedelta(days=1)).date().isoformat())
+            loc = settings.table_location(asset, (TODAY - timedelta(days=1)).date().isoformat())
             path = os.path.join(store.root, loc.bucket, *loc.key.split("/"))
             if os.path.exists(path):
                 os.rename(path, path + ".hidden")

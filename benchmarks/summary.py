@@ -18,7 +18,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rivbulk_pipeline.core.model import INDEXED_SCHEMA, QUALIFIED_SCHEMA
-from rivbulk_pipeline.core.steps.tables import table_location
 from rivbulk_pipeline.defs.summary import build_summary
 from rivbulk_pipeline.resources.history import SqliteImportHistory
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
@@ -77,7 +76,7 @@ def make_tables(root: str, settings: Settings, dates: list[str], rows: int, seed
         indexed = pa.table({**common, "outcome": pa.array(outcomes), "reason": pa.array(gateway),
                             "attempts": pa.array(np.ones(rows, dtype=np.int32))}, schema=INDEXED_SCHEMA)  # fmt: skip
         for asset, table in (("qualified_objects", qualified), ("indexed_users", indexed)):
-            location = table_location(settings.output_bucket_name, settings.output_prefix, asset, day)
+            location = settings.table_location(asset, day)
             path = os.path.join(root, location.bucket, *location.key.split("/"))
             os.makedirs(os.path.dirname(path), exist_ok=True)
             pq.write_table(table, path, compression="zstd")

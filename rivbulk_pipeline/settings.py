@@ -22,6 +22,7 @@ import dagster as dg
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .core.rules.user_ids import RIV_USER_ID_PATTERN, check_pattern
+from .core.steps.tables import TableLocation, table_location
 
 ENV_PREFIX = "RIVBULK_"
 _REGION_FALLBACKS = ("AWS_REGION", "AWS_DEFAULT_REGION")
@@ -217,10 +218,36 @@ class Settings(dg.ConfigurableResource):
     def home_path(self) -> Path:
         return Path(self.home).expanduser().resolve()
 
+    # The local default's layout under `home`, declared here only: every user derives it from these.
+
     @property
     def local_store_root(self) -> Path:
         """local only: the folder of the local object store (one sub-folder per bucket)."""
         return self.home_path / "store"
+
+    @property
+    def local_history_path(self) -> Path:
+        """local only: the SQLite import history."""
+        return self.home_path / "import_history.sqlite"
+
+    @property
+    def local_registry_path(self) -> Path:
+        """local only: the embedded registry's SQLite database."""
+        return self.home_path / "registry.sqlite"
+
+    @property
+    def local_dagster_home(self) -> Path:
+        """local only: the Dagster instance `rivbulk dev` uses when DAGSTER_HOME is not set."""
+        return self.home_path / "dagster_home"
+
+    @property
+    def local_layout(self) -> tuple[Path, ...]:
+        """Everything the local default keeps under `home` (what `rivbulk demo --force` deletes)."""
+        return (self.local_store_root, self.local_registry_path, self.local_history_path, self.local_dagster_home)
+
+    def table_location(self, asset: str, partition: Optional[str]) -> TableLocation:
+        """Where an asset's table is stored in the output bucket (`core.steps.tables.table_location`)."""
+        return table_location(self.output_bucket_name, self.output_prefix, asset, partition)
 
     @property
     def report_root(self) -> str:

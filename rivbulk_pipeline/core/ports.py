@@ -1,7 +1,9 @@
 """The interfaces the core needs from the outside world.
 
 Each has a production adapter (boto3 / HTTP) and an embedded one (files / SQLite) in
-`rivbulk_pipeline.resources`. The core depends on these protocols only.
+`rivbulk_pipeline.resources`, whose base classes declare exactly these methods (a test holds
+them to it, and holds the Dagster wiring to calling nothing else). The core depends on these
+protocols only.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ class ObjectStore(Protocol):
         knows it before reading, and never more than max_bytes + 1 bytes read."""
         ...
 
-    def open_read(self, bucket: str, key: str) -> ContextManager[BinaryIO]:
+    def open_read(self, bucket: str, key: str, version_id: Optional[str] = None) -> ContextManager[BinaryIO]:
         """A streaming, file-like reader (for inventory data files, which can be GBs)."""
         ...
 
@@ -70,6 +72,22 @@ class ObjectStore(Protocol):
     ) -> dict[str, str]:
         """Read, merge, write: keep every other tag. A key equal to an update's key
         case-insensitively is replaced. Return the tag set written."""
+        ...
+
+    def location(self, bucket: str, key: str) -> str:
+        """Where a person finds the object: its `s3://` URI (a local store: the file's path)."""
+        ...
+
+    def console_url(self, bucket: str, key: str) -> Optional[str]:
+        """A link to the object in the AWS console, or None when there is none."""
+        ...
+
+    def delete(self, bucket: str, key: str) -> None:
+        """Remove the object and its tags; a missing key is not an error (as in S3)."""
+        ...
+
+    def create_bucket(self, bucket: str) -> None:
+        """Create the bucket if it does not exist yet."""
         ...
 
 
@@ -129,6 +147,15 @@ class ImportHistory(Protocol):
         """Batch read; refs with no record are absent from the result."""
         ...
 
+    def lookup_table(self, keys: pa.Table) -> pa.Table:
+        """Batch read in columns: `keys` has object_uri and version_id ("null" for none); the answer
+        has HISTORY_LOOKUP_SCHEMA's columns, one row per key that has a record."""
+        ...
+
+    def expect_lookups(self, count: int) -> str:
+        """Say how many objects qualification is about to ask about; returns the strategy chosen."""
+        ...
+
     def final_outcomes(self, objects: pa.Table) -> pa.Table:
         """Which of these objects (object_uri, version_id, etag) are indexed or failed permanently
         for that same ETag (HISTORY_LOOKUP_SCHEMA rows). Qualification asks this once per batch."""
@@ -165,4 +192,9 @@ class ImportHistory(Protocol):
 
     def scan(self) -> Iterator[HistoryRecord]:
         """Every record (for reports and tests)."""
+        ...
+
+    def scan_columns(self, columns: Sequence[str], batch_rows: int = 100_000) -> Iterator[pa.RecordBatch]:
+        """Every record's `columns` only (no user ids, no extra diagnostics), in Arrow batches: a
+        report over millions of records reads what it aggregates and nothing else."""
         ...

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from ..core.model import Outcome
 from ..core.steps.summary import reason_codes
-from ..core.steps.tables import open_table, table_location
+from ..core.steps.tables import open_table
 from ..resources.object_store import ObjectStoreResource
 from ..settings import Settings
 from .partitions import inventory_dates
@@ -29,7 +29,7 @@ def publish_alert(settings: Settings, subject: str, fields: Mapping[str, Any]) -
     """Publish one alert to the configured SNS topic; False when none is configured."""
     if not settings.alert_sns_topic_arn:
         return False
-    from .resources import aws_clients  # boto3 only when a topic is configured
+    from ..resources.deployment import aws_clients  # boto3 only when a topic is configured
 
     sns = aws_clients(settings).client("sns")
     sns.publish(
@@ -79,7 +79,7 @@ def indexed_users_permanent_failures_within_threshold(
     context: dg.AssetCheckExecutionContext, settings: Settings, store: ObjectStoreResource
 ) -> dg.AssetCheckResult:
     partition = context.partition_key
-    location = table_location(settings.output_bucket_name, settings.output_prefix, "indexed_users", partition)
+    location = settings.table_location("indexed_users", partition)
     by_code: collections.Counter = collections.Counter()
     with open_table(store, location) as table:
         for batch in table.iter_batches(columns=["outcome", "reason"]):

@@ -26,23 +26,17 @@ from ..core.steps.known_outcomes import HISTORY_READ_AT, load_previous_outcomes
 from ..core.steps.progress import Progress
 from ..core.steps.qualify import QualifyStats, qualify_candidates
 from ..core.steps.summary import why_nothing_registered
-from ..core.steps.tables import TableLocation, open_table, table_location, write_table
+from ..core.steps.tables import BATCH_ROWS, TableLocation, open_table, write_table
 from ..resources.gateway import GatewayResource
 from ..resources.history import ImportHistoryResource
 from ..resources.object_store import ObjectStoreResource
 from ..resources.registration import RegistrationProviderResource
 from ..settings import Settings
-from .metadata import FailedRows, location_metadata, not_indexed, not_qualified, schema_metadata, warn_permanent_failures
+from ..ui_metadata import FailedRows, location_metadata, not_indexed, not_qualified, schema_metadata, warn_permanent_failures
 from .partitions import inventory_dates
 from .pools import GATEWAY_POOL
 
 GROUP = "rivbulk"
-BATCH_ROWS = 65_536  # rows per batch read back from a stored table: bounds memory
-
-
-def _location(settings: Settings, asset: str, partition: str) -> TableLocation:
-    return table_location(settings.output_bucket_name, settings.output_prefix, asset, partition)
-
 
 def _throughput(name: str, count: int, started: float) -> dict[str, float]:
     """The step's duration and `name` per second, for the asset's page."""
@@ -81,7 +75,7 @@ def inventory_report(
             progress.advance(batch.num_rows)
             yield batch
 
-    table = write_table(store, _location(settings, "inventory_report", context.partition_key), INVENTORY_SCHEMA, batches())
+    table = write_table(store, settings.table_location("inventory_report", context.partition_key), INVENTORY_SCHEMA, batches())
     return dg.MaterializeResult(
         metadata={
             "report_folder": folder.name,
@@ -108,7 +102,7 @@ def batch_manifest(
     with tempfile.TemporaryDirectory(prefix="rivbulk-manifest-") as folder:
         csv_path = os.path.join(folder, "manifest.csv")
         with BatchManifestWriter(csv_path) as csv_writer, open_table(
-            store, _location(settings, "inventory_report", partition)
+            store, settings.table_location("inventory_report", partition)
         ) as inventory:
 
             def candidates() -> Iterator[pa.RecordBatch]:
@@ -121,7 +115,7 @@ def batch_manifest(
                     csv_writer.write(chosen)
                     yield chosen
 
-            table = write_table(store, _location(settings, "batch_manifest", partition), CANDIDATE_SCHEMA, candidates())
+            table = write_table(store, settings.table_location("batch_manifest", partition), CANDIDATE_SCHEMA, candidates())
         manifest_etag = store.upload_file(settings.output_bucket_name, manifest_key, csv_path)
     return dg.MaterializeResult(
         metadata={
@@ -156,7 +150,7 @@ def qualified_objects(
         store, settings.output_bucket_name, settings.output_prefix, partition, changes_since=history.changes_since
     )
     stats = QualifyStats()
-    with open_table(store, _location(settings, "batch_manifest", partition)) as candidate_table:
+    with open_table(store, settings.table_location("batch_manifest", partition)) as candidate_table:
         candidates = candidate_table.metadata.num_rows
         strategy = history.expect_lookups(max(0, candidates - (len(known) if known is not None else 0)))
         progress = Progress("qualified", candidates, context.log.info)
@@ -173,7 +167,7 @@ def qualified_objects(
         )
         table = write_table(
             store,
-            _location(settings, "qualified_objects", partition),
+            settings.table_location("qualified_objects", partition),
             QUALIFIED_SCHEMA.with_metadata({HISTORY_READ_AT: repr(read_at).encode()}),
             failed.watch(_counted(decisions, "reason", reasons), not_qualified, attempts=None),
         )
@@ -215,7 +209,7 @@ def indexed_users(
     decisions: collections.Counter = collections.Counter()  # qualified_objects' reasons: why nothing may be registered
     failed = FailedRows()
     started = time.monotonic()
-    with open_table(store, _location(settings, "qualified_objects", partition)) as qualified_table:
+    with open_table(store, settings.table_location("qualified_objects", partition)) as qualified_table:
         for _ in _counted(qualified_table.iter_batches(columns=["reason"]), "reason", decisions):
             pass
         qualified_total = decisions.get("qualified", 0)
@@ -249,7 +243,7 @@ def indexed_users(
         )
         table = write_table(
             store,
-            _location(settings, "indexed_users", partition),
+            settings.table_location("indexed_users", partition),
             INDEXED_SCHEMA,
             failed.watch(warn_permanent_failures(_counted(results, "outcome", outcomes), context.log.warning), not_indexed),
         )

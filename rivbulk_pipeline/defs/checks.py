@@ -18,7 +18,7 @@ from ..core.rules.tags import is_true_marker, tag_lookup
 from ..core.steps.indexing import HISTORY_STATUS_OF, TAG_NOT_WRITTEN
 from ..core.steps.known_outcomes import combined_hash
 from ..core.steps.qualify import history_keys
-from ..core.steps.tables import open_table, released_batches, table_location
+from ..core.steps.tables import BATCH_ROWS, open_table, released_batches
 from ..resources.history import ImportHistoryResource
 from ..resources.object_store import ObjectStoreResource
 from ..settings import Settings
@@ -27,7 +27,6 @@ from .partitions import inventory_dates
 _date_check = functools.partial(dg.asset_check, partitions_def=inventory_dates)  # a result per inventory date
 _IDENTITY = ["bucket", "key", "version_id"]
 _EXAMPLES = 10  # object keys shown in a failed check: locations only, never content
-_BATCH_ROWS = 65_536
 _TAG_READS_IN_FLIGHT = 4_096
 
 
@@ -91,9 +90,9 @@ def qualified_objects_one_decision_per_candidate(
 def _identity_batches(
     settings: Settings, store: ObjectStoreResource, asset: str, partition: str, columns: list[str]
 ) -> Iterator[pa.RecordBatch]:
-    location = table_location(settings.output_bucket_name, settings.output_prefix, asset, partition)
+    location = settings.table_location(asset, partition)
     with open_table(store, location) as table:
-        yield from released_batches(table.iter_batches(batch_size=_BATCH_ROWS, columns=columns))
+        yield from released_batches(table.iter_batches(batch_size=BATCH_ROWS, columns=columns))
 
 
 def _prints(batch: pa.RecordBatch) -> np.ndarray:
@@ -102,11 +101,11 @@ def _prints(batch: pa.RecordBatch) -> np.ndarray:
 
 def _identity_prints(settings: Settings, store: ObjectStoreResource, asset: str, partition: str) -> np.ndarray:
     """The table's identity fingerprints, sorted; filled and sorted in place (no copies)."""
-    location = table_location(settings.output_bucket_name, settings.output_prefix, asset, partition)
+    location = settings.table_location(asset, partition)
     with open_table(store, location) as table:
         prints = np.empty(table.metadata.num_rows, dtype=np.uint64)
         filled = 0
-        for batch in released_batches(table.iter_batches(batch_size=_BATCH_ROWS, columns=_IDENTITY)):
+        for batch in released_batches(table.iter_batches(batch_size=BATCH_ROWS, columns=_IDENTITY)):
             prints[filled : filled + batch.num_rows] = _prints(batch)
             filled += batch.num_rows
     prints.sort()

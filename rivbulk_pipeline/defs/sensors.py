@@ -1,4 +1,5 @@
-"""The sensor: a complete inventory report becomes a partition and a run."""
+"""The sensors: a complete inventory report becomes a partition and a run; the automation
+conditions are evaluated."""
 
 import dagster as dg
 
@@ -6,8 +7,11 @@ from ..core.errors import ObjectNotFound
 from ..core.inventory.reports import SensorCursor, scan_for_new_reports
 from ..resources.object_store import ObjectStoreResource
 from ..settings import Settings
+from .alerts import transient_backlog_within_threshold
+from .inventory_freshness import inventory_is_fresh
 from .jobs import bulk_load_job
 from .partitions import inventory_dates
+from .summary import import_summary
 
 
 @dg.sensor(
@@ -53,12 +57,12 @@ def inventory_report_sensor(
     )
 
 
-def automation_sensor(targets: dg.AssetSelection) -> dg.AutomationConditionSensorDefinition:
-    """Evaluates the automation conditions (the summary after every load, the hourly inventory
-    freshness check); on by default, like the report sensor."""
-    return dg.AutomationConditionSensorDefinition(
-        "rivbulk_automation_sensor",
-        target=targets,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=30,
-    )
+# Evaluates the automation conditions (the summary after every load, the hourly inventory
+# freshness and backlog checks); on by default, like the report sensor.
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "rivbulk_automation_sensor",
+    target=dg.AssetSelection.assets(import_summary)
+    | dg.AssetSelection.checks(inventory_is_fresh, transient_backlog_within_threshold),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+)

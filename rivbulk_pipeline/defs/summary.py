@@ -28,12 +28,12 @@ from ..core.steps.summary import (
     per_date,
     reason_counts,
 )
-from ..core.steps.tables import open_table, table_location
+from ..core.steps.tables import open_table
 from ..resources.history import ImportHistoryResource
 from ..resources.object_store import ObjectStoreResource
 from ..settings import Settings
 from .assets import GROUP, indexed_users, qualified_objects
-from .metadata import column_schema
+from ..ui_metadata import column_schema
 from .partitions import inventory_dates
 
 DATES_SHOWN = 90  # newest dates in the UI table (the stored table has all)
@@ -71,7 +71,7 @@ def build_summary(
     loaded: set[str] = set()
 
     def read(asset: str, date: str, columns: list[str]) -> Optional[pa.Table]:
-        location = table_location(settings.output_bucket_name, settings.output_prefix, asset, date)
+        location = settings.table_location(asset, date)
         if not store.exists(location.bucket, location.key):
             return None
         if asset == qualified_objects.key.path[-1]:

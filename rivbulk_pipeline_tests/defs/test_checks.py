@@ -16,7 +16,7 @@ from rivbulk_pipeline.defs.checks import (
     indexed_users_match_the_import_history,
     indexed_users_one_outcome_per_qualified_object,
 )
-from rivbulk_pipeline.defs.resources import build_resources
+from rivbulk_pipeline.resources.deployment import build_resources
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 
 DATE = "2026-11-22"

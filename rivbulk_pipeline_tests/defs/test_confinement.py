@@ -19,8 +19,8 @@ from rivbulk_pipeline.core.steps.qualify import qualify_candidates
 from rivbulk_pipeline.core.steps.tables import table_location, write_table
 from rivbulk_pipeline.defs.assets import bulk_load_assets
 from rivbulk_pipeline.defs.partitions import inventory_dates
-from rivbulk_pipeline.defs.resources import build_resources
-from rivbulk_pipeline.demo import face_image
+from rivbulk_pipeline.resources.deployment import build_resources
+from rivbulk_pipeline.cli.demo import face_image
 from rivbulk_pipeline.resources.history import SqliteImportHistory
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 from rivbulk_pipeline.resources.registration import S3TagRegistrationProvider

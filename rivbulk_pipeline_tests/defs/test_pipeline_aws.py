@@ -35,8 +35,8 @@ from rivbulk_pipeline.core.model import (
 from rivbulk_pipeline.core.inventory.reports import report_folders
 from rivbulk_pipeline.core.rules.tags import tag_lookup
 from rivbulk_pipeline.defs.partitions import inventory_dates
-from rivbulk_pipeline.defs.resources import build_resources
-from rivbulk_pipeline.demo import DEMO_CASES, OTHER_BUCKET, face_image, populate_images, preregister
+from rivbulk_pipeline.resources.deployment import build_resources
+from rivbulk_pipeline.cli.demo import DEMO_CASES, OTHER_BUCKET, face_image, populate_images, preregister
 from rivbulk_pipeline.settings import Settings
 
 from rivbulk_pipeline_tests.support.aws_deployment import (

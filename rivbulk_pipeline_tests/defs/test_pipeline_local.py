@@ -10,7 +10,7 @@ from rivbulk_pipeline.core.model import Outcome
 from rivbulk_pipeline.defs.assets import bulk_load_assets
 from rivbulk_pipeline.defs.checks import bulk_load_checks
 from rivbulk_pipeline.defs.partitions import inventory_dates
-from rivbulk_pipeline.demo import DEMO_CASES
+from rivbulk_pipeline.cli.demo import DEMO_CASES
 
 
 def _table(home, settings, asset: str, partition: str) -> list[dict]:

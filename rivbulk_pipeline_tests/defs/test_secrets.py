@@ -16,14 +16,14 @@ import dagster as dg
 import pytest
 from moto import mock_aws
 
-from rivbulk_pipeline.bucket_report import write_report
+from rivbulk_pipeline.cli.inventory import write_report
 from rivbulk_pipeline.core.errors import DeploymentError
 from rivbulk_pipeline.core.model import RegistrationInfo
 from rivbulk_pipeline.core.rules.tags import tag_lookup
 from rivbulk_pipeline.defs.assets import bulk_load_assets
 from rivbulk_pipeline.defs.partitions import inventory_dates
-from rivbulk_pipeline.defs.resources import build_resources
-from rivbulk_pipeline.demo import face_image
+from rivbulk_pipeline.resources.deployment import build_resources
+from rivbulk_pipeline.cli.demo import face_image
 from rivbulk_pipeline.resources.registration import CustomRegistrationProvider
 from rivbulk_pipeline.settings import Settings, SettingsError
 from rivbulk_pipeline_tests.support.aws import fake_aws

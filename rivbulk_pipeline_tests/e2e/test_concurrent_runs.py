@@ -22,8 +22,8 @@ from rivbulk_pipeline.cli import main
 from rivbulk_pipeline.core.inventory.writer import write_inventory_report
 from rivbulk_pipeline.core.rules.ratelimit import max_calls_in_any_window
 from rivbulk_pipeline.defs.partitions import inventory_dates
-from rivbulk_pipeline.defs.resources import build_resources
-from rivbulk_pipeline.demo import face_image
+from rivbulk_pipeline.resources.deployment import build_resources
+from rivbulk_pipeline.cli.demo import face_image
 from rivbulk_pipeline.settings import Settings
 
 from rivbulk_pipeline_tests.support.dev_server import POLL_SECONDS, DevServer, finished_backfill, launch_backfill

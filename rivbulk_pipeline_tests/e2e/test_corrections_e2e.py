@@ -16,7 +16,7 @@ from moto.server import ThreadedMotoServer
 
 from rivbulk_pipeline.cli import main
 from rivbulk_pipeline.defs.partitions import inventory_dates
-from rivbulk_pipeline.demo import create_demo, populate_images, preregister
+from rivbulk_pipeline.cli.demo import create_demo, populate_images, preregister
 
 from rivbulk_pipeline_tests.support.aws_deployment import API_KEY, REGION, RIVBULK_ENV, hermetic_aws_env, load_definitions
 from rivbulk_pipeline_tests.support.corrections_scenario import Deployment, alert_queue, check_backlog_alert, run_scenario

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from rivbulk_pipeline.core.inventory.reports import report_folders
-from rivbulk_pipeline.demo import DEMO_CASES, PREREGISTERED
+from rivbulk_pipeline.cli.demo import DEMO_CASES, PREREGISTERED
 from rivbulk_pipeline.resources.gateway import LocalRegistryGateway
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 from rivbulk_pipeline.settings import Settings

@@ -25,7 +25,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from dagster_aws.ecs import EcsRunLauncher
 
-from rivbulk_pipeline.demo import DEMO_CASES
+from rivbulk_pipeline.cli.demo import DEMO_CASES
 
 from rivbulk_pipeline_tests.support.production_world import (
     API_KEY,

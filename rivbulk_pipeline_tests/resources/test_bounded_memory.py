@@ -106,7 +106,7 @@ from rivbulk_pipeline.core.rules.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from rivbulk_pipeline.core.rules.ratelimit import RateLimiter  # noqa: E402
 from rivbulk_pipeline.core.steps.indexing import IndexingPolicy, index_qualified  # noqa: E402
 from rivbulk_pipeline.core.steps.qualify import QualifyStats, qualify_candidates  # noqa: E402
-from rivbulk_pipeline.demo import face_image  # noqa: E402
+from rivbulk_pipeline.cli.demo import face_image  # noqa: E402
 from rivbulk_pipeline.resources.gateway import LocalRegistryGateway  # noqa: E402
 from rivbulk_pipeline.resources.history import SqliteImportHistory  # noqa: E402
 from rivbulk_pipeline.resources.registration import S3TagRegistrationProvider  # noqa: E402

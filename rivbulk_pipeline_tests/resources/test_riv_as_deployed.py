@@ -19,7 +19,7 @@ from rivbulk_pipeline.core.rules.riv_protocol import largest_inline_image
 from rivbulk_pipeline.core.steps.call_meter import CallMeter
 from rivbulk_pipeline.core.steps.indexing import OUTCOME_UNKNOWN, SETTLED, IndexingPolicy, index_qualified
 from rivbulk_pipeline.core.steps.qualify import decide_one
-from rivbulk_pipeline.demo import face_image
+from rivbulk_pipeline.cli.demo import face_image
 from rivbulk_pipeline.resources.gateway import LocalRegistryGateway, RivHttpGateway
 from rivbulk_pipeline.resources.history import SqliteImportHistory
 from rivbulk_pipeline.resources.object_store import LocalObjectStore

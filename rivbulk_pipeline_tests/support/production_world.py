@@ -27,8 +27,8 @@ from moto.server import ThreadedMotoServer
 
 from rivbulk_pipeline.core.inventory.writer import write_inventory_report
 from rivbulk_pipeline.core.rules.tags import tag_lookup
-from rivbulk_pipeline.defs.resources import build_resources
-from rivbulk_pipeline.demo import DEMO_CASES, face_image, populate_images, preregister
+from rivbulk_pipeline.resources.deployment import build_resources
+from rivbulk_pipeline.cli.demo import DEMO_CASES, face_image, populate_images, preregister
 from rivbulk_pipeline.settings import Settings
 
 from .riv_standin import RivStandIn

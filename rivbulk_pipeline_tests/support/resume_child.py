@@ -4,7 +4,7 @@ import sys
 import dagster as dg
 
 from rivbulk_pipeline.defs.assets import bulk_load_assets
-from rivbulk_pipeline.defs.resources import build_resources
+from rivbulk_pipeline.resources.deployment import build_resources
 from rivbulk_pipeline.settings import Settings
 
 if __name__ == "__main__":

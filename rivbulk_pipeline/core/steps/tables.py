@@ -14,6 +14,8 @@ import pyarrow.parquet as pq
 from ..ports import ObjectStore
 from .memory import release_memory
 
+BATCH_ROWS = 65_536  # rows per batch read back from a stored table: bounds memory
+
 
 @dataclass(frozen=True)
 class TableLocation:

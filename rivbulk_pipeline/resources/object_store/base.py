@@ -18,7 +18,7 @@ CHUNK_BYTES = 1 << 20  # 1 MiB: copy and read buffer
 
 
 class ObjectStoreResource(dg.ConfigurableResource):
-    """The object store interface (`core.ports.ObjectStore`) plus `delete` and `create_bucket`."""
+    """The object store interface (`core.ports.ObjectStore`) as a Dagster resource."""
 
     def get_bytes(
         self,

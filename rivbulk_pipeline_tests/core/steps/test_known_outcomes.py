@@ -12,7 +12,7 @@ from rivbulk_pipeline.core.model import CANDIDATE_SCHEMA, INDEXED_SCHEMA, QUALIF
 from rivbulk_pipeline.core.steps.known_outcomes import Known, KnownOutcomes, fingerprints, load_previous_outcomes
 from rivbulk_pipeline.core.steps.qualify import Decision, QualifyStats, _decisions_batch, qualify_candidates
 from rivbulk_pipeline.core.steps.tables import table_location, write_table
-from rivbulk_pipeline.demo import face_image
+from rivbulk_pipeline.cli.demo import face_image
 from rivbulk_pipeline.resources.history import SqliteImportHistory
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 from rivbulk_pipeline.resources.registration import S3TagRegistrationProvider

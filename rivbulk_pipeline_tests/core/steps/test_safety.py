@@ -10,7 +10,7 @@ from rivbulk_pipeline.core.model import CANDIDATE_SCHEMA, QUALIFIED_SCHEMA, Hist
 from rivbulk_pipeline.core.rules.ratelimit import RateLimiter
 from rivbulk_pipeline.core.steps.indexing import IndexingPolicy, index_qualified
 from rivbulk_pipeline.core.steps.qualify import qualify_candidates
-from rivbulk_pipeline.demo import face_image
+from rivbulk_pipeline.cli.demo import face_image
 from rivbulk_pipeline.resources.gateway import RivHttpGateway
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 from rivbulk_pipeline.resources.registration import S3TagRegistrationProvider

@@ -15,10 +15,10 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..core.model import Outcome
-from ..core.steps.summary import reason_codes
-from ..core.steps.tables import TableLocation
-from ..resources.object_store import ObjectStoreResource
+from .core.model import Outcome
+from .core.steps.summary import reason_codes
+from .core.steps.tables import TableLocation
+from .resources.object_store import ObjectStoreResource
 
 FAILED_ROWS_SHOWN = 300  # rows of the failed-rows table kept in the metadata (the stored table has all)
 

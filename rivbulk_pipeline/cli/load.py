@@ -98,7 +98,7 @@ def _metadata_value(result: Any, node: str, name: str) -> Optional[Any]:
 
 
 def _fill_counts(record: LoadResult, result: Any) -> None:
-    from .core.model import Outcome
+    from ..core.model import Outcome
 
     record.report_folder = _metadata_value(result, "inventory_report", "report_folder")
     record.candidates = _metadata_value(result, "batch_manifest", "candidates")
@@ -129,7 +129,7 @@ def fail_dead_loads(instance: Any) -> list[str]:
     import dagster as dg
     from dagster._core.launcher import WorkerStatus
 
-    from .run_launchers import local_worker_health
+    from ..run_launchers import local_worker_health
 
     failed = []
     for run in instance.get_runs(dg.RunsFilter(statuses=_unfinished(), tags={LOAD_TAG: "rivbulk load"})):
@@ -166,7 +166,7 @@ def load(inventory_date: Optional[str], result_uri: Optional[str], out: TextIO =
         return EXIT_CONFIGURATION
 
     # ---- configuration: everything that can be wrong before a run exists
-    from .settings import Settings, SettingsError
+    from ..settings import Settings, SettingsError
 
     try:
         settings = Settings.from_env()
@@ -183,24 +183,21 @@ def load(inventory_date: Optional[str], result_uri: Optional[str], out: TextIO =
 
     import dagster as dg
 
-    from .core.errors import RivbulkError
-    from .core.inventory.reports import is_complete, report_folders
-    from .definitions import defs
-    from .defs.partitions import inventory_dates
+    from ..core.errors import RivbulkError
+    from ..core.inventory.reports import newest_complete
+    from ..definitions import defs
+    from ..defs.partitions import inventory_dates
 
     store = defs.resources["store"]
     reporter.store = store
     try:
         if inventory_date is None:
-            complete = [
-                f for f in report_folders(store, settings.inventory_bucket, settings.report_root)
-                if is_complete(store, settings.inventory_bucket, settings.report_root, f)
-            ]
-            if not complete:
+            newest = newest_complete(store, settings.inventory_bucket, settings.report_root)
+            if newest is None:
                 return fail_before_run(
                     f"no complete inventory report under s3://{settings.inventory_bucket}/{settings.report_root}/"
                 )
-            record.inventory_date = complete[-1].inventory_date
+            record.inventory_date = newest.inventory_date
         instance = dg.DagsterInstance.get()
     except (RivbulkError, dg.DagsterInvariantViolationError) as error:
         return fail_before_run(str(error))
@@ -220,7 +217,7 @@ def load(inventory_date: Optional[str], result_uri: Optional[str], out: TextIO =
     record.run_id = str(uuid.uuid4())
     reporter.emit(record)
     job = defs.resolve_job_def("bulk_load_job")
-    from .run_launchers import worker_tags
+    from ..run_launchers import worker_tags
 
     result = job.execute_in_process(
         instance=instance, partition_key=date, run_id=record.run_id, raise_on_error=False,

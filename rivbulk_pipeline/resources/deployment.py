@@ -1,23 +1,26 @@
-"""Resources per deployment: `local` (embedded, the default) or `aws` (production)."""
+"""Resources per deployment: `local` (embedded, the default) or `aws` (production).
+
+The one place the code location and the `rivbulk` command get their store, history, gateway and
+provider from. The adapters are imported when first built: `rivbulk inventory` on the local store
+needs neither boto3 nor the gateways (a second of start-up).
+"""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
-from dagster_aws.secretsmanager import SecretsManagerResource
-
-from ..resources.aws import AwsClients
-from ..resources.gateway import LocalRegistryGateway, RivHttpGateway
-from ..resources.history import DynamoImportHistory, SqliteImportHistory
-from ..resources.object_store import LocalObjectStore, S3ObjectStore
-from ..resources.registration import CustomRegistrationProvider, S3TagRegistrationProvider
 from ..settings import Settings
-from .io_manager import StoredTableIOManager
+from .object_store import LocalObjectStore, ObjectStoreResource
+
+if TYPE_CHECKING:
+    from .aws import AwsClients
 
 
-def aws_clients(settings: Settings) -> AwsClients:
+def aws_clients(settings: Settings) -> "AwsClients":
     """The one boto3 configuration (dagster-aws's S3Resource fields) every AWS adapter shares."""
+    from .aws import AwsClients
+
     return AwsClients(
         region_name=settings.region,
         endpoint_url=settings.endpoint_url,
@@ -28,16 +31,31 @@ def aws_clients(settings: Settings) -> AwsClients:
     )
 
 
-def build_resources(settings: Settings) -> dict[str, Any]:
+def store_for(settings: Settings) -> ObjectStoreResource:
+    """The deployment's object store: the local folder, or S3."""
     if settings.deployment == "local":
-        home = settings.home_path
-        store = LocalObjectStore(root=str(settings.local_store_root))
-        history = SqliteImportHistory(db_path=str(home / "import_history.sqlite"))
-        gateway = LocalRegistryGateway(db_path=str(home / "registry.sqlite"), user_id_pattern=settings.user_id_pattern)
+        return LocalObjectStore(root=str(settings.local_store_root))
+    from .object_store import S3ObjectStore
+
+    return S3ObjectStore(aws=aws_clients(settings))
+
+
+def build_resources(settings: Settings) -> dict[str, Any]:
+    """Every resource the definitions bind, for the deployment the settings name."""
+    from dagster_aws.secretsmanager import SecretsManagerResource
+
+    from .gateway import LocalRegistryGateway, RivHttpGateway
+    from .history import DynamoImportHistory, SqliteImportHistory
+    from .io_manager import StoredTableIOManager
+    from .registration import CustomRegistrationProvider, S3TagRegistrationProvider
+
+    store = store_for(settings)
+    if settings.deployment == "local":
+        history = SqliteImportHistory(db_path=str(settings.local_history_path))
+        gateway = LocalRegistryGateway(db_path=str(settings.local_registry_path), user_id_pattern=settings.user_id_pattern)
     elif settings.deployment == "aws":
-        aws = aws_clients(settings)
-        store = S3ObjectStore(aws=aws)
-        history = DynamoImportHistory(table_name=settings.history_table, aws=aws)
+        # The store's AWS configuration: one for every AWS adapter.
+        history = DynamoImportHistory(table_name=settings.history_table, aws=store.aws)
         from_secret = settings.gateway_auth == "api_key" and bool(settings.gateway_api_key_secret)
         gateway = RivHttpGateway(
             url=settings.gateway_url,

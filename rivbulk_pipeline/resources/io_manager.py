@@ -13,10 +13,10 @@ import dagster as dg
 import pandas as pd
 import pyarrow as pa
 
-from ..core.steps.tables import TableLocation, open_table, table_location, write_table
-from ..resources.object_store import ObjectStoreResource
+from ..core.steps.tables import TableLocation, open_table, write_table
+from .object_store import ObjectStoreResource
 from ..settings import Settings
-from .metadata import location_metadata
+from ..ui_metadata import location_metadata
 
 PARTITION_COLUMN = "inventory_date"  # added when several partitions are read as one DataFrame
 
@@ -28,7 +28,7 @@ class StoredTableIOManager(dg.ConfigurableIOManager):
     store: ObjectStoreResource
 
     def _location(self, asset: dg.AssetKey, partition: Optional[str]) -> TableLocation:
-        return table_location(self.settings.output_bucket_name, self.settings.output_prefix, asset.path[-1], partition)
+        return self.settings.table_location(asset.path[-1], partition)
 
     def handle_output(self, context: dg.OutputContext, obj: object) -> None:
         if obj is None:

@@ -6,14 +6,16 @@ second (the demo, the gateways and boto3 stay unimported on the local store).
 """
 from __future__ import annotations
 
-from datetime import datetime
+import argparse
+from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .core.inventory.writer import write_inventory_report
-from .core.ports import ObjectStore
-from .settings import Settings
+from ..core.inventory.writer import write_inventory_report
+from ..core.ports import ObjectStore
+from ..resources.deployment import store_for
+from ..settings import Settings
 
 
 def write_report(store: ObjectStore, settings: Settings, created_at: datetime, file_format: str = "CSV") -> str:
@@ -32,3 +34,14 @@ def write_report(store: ObjectStore, settings: Settings, created_at: datetime, f
         created_at=created_at,
         file_format=file_format,
     )
+
+
+def cmd_inventory(args: argparse.Namespace, settings: Settings) -> int:
+    created_at = datetime.fromisoformat(args.at) if args.at else datetime.now(timezone.utc)
+    if created_at.tzinfo is None:
+        created_at = created_at.replace(tzinfo=timezone.utc)
+    # Not truncated to the minute: objects are listed as of `created_at`, and truncating "now"
+    # would leave out everything written in the current minute (the folder name is per minute anyway).
+    key = write_report(store_for(settings), settings, created_at, args.format)
+    print(f"wrote s3://{settings.inventory_bucket}/{key}")
+    return 0

@@ -5,9 +5,12 @@ S3 Inventory reports for three past dates and today.
 """
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
+import shutil
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
@@ -15,10 +18,10 @@ from typing import Callable, Optional
 
 from PIL import Image, ImageDraw
 
-from .bucket_report import write_report
-from .resources.gateway import LocalRegistryGateway
-from .resources.object_store import LocalObjectStore
-from .settings import Settings
+from ..resources.deployment import store_for
+from ..resources.gateway import LocalRegistryGateway
+from ..settings import Settings
+from .inventory import write_report
 
 OTHER_BUCKET = "rivbulk-elsewhere"
 
@@ -101,13 +104,13 @@ def create_demo(settings: Settings, now: Optional[datetime] = None) -> Path:
     """Write the demo bucket, the registry's existing users and the inventory reports under settings.home."""
     now = (now or datetime.now(timezone.utc)).replace(second=0, microsecond=0)
     home = settings.home_path
-    store = LocalObjectStore(root=str(settings.local_store_root))
+    store = store_for(settings)
 
     def backdate(key: str, appeared: datetime) -> None:  # the local store's Last-Modified is the file's mtime
-        os.utime(home / "store" / settings.image_bucket / key, (appeared.timestamp(), appeared.timestamp()))
+        os.utime(settings.local_store_root / settings.image_bucket / key, (appeared.timestamp(), appeared.timestamp()))
 
     populate_images(store, settings, now, backdate)
-    preregister(LocalRegistryGateway(db_path=str(home / "registry.sqlite")))
+    preregister(LocalRegistryGateway(db_path=str(settings.local_registry_path)))
     for days_ago, file_format in REPORT_DAYS:
         created_at = now if days_ago == 0 else datetime.combine((now - timedelta(days=days_ago)).date(), time(1, 0), timezone.utc)
         write_report(store, settings, created_at, file_format)
@@ -137,3 +140,19 @@ def preregister(gateway) -> None:
         result = gateway.register(user_id, face_image(seed), {})
         if result.outcome.value != "indexed":
             raise RuntimeError(f"could not pre-register demo user {user_id}: {result.reason}")
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.deployment != "local":
+        print("rivbulk demo writes the local default's data; unset RIVBULK_DEPLOYMENT", file=sys.stderr)
+        return 2
+    home = settings.home_path
+    if settings.local_store_root.exists():
+        if not args.force:
+            print(f"demo data already in {home} (use --force to recreate it)")
+            return 0
+        for path in settings.local_layout:
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    create_demo(settings)
+    print(f"demo data written to {home}")
+    return 0
