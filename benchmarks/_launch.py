@@ -5,6 +5,7 @@ process would start with the parent's peak. This launcher imports nothing heavy;
 it forks starts small, and `RUSAGE_CHILDREN` then holds that command's own peak alone.
 Prints the command's stdout, then one line `{"peak_rss_bytes": N}`; exits with its status.
 """
+
 import json
 import resource
 import subprocess

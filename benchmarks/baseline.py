@@ -3,6 +3,7 @@
 Written from that description to be measured against, defects included, and no slower
 than it has to be: the point is a fair comparison, not a straw man.
 """
+
 from __future__ import annotations
 
 import gzip

@@ -4,6 +4,7 @@ Keys are generated from a row number, so any row's expected key is known without
 millions of them around. A third of the keys need decoding, in four flavours: a space
 (written '+', the reference's bug), a literal '+' (%2B), a '%' (%25) and non-ASCII (%XX).
 """
+
 from __future__ import annotations
 
 import csv
@@ -202,5 +203,13 @@ def candidate_batch(store: LocalObjectStore, bucket: str, keys: list[str]) -> pa
     for key in keys:
         with open(os.path.join(store.root, bucket, *key.split("/")), "rb") as f:
             body = f.read()
-        rows.append({"bucket": bucket, "key": key, "version_id": None, "size": len(body), "e_tag": hashlib.md5(body).hexdigest()})
+        rows.append(
+            {
+                "bucket": bucket,
+                "key": key,
+                "version_id": None,
+                "size": len(body),
+                "e_tag": hashlib.md5(body).hexdigest(),
+            }
+        )
     return pa.RecordBatch.from_pylist(rows, schema=CANDIDATE_SCHEMA)

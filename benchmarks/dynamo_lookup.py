@@ -2,6 +2,7 @@
 of BatchGetItem (key by key) against one parallel Scan, for a small day and for a day that
 asks about the whole table. Read units are counted by DynamoDB's rules (4 KB units, strongly
 consistent, a missing key costs one); moto's own counts are not DynamoDB's."""
+
 from __future__ import annotations
 
 import logging
@@ -43,7 +44,11 @@ def _objects(start: int, count: int) -> pa.Table:
 
 def measure_dynamo_lookup(records: int, log: Callable[[str], None] = print) -> dict:
     """`records` history items; days asking about 1% and 100% of them, each strategy forced."""
-    for name, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_EC2_METADATA_DISABLED": "true"}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
         os.environ.setdefault(name, value)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

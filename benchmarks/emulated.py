@@ -1,4 +1,5 @@
 """Emulated remote services: a real store with S3-like latency, a gateway with RIV-like latency."""
+
 from __future__ import annotations
 
 import collections

@@ -6,6 +6,7 @@ The large files are sparse (they take no disk); the PNG is real, its pixel data 
 identical scanlines. Each step runs in a fresh process (`python -m benchmarks.hostile step ...`
 under `benchmarks._launch`), so its peak RSS is its own.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -88,7 +89,11 @@ def build(home: str, normal: int) -> str:
         store.put_bytes(PROPERTIES_BUCKET, f"{user}.json", json.dumps({"team": "blue"}).encode())
         store.put_tags(IMAGE_BUCKET, key, {"UserId": user, "Properties": f"s3://{PROPERTIES_BUCKET}/{user}.json"})
     root = os.path.join(str(settings.local_store_root), IMAGE_BUCKET)
-    _sparse(os.path.join(str(settings.local_store_root), PROPERTIES_BUCKET, "big", "props.json"), PROPERTIES_BYTES, b'{"a": "')
+    _sparse(
+        os.path.join(str(settings.local_store_root), PROPERTIES_BUCKET, "big", "props.json"),
+        PROPERTIES_BYTES,
+        b'{"a": "',
+    )
     store.put_bytes(IMAGE_BUCKET, "people/props-500mb.png", face_image(7))
     _sparse(os.path.join(root, "people", "image-100mb.png"), IMAGE_BYTES, b"\x89PNG\r\n\x1a\n")
     store.put_bytes(IMAGE_BUCKET, "people/bomb-88mp.png", declared_png(*BOMB_SIDES))
@@ -118,7 +123,12 @@ def run_step(home: str, date: str, asset: str) -> dict:
     selected = [a for a in bulk_load_assets if a.key.path[-1] == asset]
     started = time.perf_counter()
     result = dg.materialize(
-        bulk_load_assets, selection=selected, partition_key=date, resources=resources, instance=instance, raise_on_error=False
+        bulk_load_assets,
+        selection=selected,
+        partition_key=date,
+        resources=resources,
+        instance=instance,
+        raise_on_error=False,
     )
     seconds = time.perf_counter() - started
     figures: dict = {"asset": asset, "success": result.success, "seconds": seconds}
@@ -130,12 +140,26 @@ def run_step(home: str, date: str, asset: str) -> dict:
         if asset == "qualified_objects":
             figures["outcomes"] = {k: f"qualify:{c}" for k, c in zip(rows["key"], codes)}
         else:
-            figures["outcomes"] = {k: f"index:{o}" + (f":{c}" if o != "indexed" else "") for k, o, c in zip(rows["key"], rows["outcome"], codes)}
+            figures["outcomes"] = {
+                k: f"index:{o}" + (f":{c}" if o != "indexed" else "")
+                for k, o, c in zip(rows["key"], rows["outcome"], codes)
+            }
     return figures
 
 
 def _child(home: str, date: str, asset: str) -> dict:
-    command = [sys.executable, "-m", "benchmarks._launch", sys.executable, "-m", "benchmarks.hostile", "step", home, date, asset]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks._launch",
+        sys.executable,
+        "-m",
+        "benchmarks.hostile",
+        "step",
+        home,
+        date,
+        asset,
+    ]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     return {**lines[-2], **lines[-1]}

@@ -6,6 +6,7 @@ measured as one JSON line. Modes: `ours` and `baseline` time one pass over
 the report; `check-ours` and `check-baseline` compare every key with `unquote_plus` (untimed,
 in their own process so the timed ones stay clean).
 """
+
 from __future__ import annotations
 
 import argparse

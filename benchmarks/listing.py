@@ -8,6 +8,7 @@ the files themselves (row count, and the ETag and size of a sample of files).
 
     python -m benchmarks.listing 100000 [--workdir DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,7 +59,9 @@ def build_bucket(home: str, objects: int) -> None:
     bucket_dir = os.path.join(settings.local_store_root, settings.image_bucket)
     with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
         starts = range(0, objects, PER_FOLDER)
-        list(pool.map(_write_folder, [bucket_dir] * len(starts), starts, [min(s + PER_FOLDER, objects) for s in starts]))
+        list(
+            pool.map(_write_folder, [bucket_dir] * len(starts), starts, [min(s + PER_FOLDER, objects) for s in starts])
+        )
 
 
 def run_command(home: str) -> tuple[float, int]:
@@ -94,7 +97,9 @@ def check_report(home: str, objects: int) -> None:
     for key in wanted:
         body = open(os.path.join(settings.local_store_root, settings.image_bucket, key), "rb").read()
         if seen.get(key) != (len(body), hashlib.md5(body).hexdigest()):
-            raise AssertionError(f"{key}: the report says {seen.get(key)}, the file is {len(body)} bytes, MD5 {hashlib.md5(body).hexdigest()}")
+            raise AssertionError(
+                f"{key}: the report says {seen.get(key)}, the file is {len(body)} bytes, MD5 {hashlib.md5(body).hexdigest()}"
+            )
 
 
 def measure_listing(workdir: str, objects: int, log: Callable[[str], None] = print) -> dict:
@@ -107,7 +112,9 @@ def measure_listing(workdir: str, objects: int, log: Callable[[str], None] = pri
         seconds, rss = run_command(home)
         check_report(home, objects)
         result[case] = {"seconds": seconds, "objects_per_s": objects / seconds, "peak_rss_bytes": rss}
-        log(f"  {case.replace('_', ' ')}: {seconds:.1f}s, {objects / seconds:,.0f} objects/s, peak RSS {rss / 1e6:,.0f} MB (report checked)")
+        log(
+            f"  {case.replace('_', ' ')}: {seconds:.1f}s, {objects / seconds:,.0f} objects/s, peak RSS {rss / 1e6:,.0f} MB (report checked)"
+        )
     result["load_after"] = os.getloadavg()[0]
     shutil.rmtree(home, ignore_errors=True)
     return result

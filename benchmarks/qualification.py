@@ -1,6 +1,7 @@
 """Measurements 2 and 3: qualification throughput at S3-like latency, and the tag reads of
 an incremental day. Both run `qualify_candidates` against a real LocalObjectStore, wrapped
 by `LatencyStore` (sleeps per call, counts calls) and a real SqliteImportHistory."""
+
 from __future__ import annotations
 
 import os
@@ -79,7 +80,9 @@ def measure_qualification(
     }
 
 
-def measure_incremental(workdir: str, day1_objects: int, new_fraction: float = 0.01, log: Callable[[str], None] = print) -> dict:
+def measure_incremental(
+    workdir: str, day1_objects: int, new_fraction: float = 0.01, log: Callable[[str], None] = print
+) -> dict:
     """Tag reads on day 2, when every day-1 object is INDEXED in the history (same ETag)."""
     new_objects = max(1, round(day1_objects * new_fraction))
     store = LocalObjectStore(root=os.path.join(workdir, "incremental-store"))
@@ -97,7 +100,10 @@ def measure_incremental(workdir: str, day1_objects: int, new_fraction: float = 0
 
     table, counted = _ours(day2, store, history, concurrency=32, latency=0.0)  # only the count matters here
     reasons = table.column("reason").to_pylist()
-    if reasons.count(Reason.ALREADY_INDEXED.value) != day1_objects or reasons.count(Reason.QUALIFIED.value) != new_objects:
+    if (
+        reasons.count(Reason.ALREADY_INDEXED.value) != day1_objects
+        or reasons.count(Reason.QUALIFIED.value) != new_objects
+    ):
         raise RuntimeError("ours did not tell the indexed day-1 objects from the new ones")
     counted_baseline = LatencyStore(store, 0.0)
     baseline_qualify(_refs(day2), counted_baseline)

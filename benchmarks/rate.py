@@ -1,6 +1,7 @@
 """Measurement 4: registrations per second against a configured rate, with a gateway that
 takes `gateway_latency` per call (RecordingGateway), through `index_qualified` with the
 real RateLimiter, LocalObjectStore and SqliteImportHistory."""
+
 from __future__ import annotations
 
 import os
@@ -40,7 +41,9 @@ def measure_rate(
     gateway's own record of when each call arrived."""
     store = LocalObjectStore(root=os.path.join(workdir, "rate-store"))
     log(f"  creating {objects + baseline_objects:,} objects ...")
-    candidates = candidate_batch(store, FACES_BUCKET, make_image_objects(store, FACES_BUCKET, 0, objects + baseline_objects))
+    candidates = candidate_batch(
+        store, FACES_BUCKET, make_image_objects(store, FACES_BUCKET, 0, objects + baseline_objects)
+    )
     ours_rows = candidates.slice(0, objects)
     n = ours_rows.num_rows
     qualified = pa.RecordBatch.from_arrays(
@@ -78,7 +81,10 @@ def measure_rate(
 
     base_gateway = RecordingGateway(gateway_latency)
     log(f"  baseline: {baseline_objects:,} registrations, sequential and unthrottled ...")
-    rows = [(ObjectRef(FACES_BUCKET, key), f"user-{i}") for i, key in enumerate(candidates.column("key").to_pylist()[objects:])]
+    rows = [
+        (ObjectRef(FACES_BUCKET, key), f"user-{i}")
+        for i, key in enumerate(candidates.column("key").to_pylist()[objects:])
+    ]
     baseline_index(rows, store, base_gateway)
     return {
         "objects": objects,
@@ -91,4 +97,3 @@ def measure_rate(
         "baseline_achieved": _achieved_rate(base_gateway.entries),
         "baseline_max_window": max_calls_in_any_window(base_gateway.entries),
     }
-

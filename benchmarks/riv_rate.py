@@ -2,6 +2,7 @@
 answering each register call in 2 s (a Step Functions workflow of three Lambdas), in a process of its own, every other
 setting at its default. The rate is read from the stand-in's own record of when each workflow
 started; the busiest second is counted both there and at the client's sends."""
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,20 @@ def measure_riv_rate(
     for n in range(objects):
         key = f"faces/{n:06d}.png"
         etag = store.put_bytes(BUCKET, key, face_image(10_000 + n))
-        rows.append(dict(bucket=BUCKET, key=key, version_id=None, size=None, e_tag=etag, qualified=True,
-                         reason="qualified", detail="", user_id=f"user-{n}", properties_ref=None))
+        rows.append(
+            dict(
+                bucket=BUCKET,
+                key=key,
+                version_id=None,
+                size=None,
+                e_tag=etag,
+                qualified=True,
+                reason="qualified",
+                detail="",
+                user_id=f"user-{n}",
+                properties_ref=None,
+            )
+        )
     batch = pa.RecordBatch.from_pylist(rows, schema=QUALIFIED_SCHEMA)
     history = SqliteImportHistory(db_path=os.path.join(workdir, "riv-rate-history.sqlite"))
     meter = CallMeter(settings.index_rate, settings.index_concurrency)
@@ -70,7 +83,9 @@ def measure_riv_rate(
         registered = len(riv.registrations)
     history.close()
     if outcomes.count(Outcome.INDEXED.value) != objects or registered != objects:
-        raise RuntimeError(f"indexed {outcomes.count(Outcome.INDEXED.value)} of {objects}; RIV holds {registered} users")
+        raise RuntimeError(
+            f"indexed {outcomes.count(Outcome.INDEXED.value)} of {objects}; RIV holds {registered} users"
+        )
     figures = meter.figures()
     log(f"  {figures.summary()}")
     return {

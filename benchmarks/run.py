@@ -7,6 +7,7 @@ qualification and indexing steps' peak RSS over a date holding a 500 MB properti
 image and an 88-megapixel PNG beside normal objects). Data is generated in a temp
 dir (or `--workdir`, kept) and every figure is printed next to its target.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -322,7 +323,10 @@ def _scale_lines(r: dict) -> list[Line]:
     for run in r["runs"]:
         n, assets = run["objects"], run["asset_seconds"]
         four = sum(assets.values())
-        per_asset = " / ".join(f"{assets.get(a, 0):.1f}" for a in ("inventory_report", "batch_manifest", "qualified_objects", "indexed_users"))
+        per_asset = " / ".join(
+            f"{assets.get(a, 0):.1f}"
+            for a in ("inventory_report", "batch_manifest", "qualified_objects", "indexed_users")
+        )
         target = SCALE_SECONDS.get(n)
         lines.append(Line(
             "6", f"daily run, {_rows(n)} objects ({run['new']:,} new): four assets",
@@ -363,7 +367,15 @@ def _verdict(passed: Optional[bool]) -> str:
 def format_table(lines: Sequence[Line]) -> str:
     header = Line("#", "measurement", "OURS", "BASELINE", "figure", "target", True)
     cells = [
-        [l.number, l.measurement, l.ours, l.baseline, l.figure, l.target, _verdict(l.passed) if l is not header else "result"]
+        [
+            l.number,
+            l.measurement,
+            l.ours,
+            l.baseline,
+            l.figure,
+            l.target,
+            _verdict(l.passed) if l is not header else "result",
+        ]
         for l in [header, *lines]
     ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
@@ -375,7 +387,9 @@ def format_table(lines: Sequence[Line]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (a minute or so)")
-    parser.add_argument("--full", action="store_true", help="the scale section also runs 10M objects, the listing 1M (several minutes)")
+    parser.add_argument(
+        "--full", action="store_true", help="the scale section also runs 10M objects, the listing 1M (several minutes)"
+    )
     parser.add_argument("--only", action="append", choices=MEASUREMENTS, metavar="NAME",
                         help=f"run only this measurement (repeatable): {', '.join(MEASUREMENTS)}")  # fmt: skip
     parser.add_argument("--concurrency", type=int, help="qualification workers (default 128)")

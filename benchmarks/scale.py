@@ -10,6 +10,7 @@ UserId tags in the local store, registered for real by the embedded registry.
 Each size runs `bulk_load_job` in a fresh process (`python -m benchmarks.scale run ...`), so
 its peak RSS is its own; the per-asset times come from Dagster's own step events.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -117,7 +118,14 @@ def build(home: str, objects: int, new_fraction: float = 0.01, log: Callable[[st
         n = len(keys)
         const = lambda v: pa.repeat(pa.scalar(v, pa.string()), n)  # noqa: E731
         encoded = pc.replace_substring(keys, " ", "+")  # our keys need no other encoding
-        columns = [const(settings.image_bucket), encoded, sizes.cast(pa.string()), const(stamp), etags, const("STANDARD")]
+        columns = [
+            const(settings.image_bucket),
+            encoded,
+            sizes.cast(pa.string()),
+            const(stamp),
+            etags,
+            const("STANDARD"),
+        ]
         return pa.RecordBatch.from_arrays(columns, names=[f"c{i}" for i in range(len(columns))])
 
     def chunks():
@@ -145,7 +153,9 @@ def build(home: str, objects: int, new_fraction: float = 0.01, log: Callable[[st
                 out.write(text.getvalue())
                 rows += batch.num_rows
         with open(path, "rb") as f:
-            files.append({"key": key, "size": os.path.getsize(path), "MD5checksum": hashlib.file_digest(f, "md5").hexdigest()})
+            files.append(
+                {"key": key, "size": os.path.getsize(path), "MD5checksum": hashlib.file_digest(f, "md5").hexdigest()}
+            )
     folder = f"{root}/{TODAY.strftime(REPORT_FOLDER_FORMAT)}"
     manifest = json.dumps({
         "sourceBucket": settings.image_bucket, "destinationBucket": f"arn:aws:s3:::{settings.inventory_bucket}",
@@ -153,7 +163,9 @@ def build(home: str, objects: int, new_fraction: float = 0.01, log: Callable[[st
         "fileSchema": FILE_SCHEMA, "files": files,
     }, indent=2).encode()  # fmt: skip
     store.put_bytes(settings.inventory_bucket, f"{folder}/manifest.json", manifest)
-    store.put_bytes(settings.inventory_bucket, f"{folder}/manifest.checksum", hashlib.md5(manifest).hexdigest().encode())
+    store.put_bytes(
+        settings.inventory_bucket, f"{folder}/manifest.checksum", hashlib.md5(manifest).hexdigest().encode()
+    )
     log(f"  report of {objects:,} rows in {len(files)} file(s): {time.perf_counter() - started:.0f}s")
 
     # The previous date's qualified_objects: every old object final (already indexed).
@@ -253,9 +265,7 @@ def run_daily(home: str, partition: str, previous: bool = True, executor: str = 
         metadata[name] = {k: getattr(v, "value", v) for k, v in mat.materialization.metadata.items()}
     q = metadata.get("qualified_objects", {})
     steps = {key: ends[key] - starts[key] for key in starts if key in ends}
-    step_rss = {
-        key: max((rss for at, rss in samples if starts[key] <= at <= ends[key]), default=0) for key in steps
-    }
+    step_rss = {key: max((rss for at, rss in samples if starts[key] <= at <= ends[key]), default=0) for key in steps}
     return {
         "success": success,
         "total_seconds": total,
@@ -309,7 +319,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         figures = run_daily(args.home, args.partition, previous=not args.no_previous, executor=args.executor)
         print(json.dumps(figures), flush=True)
     else:
-        print(json.dumps(measure_size(args.workdir, args.objects, previous=not args.no_previous, executor=args.executor)))
+        print(
+            json.dumps(measure_size(args.workdir, args.objects, previous=not args.no_previous, executor=args.executor))
+        )
     return 0
 
 

@@ -5,6 +5,7 @@ failures, 1% claims) and `dates` dates of stored qualified_objects / indexed_use
 as many rows between them; then `build_summary`, as the asset calls it, timed (best of
 `repeats`), in this process.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,7 +27,9 @@ from rivbulk_pipeline.settings import Settings
 STATUSES = np.array(["indexed", "failed_permanent", "failed_transient", "claimed"])
 SHARES = [0.90, 0.05, 0.04, 0.01]
 QUALIFY_REASONS = np.array(["qualified", "already_indexed", "no_user_id", "ignored", "bad_properties"])
-GATEWAY_REASONS = np.array(["SUCCEEDED", "too_small: the image is 40x40 px", "UserAlreadyExists: registered to another user", "HTTP 503"])
+GATEWAY_REASONS = np.array(
+    ["SUCCEEDED", "too_small: the image is 40x40 px", "UserAlreadyExists: registered to another user", "HTTP 503"]
+)
 
 
 def _history_rows(records: int, rng: np.random.Generator, chunk: int = 100_000) -> Iterator[list[tuple]]:
@@ -72,7 +75,9 @@ def make_tables(root: str, settings: Settings, dates: list[str], rows: int, seed
                               "detail": pa.array([""] * rows), "user_id": pa.nulls(rows, pa.string()),
                               "properties_ref": pa.nulls(rows, pa.string())}, schema=QUALIFIED_SCHEMA)  # fmt: skip
         gateway = rng.choice(GATEWAY_REASONS, size=rows, p=[0.9, 0.04, 0.03, 0.03])
-        outcomes = np.where(gateway == "SUCCEEDED", "indexed", np.where(gateway == "HTTP 503", "failed_transient", "failed_permanent"))
+        outcomes = np.where(
+            gateway == "SUCCEEDED", "indexed", np.where(gateway == "HTTP 503", "failed_transient", "failed_permanent")
+        )
         indexed = pa.table({**common, "outcome": pa.array(outcomes), "reason": pa.array(gateway),
                             "attempts": pa.array(np.ones(rows, dtype=np.int32))}, schema=INDEXED_SCHEMA)  # fmt: skip
         for asset, table in (("qualified_objects", qualified), ("indexed_users", indexed)):
@@ -91,7 +96,9 @@ def measure_summary(
     days = [(date(2026, 1, 1) + timedelta(days=i)).isoformat() for i in range(dates)]
     store_root = os.path.join(workdir, "store")
     make_tables(store_root, settings, days, table_rows)
-    log(f"  {records:,} history records and {dates} dates x {table_rows:,} rows written in {time.perf_counter() - started:.0f}s")
+    log(
+        f"  {records:,} history records and {dates} dates x {table_rows:,} rows written in {time.perf_counter() - started:.0f}s"
+    )
     store = LocalObjectStore(root=store_root)
     best = None
     for _ in range(repeats):

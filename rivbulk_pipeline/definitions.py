@@ -1,5 +1,6 @@
 """The one Definitions object: the four load assets and the summary, their checks, the job, the
 sensors, resources per deployment."""
+
 import dagster as dg
 
 from .defs.alerts import alert_checks, run_failure_alert

@@ -16,6 +16,7 @@ has no health check, so this module adds one:
 A worker this machine cannot see (another host, or no process recorded) is reported RUNNING: a
 live run is never failed on a guess; `run_monitoring.max_runtime_seconds` bounds those.
 """
+
 from __future__ import annotations
 
 import os

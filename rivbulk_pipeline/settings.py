@@ -9,6 +9,7 @@ provider's secrets are given by reference (`{"env": ...}` / `{"secret": ...}`), 
 that would hold one (a URL with a password, a secret-named provider option with a value) is
 refused at load.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,9 @@ from .core.steps.tables import TableLocation, table_location
 ENV_PREFIX = "RIVBULK_"
 _REGION_FALLBACKS = ("AWS_REGION", "AWS_DEFAULT_REGION")
 # A provider option by these names holds a secret: it must be given by reference.
-_SECRET_NAME = re.compile(r"pass(word|wd|phrase)?|secret|token|api_?key|private_?key|credential|dsn|auth", re.IGNORECASE)
+_SECRET_NAME = re.compile(
+    r"pass(word|wd|phrase)?|secret|token|api_?key|private_?key|credential|dsn|auth", re.IGNORECASE
+)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 REFERENCE_KINDS = ("env", "secret")  # {"env": "VARIABLE"}, {"secret": "<Secrets Manager ARN or name>"}
 
@@ -45,61 +48,92 @@ class Settings(dg.ConfigurableResource):
     """Where the pipeline reads and writes, and how hard it may push."""
 
     deployment: Literal["local", "aws"] = _setting(
-        "local", "`local`: folder store, SQLite history, embedded registry. `aws`: S3, DynamoDB, the RIV gateway over HTTP"
+        "local",
+        "`local`: folder store, SQLite history, embedded registry. `aws`: S3, DynamoDB, the RIV gateway over HTTP",
     )
     home: str = _setting(".rivbulk", "local only: where the store, the SQLite files and `dagster_home` live")
-    image_bucket: str = _setting("rivbulk-images", "the bucket the images are in (the inventory's source bucket)", min_length=1)
+    image_bucket: str = _setting(
+        "rivbulk-images", "the bucket the images are in (the inventory's source bucket)", min_length=1
+    )
     inventory_bucket: str = _setting(
         "rivbulk-inventory", "the inventory's destination bucket (a name, not an ARN)", min_length=1
     )
     inventory_prefix: str = _setting(
-        "inventory", "the inventory configuration's destination prefix (empty: reports at the bucket's root)", may_be_empty=True
+        "inventory",
+        "the inventory configuration's destination prefix (empty: reports at the bucket's root)",
+        may_be_empty=True,
     )
     inventory_config_id: str = _setting("daily", "the inventory configuration id", min_length=1)
-    output_bucket: str = _setting("", "where asset tables and Batch manifests are written (empty: the inventory bucket)")
+    output_bucket: str = _setting(
+        "", "where asset tables and Batch manifests are written (empty: the inventory bucket)"
+    )
     output_prefix: str = _setting(
         "rivbulk", "prefix for asset tables and Batch manifests (empty: the bucket's root)", may_be_empty=True
     )
-    region: Optional[str] = _setting(None, "AWS region for S3, DynamoDB and SigV4 (unset: `AWS_REGION`, then `AWS_DEFAULT_REGION`)")
-    endpoint_url: Optional[str] = _setting(None, "endpoint for S3, DynamoDB and Secrets Manager (MinIO, LocalStack, moto)")
-    aws_profile: Optional[str] = _setting(None, "AWS profile for every AWS client (unset: the standard credential chain)")
+    region: Optional[str] = _setting(
+        None, "AWS region for S3, DynamoDB and SigV4 (unset: `AWS_REGION`, then `AWS_DEFAULT_REGION`)"
+    )
+    endpoint_url: Optional[str] = _setting(
+        None, "endpoint for S3, DynamoDB and Secrets Manager (MinIO, LocalStack, moto)"
+    )
+    aws_profile: Optional[str] = _setting(
+        None, "AWS profile for every AWS client (unset: the standard credential chain)"
+    )
     aws_max_attempts: int = _setting(8, "attempts per AWS call, the first included, >= 1", ge=1, le=50)
     aws_retry_mode: Literal["standard", "adaptive", "legacy"] = _setting(
         "standard", "botocore's retry mode for every AWS client (`standard`, `adaptive` or `legacy`)"
     )
     aws_max_pool_connections: int = _setting(32, "HTTP connections kept per AWS client, >= 1", ge=1, le=1024)
-    history_table: str = _setting("rivbulk-import-history", "the DynamoDB import history table", min_length=3, max_length=255)
-    gateway_url: str = _setting("", "the RIV UserPortal gateway (required for `aws`); rivbulk posts to `<url>/register`")
+    history_table: str = _setting(
+        "rivbulk-import-history", "the DynamoDB import history table", min_length=3, max_length=255
+    )
+    gateway_url: str = _setting(
+        "", "the RIV UserPortal gateway (required for `aws`); rivbulk posts to `<url>/register`"
+    )
     gateway_auth: Literal["none", "api_key", "sigv4"] = _setting(
-        "none", "`none`, `api_key` (the key in `RIVBULK_GATEWAY_API_KEY`, environment only) or `sigv4` (IAM, service `execute-api`)"
+        "none",
+        "`none`, `api_key` (the key in `RIVBULK_GATEWAY_API_KEY`, environment only) or `sigv4` (IAM, service `execute-api`)",
     )
     gateway_api_key_secret: str = _setting(
-        "", "ARN or name of a Secrets Manager secret holding the API key as plain text (for `api_key`; instead of `RIVBULK_GATEWAY_API_KEY`)"
+        "",
+        "ARN or name of a Secrets Manager secret holding the API key as plain text (for `api_key`; instead of `RIVBULK_GATEWAY_API_KEY`)",
     )
     gateway_api_key_header: str = _setting("x-api-key", "the header the API key goes in", min_length=1)
     gateway_timeout_seconds: float = _setting(30.0, "timeout of every gateway call (connect and read), > 0", gt=0)
     gateway_workflow_timeout_seconds: float = _setting(
-        30.0, "how long RIV's register workflow may run (its Express timeout): after a call whose outcome is unknown,"
-        " the load waits this long before asking check-userid, >= 0", ge=0
+        30.0,
+        "how long RIV's register workflow may run (its Express timeout): after a call whose outcome is unknown,"
+        " the load waits this long before asking check-userid, >= 0",
+        ge=0,
     )
     gateway_max_payload_bytes: int = _setting(
-        262_144, "Step Functions' state limit that a request plus DetectFaces' result must fit (256 KiB); a request"
-        " that cannot is refused before sending", gt=0
+        262_144,
+        "Step Functions' state limit that a request plus DetectFaces' result must fit (256 KiB); a request"
+        " that cannot is refused before sending",
+        gt=0,
     )
     gateway_image_mode: Literal["inline", "by_reference"] = _setting(
-        "inline", "`inline`: the image in the request (any RIV version); `by_reference`: RIV reads it from S3 itself"
-        " (RIV since 98f4a0d; see *The import history and the gateway*)"
+        "inline",
+        "`inline`: the image in the request (any RIV version); `by_reference`: RIV reads it from S3 itself"
+        " (RIV since 98f4a0d; see *The import history and the gateway*)",
     )
     user_id_pattern: str = _setting(
-        RIV_USER_ID_PATTERN, "the user ids the registry can index, a regular expression the lower-cased id must match"
-        " (RIV: Rekognition's ExternalImageId); invisible characters are never valid", min_length=1
+        RIV_USER_ID_PATTERN,
+        "the user ids the registry can index, a regular expression the lower-cased id must match"
+        " (RIV: Rekognition's ExternalImageId); invisible characters are never valid",
+        min_length=1,
     )
     index_rate: float = _setting(
-        5.0, "registrations per second across the whole deployment (fractions allowed), > 0; see *One rate for the deployment*", gt=0
+        5.0,
+        "registrations per second across the whole deployment (fractions allowed), > 0; see *One rate for the deployment*",
+        gt=0,
     )
     index_concurrency: int = _setting(
-        64, "the most registrations in flight at once; the load keeps as many as the rate needs at the gateway's"
-        " measured latency (rate x latency), up to this, >= 1", ge=1, le=512
+        64,
+        "the most registrations in flight at once; the load keeps as many as the rate needs at the gateway's"
+        " measured latency (rate x latency), up to this, >= 1",
+        ge=1,
+        le=512,
     )
     index_max_attempts: int = _setting(
         4, "gateway attempts per object for transient failures (exponential backoff, full jitter), >= 1", ge=1, le=20
@@ -117,11 +151,13 @@ class Settings(dg.ConfigurableResource):
     )
     provider_options: str = _setting(
         "{}",
-        "JSON object of keyword arguments for your provider class; a secret only by reference, `{\"env\": \"VARIABLE\"}`"
-        " or `{\"secret\": \"<Secrets Manager ARN or name>\"}` (see *Your own registration provider*)",
+        'JSON object of keyword arguments for your provider class; a secret only by reference, `{"env": "VARIABLE"}`'
+        ' or `{"secret": "<Secrets Manager ARN or name>"}` (see *Your own registration provider*)',
     )
     inventory_max_age_hours: float = _setting(
-        48.0, "a warning in the UI when the newest complete inventory report is older than this (S3 Inventory is daily), > 0", gt=0
+        48.0,
+        "a warning in the UI when the newest complete inventory report is older than this (S3 Inventory is daily), > 0",
+        gt=0,
     )
     alert_permanent_failures: int = _setting(
         100, "a WARN check (and an alert) when one date records more permanent failures than this, >= 0", ge=0
@@ -130,7 +166,8 @@ class Settings(dg.ConfigurableResource):
         48.0, "a WARN check (and an alert) when a transient failure has waited longer than this for a run, > 0", gt=0
     )
     alert_sns_topic_arn: str = _setting(
-        "", "an SNS topic that also receives alerts (failed runs, breached thresholds; counts and codes only). Empty: the UI only"
+        "",
+        "an SNS topic that also receives alerts (failed runs, breached thresholds; counts and codes only). Empty: the UI only",
     )
     columnar_keys_url_encoded: Literal["auto", "true", "false"] = _setting(
         "auto", "whether keys in ORC/Parquet reports are URL-encoded (`true`/`false`); `auto` decides per report"
@@ -156,7 +193,7 @@ class Settings(dg.ConfigurableResource):
         except json.JSONDecodeError as error:
             raise ValueError(f"not JSON ({error.msg} at character {error.pos})") from None
         if not isinstance(parsed, dict):
-            raise ValueError("must be a JSON object of keyword arguments, e.g. {\"path\": \"roster.csv\"}")
+            raise ValueError('must be a JSON object of keyword arguments, e.g. {"path": "roster.csv"}')
         for option, item in parsed.items():
             problem = option_problem(option, item)
             if problem:
@@ -177,7 +214,9 @@ class Settings(dg.ConfigurableResource):
     @classmethod
     def _provider_path(cls, value: str) -> str:
         module, _, name = value.partition(":")
-        if value != "s3_tags" and not (module and name.isidentifier() and all(p.isidentifier() for p in module.split("."))):
+        if value != "s3_tags" and not (
+            module and name.isidentifier() and all(p.isidentifier() for p in module.split("."))
+        ):
             raise ValueError("must be `s3_tags` or an import path like `package.module:ClassName`")
         return value
 
@@ -319,20 +358,20 @@ def option_problem(option: str, item: Any) -> Optional[str]:
     """Why a provider option may not be stored as given, or None. Never quotes the value."""
     if isinstance(item, dict) and set(item) & set(REFERENCE_KINDS):
         if not is_reference(item):
-            return "mixes a reference with other keys: a reference is exactly {\"env\": ...} or {\"secret\": ...}"
+            return 'mixes a reference with other keys: a reference is exactly {"env": ...} or {"secret": ...}'
         kind, name = next(iter(item.items()))
         if kind == "env" and not (isinstance(name, str) and _ENV_NAME.fullmatch(name)):
-            return "names no valid environment variable: {\"env\": \"VARIABLE\"} takes a variable's name"
+            return 'names no valid environment variable: {"env": "VARIABLE"} takes a variable\'s name'
         if kind == "secret" and not (isinstance(name, str) and name.strip()):
-            return "names no secret: {\"secret\": ...} takes a Secrets Manager ARN or name"
+            return 'names no secret: {"secret": ...} takes a Secrets Manager ARN or name'
         return None
     if _SECRET_NAME.search(option) and item not in (None, ""):
         return (
             "looks like a secret and holds a value: Dagster stores settings in every run; give it by reference,"
-            " {\"env\": \"VARIABLE\"} or {\"secret\": \"<Secrets Manager ARN or name>\"}"
+            ' {"env": "VARIABLE"} or {"secret": "<Secrets Manager ARN or name>"}'
         )
     if any(url_holds_credentials(text) and "://" in text for text in _strings(item)):
-        return "holds a URL with credentials or a query string: give the URL by reference, {\"env\": \"VARIABLE\"}"
+        return 'holds a URL with credentials or a query string: give the URL by reference, {"env": "VARIABLE"}'
     return None
 
 

@@ -5,6 +5,7 @@ Only object keys, outcomes, reason codes and counts: never image bytes, property
 ids (a reason's detail may name the user, so only its code is shown; the full reason is in the
 stored table).
 """
+
 from __future__ import annotations
 
 import collections
@@ -58,7 +59,9 @@ def schema_metadata(schema: pa.Schema, descriptions: Optional[dict[str, str]] = 
     return {"dagster/column_schema": column_schema(schema, descriptions)}
 
 
-def location_metadata(store: ObjectStoreResource, location: TableLocation, name: str = "table") -> dict[str, dg.MetadataValue]:
+def location_metadata(
+    store: ObjectStoreResource, location: TableLocation, name: str = "table"
+) -> dict[str, dg.MetadataValue]:
     """Where a person finds the table: the file's path (local store) or its s3:// URI and console link."""
     entries = {f"{name}_location": dg.MetadataValue.path(store.location(location.bucket, location.key))}
     console = store.console_url(location.bucket, location.key)
@@ -93,7 +96,14 @@ class FailedRows:
         self._kept: Optional[pa.Table] = None
 
     def add(self, keys: pa.Array, outcomes: pa.Array, reasons: pa.Array, attempts: pa.Array) -> None:
-        rows = pa.table({"key": keys, "outcome": outcomes, "reason": reason_codes(reasons), "attempts": pc.cast(attempts, pa.int64())})
+        rows = pa.table(
+            {
+                "key": keys,
+                "outcome": outcomes,
+                "reason": reason_codes(reasons),
+                "attempts": pc.cast(attempts, pa.int64()),
+            }
+        )
         if not rows.num_rows:
             return
         self.total += rows.num_rows
@@ -114,20 +124,35 @@ class FailedRows:
         """The failed-rows table, and with `counts` a `reason_<code>` count per reason code."""
         rows = self._kept.to_pylist() if self._kept is not None else []
         reasons = self.reasons
-        shown = f"first {len(rows)} of {self.total}, by reason" if self.total > len(rows) else f"all {self.total}, by reason"
+        shown = (
+            f"first {len(rows)} of {self.total}, by reason"
+            if self.total > len(rows)
+            else f"all {self.total}, by reason"
+        )
         return {
             "failed_rows": dg.MetadataValue.table([dg.TableRecord(row) for row in rows], schema=FAILED_ROWS_SCHEMA),
             "failed_rows_shown": dg.MetadataValue.text(shown),
-            **{f"reason_{_key(reason)}": dg.MetadataValue.int(count) for reason, count in sorted(reasons.items()) if counts},
+            **{
+                f"reason_{_key(reason)}": dg.MetadataValue.int(count)
+                for reason, count in sorted(reasons.items())
+                if counts
+            },
         }
 
     def watch(
-        self, batches: Iterable[pa.RecordBatch], failed: Callable[[pa.RecordBatch], pa.Array], attempts: Optional[str] = "attempts"
+        self,
+        batches: Iterable[pa.RecordBatch],
+        failed: Callable[[pa.RecordBatch], pa.Array],
+        attempts: Optional[str] = "attempts",
     ) -> Iterator[pa.RecordBatch]:
         """Pass batches through, adding the rows `failed` selects."""
         for batch in batches:
             chosen = batch.filter(failed(batch))
-            outcomes = chosen.column("outcome") if "outcome" in chosen.schema.names else pa.array(["not_qualified"] * chosen.num_rows)
+            outcomes = (
+                chosen.column("outcome")
+                if "outcome" in chosen.schema.names
+                else pa.array(["not_qualified"] * chosen.num_rows)
+            )
             tries = chosen.column(attempts) if attempts else pa.array([0] * chosen.num_rows, pa.int64())
             self.add(chosen.column("key"), outcomes, chosen.column("reason"), tries)
             yield batch
@@ -146,7 +171,11 @@ def warn_permanent_failures(batches: Iterable[pa.RecordBatch], warn: Callable[[s
     for batch in batches:
         failed = batch.filter(pc.equal(batch.column("outcome"), Outcome.FAILED_PERMANENT.value))
         for bucket, key, code in zip(
-            failed.column("bucket").to_pylist(), failed.column("key").to_pylist(), reason_codes(failed.column("reason")).to_pylist()
+            failed.column("bucket").to_pylist(),
+            failed.column("key").to_pylist(),
+            reason_codes(failed.column("reason")).to_pylist(),
         ):
-            warn(f"permanent failure: s3://{bucket}/{key}: {code} (not retried for this image; details in indexed_users)")
+            warn(
+                f"permanent failure: s3://{bucket}/{key}: {code} (not retried for this image; details in indexed_users)"
+            )
         yield batch

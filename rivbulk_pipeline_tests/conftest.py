@@ -1,4 +1,5 @@
 """Fixtures every folder uses: fake AWS credentials, the local settings, both import histories."""
+
 import os
 from pathlib import Path
 from typing import Iterator

@@ -1,5 +1,6 @@
 """A tiny run of every benchmark measurement: the figures are computed and plausible, and our
 inventory reader decodes the generated keys exactly as `unquote_plus` does. No timing asserted."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -56,7 +57,11 @@ def test_our_reader_decodes_the_report_exactly_like_unquote_plus(tmp_path):
 
     store = LocalObjectStore(root=report.store_root)
     manifest = load_manifest(store, report.bucket, report.folder)
-    ours = [key for batch in iter_inventory_batches(store, manifest, spool_dir=str(tmp_path)) for key in batch.column("key").to_pylist()]
+    ours = [
+        key
+        for batch in iter_inventory_batches(store, manifest, spool_dir=str(tmp_path))
+        for key in batch.column("key").to_pylist()
+    ]
     assert ours == truth
 
 
@@ -78,7 +83,9 @@ def test_launcher_reports_the_childs_own_peak_not_the_parents():
 @pytest.fixture(scope="module")
 def tiny_results(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("bench")
-    return run_measurements(TINY, ["ingest", "qualification", "incremental", "rate", "summary"], str(workdir), log=lambda m: None)
+    return run_measurements(
+        TINY, ["ingest", "qualification", "incremental", "rate", "summary"], str(workdir), log=lambda m: None
+    )
 
 
 def test_ingest_figures(tiny_results):

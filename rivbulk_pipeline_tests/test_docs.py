@@ -1,5 +1,6 @@
 """The docs say what the tree holds: docs/layout.md names every module of the package, and every
 module it names exists; the README links to each doc, and each exists."""
+
 from __future__ import annotations
 
 import re
@@ -10,7 +11,9 @@ LAYOUT = (REPO / "docs" / "layout.md").read_text()
 
 
 def test_every_module_of_the_package_is_in_the_layout() -> None:
-    modules = {p.name for p in (REPO / "rivbulk_pipeline").rglob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    modules = {
+        p.name for p in (REPO / "rivbulk_pipeline").rglob("*.py") if p.name not in ("__init__.py", "__main__.py")
+    }
     missing = {m for m in modules if not re.search(rf"\b{re.escape(m)}\b", LAYOUT)}
     assert not missing, f"docs/layout.md does not name {sorted(missing)}"
 

@@ -4,6 +4,7 @@ main.py parses the arguments and dispatches; dev.py (`rivbulk dev`), load.py (`r
 demo.py (`rivbulk demo` and the demo data), inventory.py (`rivbulk inventory`), corrections.py
 (`rivbulk retry`, `lost`, `where`).
 """
+
 from .main import main
 
 __all__ = ["main"]

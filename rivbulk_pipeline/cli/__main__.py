@@ -1,4 +1,5 @@
 """`python -m rivbulk_pipeline.cli`: the `rivbulk` command."""
+
 import sys
 
 from .main import main

@@ -1,4 +1,5 @@
 """`rivbulk retry`, `rivbulk lost` (reopen records for the next load) and `rivbulk where` (a key's story)."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,19 +28,29 @@ def cmd_correct(args: argparse.Namespace, settings: Settings) -> int:
         with open(args.keys_file) as listed:
             keys += [line.strip() for line in listed if line.strip()]
     selection = corrections.Selection(
-        reasons=args.reason or [], dates=args.date or [], prefixes=args.prefix or [], keys=keys,
+        reasons=args.reason or [],
+        dates=args.date or [],
+        prefixes=args.prefix or [],
+        keys=keys,
         users=getattr(args, "user", None) or [],
     )
     history, store = _correction_resources(settings)
     try:
         chosen = corrections.plan(
-            args.command, selection, history=history, store=store, image_bucket=settings.image_bucket,
-            output_bucket=settings.output_bucket_name, output_prefix=settings.output_prefix,
+            args.command,
+            selection,
+            history=history,
+            store=store,
+            image_bucket=settings.image_bucket,
+            output_bucket=settings.output_bucket_name,
+            output_prefix=settings.output_prefix,
         )
         report = {"action": args.command, "dry_run": not args.apply, "chosen": len(chosen.records),
                   "by_status_and_reason": chosen.counts(), "examples": chosen.examples()}  # fmt: skip
         if args.apply:
-            done = corrections.apply(chosen, history=history, store=store, by=args.by or getpass.getuser(), why=args.why or "")
+            done = corrections.apply(
+                chosen, history=history, store=store, by=args.by or getpass.getuser(), why=args.why or ""
+            )
             report.update(reopened=done.reopened, changed_meanwhile=done.changed_meanwhile,
                           tags_removed=done.tags_removed, tag_errors=done.tag_errors)  # fmt: skip
     except corrections.CorrectionError as error:
@@ -60,14 +71,20 @@ def cmd_where(args: argparse.Namespace, settings: Settings) -> int:
     uri = given if given.startswith("s3://") else f"s3://{settings.image_bucket}/{given}"
     records = history.records_of(uri) or ([] if given.startswith("s3://") else history.records_of_user(given))
     if not records:
-        print(f"{given}: no record in the import history (not a key of {settings.image_bucket}, nor a user id it names)")
+        print(
+            f"{given}: no record in the import history (not a key of {settings.image_bucket}, nor a user id it names)"
+        )
     refs = sorted({r.ref for r in records}) or [_ref_of(uri)]
     for record in records:
         when = lambda t: datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds") if t else "-"  # noqa: E731
-        print(f"{record.ref}\n  status {record.status.value}, reason {record.reason or '-'}, attempts {record.attempts},"
-              f" etag {record.etag}, user {record.user_id or '-'}\n  last written {when(record.updated_at)} by {record.owner or '-'}")
+        print(
+            f"{record.ref}\n  status {record.status.value}, reason {record.reason or '-'}, attempts {record.attempts},"
+            f" etag {record.etag}, user {record.user_id or '-'}\n  last written {when(record.updated_at)} by {record.owner or '-'}"
+        )
         if record.correction:
-            print(f"  corrected ({record.correction}) {when(record.corrected_at)} by {record.corrected_by}: {record.correction_why}")
+            print(
+                f"  corrected ({record.correction}) {when(record.corrected_at)} by {record.corrected_by}: {record.correction_why}"
+            )
     for ref in dict.fromkeys(r.__class__(r.bucket, r.key) for r in refs):
         story = object_story(store, settings.output_bucket_name, settings.output_prefix, ref)
         print(f"{ref}: {len(story)} entries in the loaded dates' tables")
@@ -89,7 +106,9 @@ def add_correction_parser(commands, name: str, help_text: str, users: bool) -> N
         parser.add_argument("--reason", action="append", help="a reason code, e.g. UserAlreadyExists (repeatable)")
     else:
         parser.set_defaults(reason=None)
-    parser.add_argument("--date", action="append", help="an inventory date YYYY-MM-DD: its objects with that outcome (repeatable)")
+    parser.add_argument(
+        "--date", action="append", help="an inventory date YYYY-MM-DD: its objects with that outcome (repeatable)"
+    )
     parser.add_argument("--prefix", action="append", help="a key prefix in the image bucket (repeatable)")
     parser.add_argument("--key", action="append", help="a key in the image bucket or an s3:// URI (repeatable)")
     parser.add_argument("--keys-file", help="a file of keys, one a line")

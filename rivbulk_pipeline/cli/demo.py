@@ -3,6 +3,7 @@ S3 Inventory reports for three past dates and today.
 
 `DEMO_CASES` says what each object must end as; the tests hold the pipeline to it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,7 +50,9 @@ class DemoCase:
     key: str
     body: Callable[[], bytes]
     tags: dict = field(default_factory=dict)
-    expect: str = "indexed"  # "indexed" | "<qualification reason>" | "failed:<gateway reason prefix>" | "not_candidate:<why>"
+    expect: str = (
+        "indexed"  # "indexed" | "<qualification reason>" | "failed:<gateway reason prefix>" | "not_candidate:<why>"
+    )
     days_ago: int = 3  # the object appears in reports from that day on
 
 
@@ -60,7 +63,9 @@ def _props(user: str) -> str:
 DEMO_CASES: list[DemoCase] = [
     DemoCase("alice/portrait.png", lambda: face_image(1), {"UserId": "alice", "Properties": _props("alice")}),
     DemoCase("bob/Photo.JPG", lambda: face_image(2, "JPEG"), {"userid": "bob"}),
-    DemoCase("carol/face.jpeg", lambda: face_image(3, "JPEG"), {"UserId": "carol", "Properties": _props("carol")}, days_ago=2),
+    DemoCase(
+        "carol/face.jpeg", lambda: face_image(3, "JPEG"), {"UserId": "carol", "Properties": _props("carol")}, days_ago=2
+    ),
     DemoCase("dave smith/photo 1.JPEG", lambda: face_image(4, "JPEG"), {"UserId": "dave.smith"}, days_ago=2),
     DemoCase("eve+frank/a+b.png", lambda: face_image(5), {"USERID": "eve-frank"}, days_ago=1),
     DemoCase("percent/100%real.PNG", lambda: face_image(6), {"UserId": "percy"}, days_ago=1),
@@ -69,8 +74,18 @@ DEMO_CASES: list[DemoCase] = [
     DemoCase("ignored/portrait.png", lambda: face_image(9), {"UserId": "ignored", "ignore": "TRUE"}, "ignored"),
     DemoCase("tagged/portrait.png", lambda: face_image(10), {"UserId": "tagged", "Indexed": "true"}, "indexed_tag"),
     DemoCase("falsemarker/portrait.png", lambda: face_image(11), {"UserId": "grace", "Ignore": "false"}),
-    DemoCase("badprops/portrait.png", lambda: face_image(12), {"UserId": "heidi", "Properties": _props("heidi")}, "bad_properties"),
-    DemoCase("missingprops/portrait.png", lambda: face_image(13), {"UserId": "ivan", "Properties": _props("nobody")}, "properties_not_found"),
+    DemoCase(
+        "badprops/portrait.png",
+        lambda: face_image(12),
+        {"UserId": "heidi", "Properties": _props("heidi")},
+        "bad_properties",
+    ),
+    DemoCase(
+        "missingprops/portrait.png",
+        lambda: face_image(13),
+        {"UserId": "ivan", "Properties": _props("nobody")},
+        "properties_not_found",
+    ),
     DemoCase(
         "elsewhere/portrait.png",
         lambda: face_image(14),
@@ -79,7 +94,12 @@ DEMO_CASES: list[DemoCase] = [
     ),
     DemoCase("longid/portrait.png", lambda: face_image(15), {"UserId": "x" * 129}, "bad_user_id"),
     DemoCase("corrupt/broken.jpg", lambda: face_image(16, "JPEG")[:600], {"UserId": "mallory"}, "failed:corrupt_image"),
-    DemoCase("fake/notreally.png", lambda: b"this is a text file, not a PNG\n" * 40, {"UserId": "niaj"}, "failed:unsupported_format"),
+    DemoCase(
+        "fake/notreally.png",
+        lambda: b"this is a text file, not a PNG\n" * 40,
+        {"UserId": "niaj"},
+        "failed:unsupported_format",
+    ),
     DemoCase("tiny/small.png", lambda: face_image(17, size=40), {"UserId": "oscar"}, "failed:too_small"),
     # A second image of a registered user is a second face, as RIV stores it.
     DemoCase("olivia/new-photo.png", lambda: face_image(18), {"UserId": "olivia"}),
@@ -87,12 +107,28 @@ DEMO_CASES: list[DemoCase] = [
     # RIV indexes only ids matching Rekognition's ExternalImageId: refused before any call.
     DemoCase("email/portrait.png", lambda: face_image(21), {"UserId": "bob@example.com"}, "bad_user_id", days_ago=0),
     # RIV's request mapping cannot take an apostrophe: refused before the call, with a reason to act on.
-    DemoCase("tim/portrait.png", lambda: face_image(22), {"UserId": "tim", "Properties": _props("tim")}, "failed:apostrophe_in_request"),
+    DemoCase(
+        "tim/portrait.png",
+        lambda: face_image(22),
+        {"UserId": "tim", "Properties": _props("tim")},
+        "failed:apostrophe_in_request",
+    ),
     DemoCase("notes/readme.txt", lambda: b"Faces go in per-user folders.\n", {}, "not_candidate:not_an_image"),
-    DemoCase("properties/alice.json", lambda: json.dumps({"fname": "Alice", "team": "Blue"}).encode(), {}, "not_candidate:not_an_image"),
-    DemoCase("properties/carol.json", lambda: json.dumps({"fname": "Carol"}).encode(), {}, "not_candidate:not_an_image"),
-    DemoCase("properties/tim.json", lambda: json.dumps({"surname": "O'Reilly"}).encode(), {}, "not_candidate:not_an_image"),
-    DemoCase("properties/heidi.json", lambda: json.dumps(["not", "a", "mapping"]).encode(), {}, "not_candidate:not_an_image"),
+    DemoCase(
+        "properties/alice.json",
+        lambda: json.dumps({"fname": "Alice", "team": "Blue"}).encode(),
+        {},
+        "not_candidate:not_an_image",
+    ),
+    DemoCase(
+        "properties/carol.json", lambda: json.dumps({"fname": "Carol"}).encode(), {}, "not_candidate:not_an_image"
+    ),
+    DemoCase(
+        "properties/tim.json", lambda: json.dumps({"surname": "O'Reilly"}).encode(), {}, "not_candidate:not_an_image"
+    ),
+    DemoCase(
+        "properties/heidi.json", lambda: json.dumps(["not", "a", "mapping"]).encode(), {}, "not_candidate:not_an_image"
+    ),
 ]
 
 # Users the registry knows before the demo starts: olivia with another face; someone with trudy's face.
@@ -112,7 +148,11 @@ def create_demo(settings: Settings, now: Optional[datetime] = None) -> Path:
     populate_images(store, settings, now, backdate)
     preregister(LocalRegistryGateway(db_path=str(settings.local_registry_path)))
     for days_ago, file_format in REPORT_DAYS:
-        created_at = now if days_ago == 0 else datetime.combine((now - timedelta(days=days_ago)).date(), time(1, 0), timezone.utc)
+        created_at = (
+            now
+            if days_ago == 0
+            else datetime.combine((now - timedelta(days=days_ago)).date(), time(1, 0), timezone.utc)
+        )
         write_report(store, settings, created_at, file_format)
     return home
 

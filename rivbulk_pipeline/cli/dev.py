@@ -1,4 +1,5 @@
 """`rivbulk dev`: the demo data if missing, then the Dagster UI and daemon on the local default."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,9 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     # A workspace file of our own, so the code location is called `rivbulk` wherever this runs from.
     workspace = os.path.join(dagster_home, "workspace.yaml")
     with open(workspace, "w") as out:
-        out.write("load_from:\n  - python_module:\n      module_name: rivbulk_pipeline.definitions\n      location_name: rivbulk\n")
+        out.write(
+            "load_from:\n  - python_module:\n      module_name: rivbulk_pipeline.definitions\n      location_name: rivbulk\n"
+        )
     dagster = shutil.which("dagster", path=os.path.dirname(sys.executable)) or shutil.which("dagster") or "dagster"
     command = [dagster, "dev", "-w", workspace, "-h", args.host, "-p", str(args.port)]
     print(f"DAGSTER_HOME={dagster_home}; open http://{args.host}:{args.port}")
@@ -49,7 +52,11 @@ LOCAL_INSTANCE = {
     "concurrency": {
         "pools": {"default_limit": GATEWAY_POOL_LIMIT},
         # One run per inventory date at a time: two runs of one partition would race on its tables.
-        "runs": {"tag_concurrency_limits": [{"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]},
+        "runs": {
+            "tag_concurrency_limits": [
+                {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+            ]
+        },
     },
 }
 

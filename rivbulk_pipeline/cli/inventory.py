@@ -4,6 +4,7 @@ inventory configuration (the local store, a bucket we may not configure).
 Imports only the store it is given and the report writer: the command starts in well under a
 second (the demo, the gateways and boto3 stay unimported on the local store).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,11 @@ from ..settings import Settings
 def write_report(store: ObjectStore, settings: Settings, created_at: datetime, file_format: str = "CSV") -> str:
     """A real S3 Inventory report of the image bucket as it stood at `created_at`."""
     listed = (
-        batch.filter(pc.less_equal(batch.column("last_modified"), pa.scalar(created_at, batch.schema.field("last_modified").type)))
+        batch.filter(
+            pc.less_equal(
+                batch.column("last_modified"), pa.scalar(created_at, batch.schema.field("last_modified").type)
+            )
+        )
         for batch in store.list_object_batches(settings.image_bucket)
     )
     return write_inventory_report(

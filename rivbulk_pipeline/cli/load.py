@@ -19,6 +19,7 @@ run carries its process in its tags (`run_launchers.worker_tags`), so the daemon
 fails it and frees its `riv_gateway` slot if the process dies. Without a daemon, the next
 `rivbulk load` on the same machine does that for a dead load before it starts.
 """
+
 from __future__ import annotations
 
 import json
@@ -161,7 +162,12 @@ def load(inventory_date: Optional[str], result_uri: Optional[str], out: TextIO =
     record = LoadResult(status="started", inventory_date=inventory_date)
 
     def fail_before_run(message: str) -> int:
-        record.status, record.error, record.finished_at, record.exit_code = "failed", message, _now(), EXIT_CONFIGURATION
+        record.status, record.error, record.finished_at, record.exit_code = (
+            "failed",
+            message,
+            _now(),
+            EXIT_CONFIGURATION,
+        )
         reporter.emit(record)
         return EXIT_CONFIGURATION
 
@@ -177,7 +183,9 @@ def load(inventory_date: Optional[str], result_uri: Optional[str], out: TextIO =
     except SettingsError as error:
         return fail_before_run(str(error))
     except ValueError as error:
-        return fail_before_run(f"--date must be YYYY-MM-DD, not {inventory_date!r}" if "time data" in str(error) else str(error))
+        return fail_before_run(
+            f"--date must be YYYY-MM-DD, not {inventory_date!r}" if "time data" in str(error) else str(error)
+        )
     if not os.environ.get("DAGSTER_HOME"):
         return fail_before_run("DAGSTER_HOME is not set: the run must be recorded in the deployment's Dagster instance")
 
@@ -220,7 +228,10 @@ def load(inventory_date: Optional[str], result_uri: Optional[str], out: TextIO =
     from ..run_launchers import worker_tags
 
     result = job.execute_in_process(
-        instance=instance, partition_key=date, run_id=record.run_id, raise_on_error=False,
+        instance=instance,
+        partition_key=date,
+        run_id=record.run_id,
+        raise_on_error=False,
         tags={LOAD_TAG: "rivbulk load", **worker_tags()},
     )
     _fill_counts(record, result)

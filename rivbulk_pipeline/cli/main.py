@@ -1,4 +1,5 @@
 """The `rivbulk` command: demo data, inventory reports, the history table, the Dagster UI, batch loads."""
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=3000)
     dev.add_argument(
-        "--write-instance", action="store_true",
+        "--write-instance",
+        action="store_true",
         help="only write DAGSTER_HOME/dagster.yaml (pool limit, run monitoring) and exit, for plain `dagster dev`",
     )
     dev.set_defaults(run="dev:cmd_dev")
@@ -59,15 +61,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "Prints a JSON result record when the run starts and when it ends.",
     )
     load.add_argument("--date", help="inventory date YYYY-MM-DD (default: the newest complete report's date)")
-    load.add_argument("--result-uri", help="also write the JSON result record to s3://bucket/key (through the configured store)")
+    load.add_argument(
+        "--result-uri", help="also write the JSON result record to s3://bucket/key (through the configured store)"
+    )
     load.set_defaults(run=None)
 
-    add_correction_parser(commands, "retry", "Reopen failures on purpose: the next load registers them again.", users=False)
     add_correction_parser(
-        commands, "lost", "Declare registrations lost (e.g. the registry was restored from an older backup): "
-        "their history records are reopened and their Indexed tags removed; the next load registers them again.", users=True,
+        commands, "retry", "Reopen failures on purpose: the next load registers them again.", users=False
     )
-    where = commands.add_parser("where", help="a key's (or a user's) history record and each loaded date's decision and outcome")
+    add_correction_parser(
+        commands,
+        "lost",
+        "Declare registrations lost (e.g. the registry was restored from an older backup): "
+        "their history records are reopened and their Indexed tags removed; the next load registers them again.",
+        users=True,
+    )
+    where = commands.add_parser(
+        "where", help="a key's (or a user's) history record and each loaded date's decision and outcome"
+    )
     where.add_argument("what", help="a key in the image bucket, an s3:// URI, or a user id")
     where.set_defaults(run="corrections:cmd_where")
 
@@ -88,4 +99,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # without PIL, the gateways or boto3.
     module, _, function = args.run.partition(":")
     return getattr(importlib.import_module(f".{module}", __package__), function)(args, settings)
-

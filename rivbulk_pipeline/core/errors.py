@@ -1,4 +1,5 @@
 """Errors the core and the adapters raise. Each names the object or file and the rule."""
+
 from __future__ import annotations
 
 

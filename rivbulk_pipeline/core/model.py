@@ -1,4 +1,5 @@
 """Value types shared by the core and the adapters."""
+
 from __future__ import annotations
 
 import enum

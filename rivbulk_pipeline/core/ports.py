@@ -5,6 +5,7 @@ Each has a production adapter (boto3 / HTTP) and an embedded one (files / SQLite
 them to it, and holds the Dagster wiring to calling nothing else). The core depends on these
 protocols only.
 """
+
 from __future__ import annotations
 
 from typing import BinaryIO, Callable, ContextManager, Iterator, Mapping, Optional, Protocol, Sequence

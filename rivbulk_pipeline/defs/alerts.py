@@ -22,7 +22,9 @@ from ..settings import Settings
 from .partitions import inventory_dates
 from .summary import import_summary
 
-HOURLY = (dg.AutomationCondition.cron_tick_passed("0 * * * *") & ~dg.AutomationCondition.in_progress()).with_label("hourly")
+HOURLY = (dg.AutomationCondition.cron_tick_passed("0 * * * *") & ~dg.AutomationCondition.in_progress()).with_label(
+    "hourly"
+)
 
 
 def publish_alert(settings: Settings, subject: str, fields: Mapping[str, Any]) -> bool:
@@ -67,7 +69,9 @@ def run_failure_fields(context: dg.RunFailureSensorContext) -> dict[str, Any]:
 def run_failure_alert(context: dg.RunFailureSensorContext, settings: Settings) -> None:
     fields = run_failure_fields(context)
     sent = publish_alert(settings, "run failed", fields)
-    context.log.warning(f"run {fields['run_id']} of {fields['job']} failed: {fields['failed_steps']} (sent to SNS: {sent})")
+    context.log.warning(
+        f"run {fields['run_id']} of {fields['job']} failed: {fields['failed_steps']} (sent to SNS: {sent})"
+    )
 
 
 @dg.asset_check(
@@ -87,7 +91,12 @@ def indexed_users_permanent_failures_within_threshold(
             for item in pc.value_counts(reason_codes(failed.column("reason"))).to_pylist():
                 by_code[item["values"]] += item["counts"]
     count, limit = sum(by_code.values()), settings.alert_permanent_failures
-    fields = {"partition": partition, "failed_permanent": count, "threshold": limit, "by_reason": dict(by_code.most_common(20))}
+    fields = {
+        "partition": partition,
+        "failed_permanent": count,
+        "threshold": limit,
+        "by_reason": dict(by_code.most_common(20)),
+    }
     passed = count <= limit
     if not passed:
         publish_alert(settings, "permanent failures above threshold", fields)
@@ -95,11 +104,16 @@ def indexed_users_permanent_failures_within_threshold(
         passed=passed,
         severity=dg.AssetCheckSeverity.WARN,
         description=f"{count} permanent failures on {partition} (threshold {limit})",
-        metadata={**{k: v for k, v in fields.items() if k != "by_reason"}, "by_reason": dg.MetadataValue.json(fields["by_reason"])},
+        metadata={
+            **{k: v for k, v in fields.items() if k != "by_reason"},
+            "by_reason": dg.MetadataValue.json(fields["by_reason"]),
+        },
     )
 
 
-def backlog_result(settings: Settings, metadata: Mapping[str, Any], materialized_at: float, now: float) -> dg.AssetCheckResult:
+def backlog_result(
+    settings: Settings, metadata: Mapping[str, Any], materialized_at: float, now: float
+) -> dg.AssetCheckResult:
     """From import_summary's metadata: how long the oldest transient failure has waited by now."""
     backlog = int(metadata.get("transient_backlog", 0))
     age = float(metadata.get("oldest_unresolved_failure_age_hours", 0.0))
@@ -123,7 +137,9 @@ def backlog_result(settings: Settings, metadata: Mapping[str, Any], materialized
     "(warns, and alerts, otherwise); runs with the summary and every hour.",
     automation_condition=HOURLY,
 )
-def transient_backlog_within_threshold(context: dg.AssetCheckExecutionContext, settings: Settings) -> dg.AssetCheckResult:
+def transient_backlog_within_threshold(
+    context: dg.AssetCheckExecutionContext, settings: Settings
+) -> dg.AssetCheckResult:
     event = context.instance.get_latest_materialization_event(import_summary.key)
     if event is None or event.asset_materialization is None:
         return dg.AssetCheckResult(passed=True, severity=dg.AssetCheckSeverity.WARN, description="no summary yet")

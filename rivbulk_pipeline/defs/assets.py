@@ -32,11 +32,19 @@ from ..resources.history import ImportHistoryResource
 from ..resources.object_store import ObjectStoreResource
 from ..resources.registration import RegistrationProviderResource
 from ..settings import Settings
-from ..ui_metadata import FailedRows, location_metadata, not_indexed, not_qualified, schema_metadata, warn_permanent_failures
+from ..ui_metadata import (
+    FailedRows,
+    location_metadata,
+    not_indexed,
+    not_qualified,
+    schema_metadata,
+    warn_permanent_failures,
+)
 from .partitions import inventory_dates
 from .pools import GATEWAY_POOL
 
 GROUP = "rivbulk"
+
 
 def _throughput(name: str, count: int, started: float) -> dict[str, float]:
     """The step's duration and `name` per second, for the asset's page."""
@@ -54,7 +62,9 @@ def _counted(batches: Iterable[pa.RecordBatch], column: str, counts: collections
 
 def _load_asset(schema: pa.Schema, kinds: set[str], **more: Any) -> Callable:
     """The shape the four load assets share: one table a date, its columns shown in the UI."""
-    return dg.asset(partitions_def=inventory_dates, group_name=GROUP, kinds=kinds, metadata=schema_metadata(schema), **more)
+    return dg.asset(
+        partitions_def=inventory_dates, group_name=GROUP, kinds=kinds, metadata=schema_metadata(schema), **more
+    )
 
 
 @_load_asset(INVENTORY_SCHEMA, {"s3", "parquet"})
@@ -69,13 +79,13 @@ def inventory_report(
     progress = Progress("inventory rows", None, context.log.info)
 
     def batches() -> Iterator[pa.RecordBatch]:
-        for batch in iter_inventory_batches(
-            store, manifest, columnar_keys_url_encoded=settings.columnar_keys_flag
-        ):
+        for batch in iter_inventory_batches(store, manifest, columnar_keys_url_encoded=settings.columnar_keys_flag):
             progress.advance(batch.num_rows)
             yield batch
 
-    table = write_table(store, settings.table_location("inventory_report", context.partition_key), INVENTORY_SCHEMA, batches())
+    table = write_table(
+        store, settings.table_location("inventory_report", context.partition_key), INVENTORY_SCHEMA, batches()
+    )
     return dg.MaterializeResult(
         metadata={
             "report_folder": folder.name,
@@ -98,12 +108,15 @@ def batch_manifest(
     S3BatchOperations_CSV_20180820 manifest so that an S3 Batch Operations job can run on it."""
     partition = context.partition_key
     excluded: collections.Counter = collections.Counter()
-    manifest_key = "/".join(p for p in (settings.output_prefix.strip("/"), "batch_manifest", f"dt={partition}", "manifest.csv") if p)
+    manifest_key = "/".join(
+        p for p in (settings.output_prefix.strip("/"), "batch_manifest", f"dt={partition}", "manifest.csv") if p
+    )
     with tempfile.TemporaryDirectory(prefix="rivbulk-manifest-") as folder:
         csv_path = os.path.join(folder, "manifest.csv")
-        with BatchManifestWriter(csv_path) as csv_writer, open_table(
-            store, settings.table_location("inventory_report", partition)
-        ) as inventory:
+        with (
+            BatchManifestWriter(csv_path) as csv_writer,
+            open_table(store, settings.table_location("inventory_report", partition)) as inventory,
+        ):
 
             def candidates() -> Iterator[pa.RecordBatch]:
                 for batch in inventory.iter_batches(batch_size=BATCH_ROWS):
@@ -115,7 +128,9 @@ def batch_manifest(
                     csv_writer.write(chosen)
                     yield chosen
 
-            table = write_table(store, settings.table_location("batch_manifest", partition), CANDIDATE_SCHEMA, candidates())
+            table = write_table(
+                store, settings.table_location("batch_manifest", partition), CANDIDATE_SCHEMA, candidates()
+            )
         manifest_etag = store.upload_file(settings.output_bucket_name, manifest_key, csv_path)
     return dg.MaterializeResult(
         metadata={
@@ -245,7 +260,9 @@ def indexed_users(
             store,
             settings.table_location("indexed_users", partition),
             INDEXED_SCHEMA,
-            failed.watch(warn_permanent_failures(_counted(results, "outcome", outcomes), context.log.warning), not_indexed),
+            failed.watch(
+                warn_permanent_failures(_counted(results, "outcome", outcomes), context.log.warning), not_indexed
+            ),
         )
     context.log.info(progress.summary())
     gateway_figures = meter.figures()

@@ -77,11 +77,14 @@ def qualified_objects_one_decision_per_candidate(
     }
     return _result(
         partition,
-        {name: _keys_of(settings, store, table, partition, prints) for name, (table, prints) in {
-            "doubled": ("qualified_objects", problems["doubled"]),
-            "undecided": ("batch_manifest", problems["undecided"]),
-            "unlisted": ("qualified_objects", problems["unlisted"]),
-        }.items()},  # fmt: skip
+        {
+            name: _keys_of(settings, store, table, partition, prints)
+            for name, (table, prints) in {
+                "doubled": ("qualified_objects", problems["doubled"]),
+                "undecided": ("batch_manifest", problems["undecided"]),
+                "unlisted": ("qualified_objects", problems["unlisted"]),
+            }.items()
+        },  # fmt: skip
         candidates=candidates,
         decisions=len(decisions),
     )
@@ -124,7 +127,9 @@ def _contained(sorted_prints: np.ndarray, prints: np.ndarray) -> np.ndarray:
     return _positions(sorted_prints, prints)[1]
 
 
-def _keys_of(settings: Settings, store: ObjectStoreResource, asset: str, partition: str, prints: np.ndarray) -> list[str]:
+def _keys_of(
+    settings: Settings, store: ObjectStoreResource, asset: str, partition: str, prints: np.ndarray
+) -> list[str]:
     """The keys of the identities with one of these fingerprints, each identity once."""
     if not len(prints):
         return []
@@ -169,7 +174,10 @@ def indexed_users_one_outcome_per_qualified_object(
     description="Every recorded outcome is in the import history with the same status and ETag.",
 )
 def indexed_users_match_the_import_history(
-    context: dg.AssetCheckExecutionContext, settings: Settings, store: ObjectStoreResource, history: ImportHistoryResource
+    context: dg.AssetCheckExecutionContext,
+    settings: Settings,
+    store: ObjectStoreResource,
+    history: ImportHistoryResource,
 ) -> dg.AssetCheckResult:
     partition = context.partition_key
     recorded_outcomes = pa.array([outcome.value for outcome in HISTORY_STATUS_OF])
@@ -183,12 +191,17 @@ def indexed_users_match_the_import_history(
         rows = pa.Table.from_batches([batch]).filter(pc.is_in(batch.column("outcome"), recorded_outcomes))
         recorded += rows.num_rows
         keys = history_keys(rows)
-        asked = pa.Table.from_arrays([*keys.columns, rows.column("key"), rows.column("e_tag"), rows.column("outcome")],
-                                     names=[*keys.column_names, "key", "row_etag", "outcome"])
+        asked = pa.Table.from_arrays(
+            [*keys.columns, rows.column("key"), rows.column("e_tag"), rows.column("outcome")],
+            names=[*keys.column_names, "key", "row_etag", "outcome"],
+        )
         answer = history.lookup_table(keys).select(["object_uri", "version_id", "etag", "status"])
         joined = asked.join(answer, ["object_uri", "version_id"], join_type="left outer").join(expected, "outcome")
         # Later runs may have moved the record on: a transient failure retried, a newer image.
-        moved_on = pc.or_(pc.equal(joined["outcome"], Outcome.FAILED_TRANSIENT.value), pc.not_equal(joined["etag"], joined["row_etag"]))
+        moved_on = pc.or_(
+            pc.equal(joined["outcome"], Outcome.FAILED_TRANSIENT.value),
+            pc.not_equal(joined["etag"], joined["row_etag"]),
+        )
         wrong_status = pc.and_(pc.invert(moved_on), pc.not_equal(joined["status"], joined["expected"]))
         missing = pc.is_null(joined["status"])
         mismatched += joined.filter(pc.or_(missing, pc.fill_null(wrong_status, False)))["key"].to_pylist()

@@ -18,10 +18,13 @@ from ..settings import Settings
 
 class CorrectionConfig(dg.Config):
     action: Literal["retry", "lost"] = Field(
-        "retry", description="retry: reopen failures; lost: registrations the registry lost (also removes the Indexed tag)"
+        "retry",
+        description="retry: reopen failures; lost: registrations the registry lost (also removes the Indexed tag)",
     )
     reasons: list[str] = Field([], description="reason codes, e.g. UserAlreadyExists")
-    dates: list[str] = Field([], description="inventory dates (YYYY-MM-DD): the objects with that outcome on those dates")
+    dates: list[str] = Field(
+        [], description="inventory dates (YYYY-MM-DD): the objects with that outcome on those dates"
+    )
     key_prefixes: list[str] = Field([], description="key prefixes in the image bucket")
     keys: list[str] = Field([], description="keys in the image bucket (or s3:// URIs)")
     dry_run: bool = Field(True, description="only count what would be reopened; change nothing")
@@ -63,14 +66,21 @@ def correct_history(
         reasons=config.reasons, dates=config.dates, prefixes=config.key_prefixes, keys=config.keys
     )
     chosen = corrections.plan(
-        config.action, selection, history=history, store=store, image_bucket=settings.image_bucket,
-        output_bucket=settings.output_bucket_name, output_prefix=settings.output_prefix,
+        config.action,
+        selection,
+        history=history,
+        store=store,
+        image_bucket=settings.image_bucket,
+        output_bucket=settings.output_bucket_name,
+        output_prefix=settings.output_prefix,
     )
     applied = None
     if not config.dry_run:
         by = context.run.tags.get("dagster/user") or f"dagster run {context.run_id}"
         applied = corrections.apply(chosen, history=history, store=store, by=by, why=config.why)
-        context.log.info(f"{config.action}: reopened {applied.reopened} of {len(chosen.records)}; the next load registers them")
+        context.log.info(
+            f"{config.action}: reopened {applied.reopened} of {len(chosen.records)}; the next load registers them"
+        )
     else:
         context.log.info(f"{config.action} (dry run): {len(chosen.records)} would be reopened: {chosen.counts()}")
     return dg.Output(chosen.counts(), metadata=correction_metadata(chosen, applied))

@@ -4,6 +4,7 @@ report is older than `inventory_max_age_hours` (S3 Inventory delivers daily or w
 It looks at the reports themselves, not at when the pipeline last ran, and runs every hour
 (and on demand from the UI), since a stalled inventory is exactly when no load runs.
 """
+
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -16,10 +17,14 @@ from ..resources.object_store import ObjectStoreResource
 from ..settings import Settings
 from .assets import inventory_report
 
-HOURLY = (dg.AutomationCondition.cron_tick_passed("0 * * * *") & ~dg.AutomationCondition.in_progress()).with_label("hourly")
+HOURLY = (dg.AutomationCondition.cron_tick_passed("0 * * * *") & ~dg.AutomationCondition.in_progress()).with_label(
+    "hourly"
+)
 
 
-def inventory_age_result(settings: Settings, store: ObjectStoreResource, now: Optional[datetime] = None) -> dg.AssetCheckResult:
+def inventory_age_result(
+    settings: Settings, store: ObjectStoreResource, now: Optional[datetime] = None
+) -> dg.AssetCheckResult:
     now = now or datetime.now(timezone.utc)
     limit = settings.inventory_max_age_hours
     where = store.location(settings.inventory_bucket, settings.report_root)  # the folder's path, locally
@@ -38,7 +43,11 @@ def inventory_age_result(settings: Settings, store: ObjectStoreResource, now: Op
         severity=dg.AssetCheckSeverity.WARN,
         description=(
             f"the newest complete report, {newest.name}, is {age_hours:.1f} h old"
-            + ("" if fresh else f": no report for longer than {limit:g} h; is S3 Inventory still delivering to {where}?")
+            + (
+                ""
+                if fresh
+                else f": no report for longer than {limit:g} h; is S3 Inventory still delivering to {where}?"
+            )
         ),
         metadata={
             "newest_report": newest.name,

@@ -5,5 +5,6 @@ pool. With the pool's limit at 1, whatever launches runs (the sensor, a backfill
 two operators), one indexing step runs at a time, so the gateway sees at most
 `RIVBULK_INDEX_RATE` calls per second; the other steps of those runs go on in parallel.
 """
+
 GATEWAY_POOL = "riv_gateway"
 GATEWAY_POOL_LIMIT = 1

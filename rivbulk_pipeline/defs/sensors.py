@@ -49,7 +49,9 @@ def inventory_report_sensor(
         context.log.info(f"reports not complete yet: {', '.join(scan.cursor.pending)}")
     return dg.SensorResult(
         run_requests=[
-            dg.RunRequest(run_key=folder.name, partition_key=folder.inventory_date, tags={"rivbulk/report": folder.name})
+            dg.RunRequest(
+                run_key=folder.name, partition_key=folder.inventory_date, tags={"rivbulk/report": folder.name}
+            )
             for folder in to_run
         ],
         dynamic_partitions_requests=[inventory_dates.build_add_request(new_dates)] if new_dates else [],

@@ -49,7 +49,9 @@ AFTER_EVERY_LOAD = (
 
 
 def _records(frame: pd.DataFrame) -> list[dg.TableRecord]:
-    return [dg.TableRecord({k: (None if pd.isna(v) else v) for k, v in row.items()}) for row in frame.to_dict("records")]
+    return [
+        dg.TableRecord({k: (None if pd.isna(v) else v) for k, v in row.items()}) for row in frame.to_dict("records")
+    ]
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,13 @@ def build_summary(
     now = time.time()
     totals = history_totals(history.scan_columns(HISTORY_COLUMNS), now=now)
     return Summary(
-        by_date, by_reason, totals, loaded, now,
-        tables_seconds=round(tables_done - started, 3), history_seconds=round(time.monotonic() - tables_done, 3),
+        by_date,
+        by_reason,
+        totals,
+        loaded,
+        now,
+        tables_seconds=round(tables_done - started, 3),
+        history_seconds=round(time.monotonic() - tables_done, 3),
     )
 
 
@@ -109,13 +116,16 @@ def import_summary(
     newest = by_date[by_date["inventory_date"].isin(loaded)].tail(1)
 
     metadata: dict[str, object] = {
-        "by_date": dg.MetadataValue.table(_records(by_date.tail(DATES_SHOWN)), schema=column_schema(DATE_SCHEMA, DATE_COLUMNS)),
+        "by_date": dg.MetadataValue.table(
+            _records(by_date.tail(DATES_SHOWN)), schema=column_schema(DATE_SCHEMA, DATE_COLUMNS)
+        ),
         "by_reason": dg.MetadataValue.table(
             _records(by_reason.tail(REASON_ROWS_SHOWN)),
             schema=column_schema(REASON_SCHEMA, REASON_COLUMNS),
         ),
         "corrections": dg.MetadataValue.table(
-            _records(totals.corrections.head(REASON_ROWS_SHOWN)), schema=column_schema(CORRECTION_SCHEMA, CORRECTION_COLUMNS)
+            _records(totals.corrections.head(REASON_ROWS_SHOWN)),
+            schema=column_schema(CORRECTION_SCHEMA, CORRECTION_COLUMNS),
         ),
         "corrected_objects": int(totals.corrections["objects"].sum()) if len(totals.corrections) else 0,
         "reopened_waiting": totals.reopened,
@@ -136,7 +146,10 @@ def import_summary(
     if not newest.empty:
         row = newest.iloc[0]
         metadata.update(
-            {"newest_date": row["inventory_date"], "newest_date_indexed": int(row["indexed"]),
-             "newest_date_failed_permanent": int(row["failed_permanent"])}
+            {
+                "newest_date": row["inventory_date"],
+                "newest_date_indexed": int(row["indexed"]),
+                "newest_date_failed_permanent": int(row["failed_permanent"]),
+            }
         )
     return dg.Output(by_date, metadata=metadata)

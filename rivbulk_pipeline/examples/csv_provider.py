@@ -5,6 +5,7 @@ maps an image key to its user and (optionally) a properties.json key in the same
 Enable it with RIVBULK_PROVIDER=rivbulk_pipeline.examples.csv_provider:CsvRosterProvider and
 RIVBULK_PROVIDER_OPTIONS='{"bucket": "my-images", "roster_key": "roster.csv"}'.
 """
+
 from __future__ import annotations
 
 import csv

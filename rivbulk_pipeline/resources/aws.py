@@ -7,6 +7,7 @@ of 10 would cap 32 concurrent tag reads) and timeouts. Every AWS adapter (S3 sto
 history, Secrets Manager) builds its client from one instance of it, so one configuration holds
 for all of them. Credentials: the standard chain unless keys are configured.
 """
+
 from __future__ import annotations
 
 import threading

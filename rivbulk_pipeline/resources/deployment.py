@@ -4,6 +4,7 @@ The one place the code location and the `rivbulk` command get their store, histo
 provider from. The adapters are imported when first built: `rivbulk inventory` on the local store
 needs neither boto3 nor the gateways (a second of start-up).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -52,7 +53,9 @@ def build_resources(settings: Settings) -> dict[str, Any]:
     store = store_for(settings)
     if settings.deployment == "local":
         history = SqliteImportHistory(db_path=str(settings.local_history_path))
-        gateway = LocalRegistryGateway(db_path=str(settings.local_registry_path), user_id_pattern=settings.user_id_pattern)
+        gateway = LocalRegistryGateway(
+            db_path=str(settings.local_registry_path), user_id_pattern=settings.user_id_pattern
+        )
     elif settings.deployment == "aws":
         # The store's AWS configuration: one for every AWS adapter.
         history = DynamoImportHistory(table_name=settings.history_table, aws=store.aws)
@@ -62,12 +65,18 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             auth=settings.gateway_auth,
             # The key stays in the environment or Secrets Manager: Dagster stores the variable's
             # name or the secret's id, never the key.
-            api_key=dg.EnvVar("RIVBULK_GATEWAY_API_KEY") if settings.gateway_auth == "api_key" and not from_secret else None,
+            api_key=dg.EnvVar("RIVBULK_GATEWAY_API_KEY")
+            if settings.gateway_auth == "api_key" and not from_secret
+            else None,
             api_key_secret_id=settings.gateway_api_key_secret if from_secret else None,
             secrets_manager=SecretsManagerResource(
-                region_name=settings.region, endpoint_url=settings.endpoint_url, profile_name=settings.aws_profile,
+                region_name=settings.region,
+                endpoint_url=settings.endpoint_url,
+                profile_name=settings.aws_profile,
                 max_attempts=settings.aws_max_attempts,
-            ) if from_secret else None,
+            )
+            if from_secret
+            else None,
             api_key_header=settings.gateway_api_key_header,
             region_name=settings.region,
             profile_name=settings.aws_profile,
@@ -93,9 +102,13 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             options=options,
             store=store,
             secrets_manager=SecretsManagerResource(
-                region_name=settings.region, endpoint_url=settings.endpoint_url, profile_name=settings.aws_profile,
+                region_name=settings.region,
+                endpoint_url=settings.endpoint_url,
+                profile_name=settings.aws_profile,
                 max_attempts=settings.aws_max_attempts,
-            ) if names_a_secret else None,
+            )
+            if names_a_secret
+            else None,
         )
     return {
         "settings": settings,

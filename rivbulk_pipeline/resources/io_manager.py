@@ -34,7 +34,9 @@ class StoredTableIOManager(dg.ConfigurableIOManager):
         if obj is None:
             return  # nothing to store (e.g. an op with no value)
         if not isinstance(obj, pd.DataFrame):
-            raise TypeError(f"{context.asset_key.to_user_string()}: the stored-table IO manager stores pandas DataFrames, not {type(obj).__name__}")
+            raise TypeError(
+                f"{context.asset_key.to_user_string()}: the stored-table IO manager stores pandas DataFrames, not {type(obj).__name__}"
+            )
         partition = context.asset_partition_key if context.has_asset_partitions else None
         location = self._location(context.asset_key, partition)
         table = pa.Table.from_pandas(obj, preserve_index=False)

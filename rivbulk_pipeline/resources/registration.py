@@ -4,6 +4,7 @@
 source of truth names a class by import path with `CustomRegistrationProvider`; the class
 implements `registration_for(obj, tags)` and `load_properties(ref)` (see docs/providers.md).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -61,7 +62,8 @@ class S3TagRegistrationProvider(RegistrationProviderResource):
             raw = self.store.get_bytes(bucket, key, max_bytes=self.max_properties_bytes)
         except ObjectTooLarge as exc:  # refused from its size: a 500 MB file costs no memory
             raise RegistrationRejected(
-                Reason.BAD_PROPERTIES, f"{properties_ref}: properties file {_size_text(exc)}, over the {exc.bound}-byte bound"
+                Reason.BAD_PROPERTIES,
+                f"{properties_ref}: properties file {_size_text(exc)}, over the {exc.bound}-byte bound",
             ) from None
         return parse_properties(raw, properties_ref, self.max_properties_bytes)
 
@@ -84,7 +86,7 @@ class CustomRegistrationProvider(RegistrationProviderResource):
     options: dict[str, Any] = {}
     store: ObjectStoreResource
     secrets_manager: Optional[SecretsManagerResource] = Field(
-        default=None, description="dagster-aws's Secrets Manager resource `{\"secret\": ...}` options are read through"
+        default=None, description='dagster-aws\'s Secrets Manager resource `{"secret": ...}` options are read through'
     )
     _instance: Any = PrivateAttr(default=None)
 
@@ -112,14 +114,18 @@ class CustomRegistrationProvider(RegistrationProviderResource):
         if kind == "env":
             value = os.environ.get(name)
             if value is None:
-                raise DeploymentError(f"{OPTIONS_VARIABLE}: option {option!r} names the environment variable {name}, which is not set")
+                raise DeploymentError(
+                    f"{OPTIONS_VARIABLE}: option {option!r} names the environment variable {name}, which is not set"
+                )
             return value
         secrets = self.secrets_manager or SecretsManagerResource()
         try:
             value = secrets.get_client().get_secret_value(SecretId=name).get("SecretString")
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "error")
-            raise DeploymentError(f"{OPTIONS_VARIABLE}: option {option!r}: cannot read the secret {name!r} from Secrets Manager: {code}") from None
+            raise DeploymentError(
+                f"{OPTIONS_VARIABLE}: option {option!r}: cannot read the secret {name!r} from Secrets Manager: {code}"
+            ) from None
         except BotoCoreError as error:
             raise DeploymentError(
                 f"{OPTIONS_VARIABLE}: option {option!r}: cannot read the secret {name!r} from Secrets Manager: {type(error).__name__}"

@@ -6,6 +6,7 @@ A worker pool's threads end with each step; their connections (each with its pag
 open files) are closed when the next connection is opened, and `close()` closes the rest at
 teardown. Openers must pass `check_same_thread=False` so that another thread may close them.
 """
+
 from __future__ import annotations
 
 import os

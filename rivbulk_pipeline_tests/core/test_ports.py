@@ -107,4 +107,6 @@ def test_the_wiring_calls_only_what_the_ports_declare() -> None:
     for parameter, attributes in used.items():
         port = PORT_OF_PARAMETER[parameter]
         undeclared = sorted((attr, module) for attr, module in attributes if attr not in _port_methods(port))
-        assert not undeclared, f"the wiring uses {parameter}.<name> that core.ports.{port.__name__} does not declare: {undeclared}"
+        assert not undeclared, (
+            f"the wiring uses {parameter}.<name> that core.ports.{port.__name__} does not declare: {undeclared}"
+        )

@@ -1,4 +1,5 @@
 """The demo data, as the definitions' tests load it: created once per test under a temporary home."""
+
 from __future__ import annotations
 
 from datetime import datetime

@@ -1,4 +1,5 @@
 """The asset checks read back what was stored, and fail when it is wrong."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -50,7 +51,9 @@ def _evaluations(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEv
 
 def _run_checks(resources: dict, instance: dg.DagsterInstance, *checks) -> dict[str, dg.AssetCheckEvaluation]:
     checks_only = dg.define_asset_job("checks_only", selection=dg.AssetSelection.checks(*checks))
-    defs = dg.Definitions(assets=bulk_load_assets, asset_checks=bulk_load_checks, jobs=[checks_only], resources=resources)
+    defs = dg.Definitions(
+        assets=bulk_load_assets, asset_checks=bulk_load_checks, jobs=[checks_only], resources=resources
+    )
     # A run of checks alone, for one date (execute_in_process refuses partition_key without an asset).
     result = defs.resolve_job_def("checks_only").execute_in_process(
         tags={"dagster/partition": DATE}, instance=instance, raise_on_error=False
@@ -65,7 +68,10 @@ def test_doubled_decisions_fail_the_blocking_check_and_nobody_is_registered(demo
     resources["registration"] = resources["registration"].model_copy(update={"store": resources["store"]})
     calls_before = resources["gateway"].register_calls()  # the demo's preregistered users
     result = dg.materialize(
-        [*bulk_load_assets, *bulk_load_checks], partition_key=DATE, resources=resources, instance=instance,
+        [*bulk_load_assets, *bulk_load_checks],
+        partition_key=DATE,
+        resources=resources,
+        instance=instance,
         raise_on_error=False,
     )
     check = _evaluations(result)["qualified_objects_one_decision_per_candidate"]
@@ -79,13 +85,19 @@ def test_a_lost_history_record_and_a_lost_tag_fail_their_checks(loaded):
     settings, instance, resources = loaded
     store = resources["store"]
     with sqlite3.connect(settings.home_path / "import_history.sqlite") as db:
-        db.execute("DELETE FROM import_history WHERE object_uri = ?", (f"s3://{settings.image_bucket}/alice/portrait.png",))
+        db.execute(
+            "DELETE FROM import_history WHERE object_uri = ?", (f"s3://{settings.image_bucket}/alice/portrait.png",)
+        )
     tags = store.get_tags(settings.image_bucket, "carol/face.jpeg")
     store.put_tags(settings.image_bucket, "carol/face.jpeg", {k: v for k, v in tags.items() if k != "Indexed"})
 
-    checks = _run_checks(resources, instance, indexed_users_match_the_import_history, indexed_users_carry_the_indexed_tag)
+    checks = _run_checks(
+        resources, instance, indexed_users_match_the_import_history, indexed_users_carry_the_indexed_tag
+    )
     history_check = checks["indexed_users_match_the_import_history"]
-    assert not history_check.passed and history_check.metadata["not_in_history_examples"].value == ["alice/portrait.png"]
+    assert not history_check.passed and history_check.metadata["not_in_history_examples"].value == [
+        "alice/portrait.png"
+    ]
     tag_check = checks["indexed_users_carry_the_indexed_tag"]
     assert not tag_check.passed and tag_check.metadata["untagged_examples"].value == ["carol/face.jpeg"]
 

@@ -2,6 +2,7 @@
 excluded with a reason, the local store refuses any path through a symbolic link (a
 properties.json linked to a file elsewhere is never read), and settings that would hold a key
 are refused at load, naming the variable, never the value."""
+
 from __future__ import annotations
 
 import os
@@ -41,9 +42,17 @@ def _inventory(rows: list[tuple[str, str]]) -> pa.RecordBatch:
 
 
 def test_rows_of_another_bucket_are_excluded_first_with_their_reason():
-    batch = _inventory([("faces", "a.png"), ("elsewhere", "b.png"), ("elsewhere", "c.txt"), (None, "d.png"), ("faces", "e.txt")])
+    batch = _inventory(
+        [("faces", "a.png"), ("elsewhere", "b.png"), ("elsewhere", "c.txt"), (None, "d.png"), ("faces", "e.txt")]
+    )
     assert candidate_mask(batch, "faces").to_pylist() == [True, False, False, False, False]
-    assert exclusion_reasons(batch, "faces").to_pylist() == [None, OTHER_BUCKET, OTHER_BUCKET, OTHER_BUCKET, "not_an_image"]
+    assert exclusion_reasons(batch, "faces").to_pylist() == [
+        None,
+        OTHER_BUCKET,
+        OTHER_BUCKET,
+        OTHER_BUCKET,
+        "not_an_image",
+    ]
 
 
 def test_the_batch_manifest_asset_excludes_another_buckets_rows(local_settings):
@@ -56,7 +65,9 @@ def test_the_batch_manifest_asset_excludes_another_buckets_rows(local_settings):
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(inventory_dates.name, [DATE])
     selected = [a for a in bulk_load_assets if a.key.path[-1] == "batch_manifest"]
-    result = dg.materialize(bulk_load_assets, selection=selected, partition_key=DATE, resources=resources, instance=instance)
+    result = dg.materialize(
+        bulk_load_assets, selection=selected, partition_key=DATE, resources=resources, instance=instance
+    )
     metadata = result.asset_materializations_for_node("batch_manifest")[0].metadata
     assert metadata["candidates"].value == 1 and metadata["excluded_other_bucket"].value == 1
     stored = pq.read_table(metadata["table_location"].value)
@@ -85,7 +96,8 @@ def test_a_properties_file_linked_to_a_file_outside_the_store_is_never_read(stor
     provider = S3TagRegistrationProvider(store=store, allowed_property_buckets=[BUCKET])
     info = store.head(BUCKET, "people/bob.png")
     candidates = pa.RecordBatch.from_pylist(
-        [dict(bucket=BUCKET, key="people/bob.png", version_id=None, size=info.size, e_tag=info.etag)], schema=CANDIDATE_SCHEMA
+        [dict(bucket=BUCKET, key="people/bob.png", version_id=None, size=info.size, e_tag=info.etag)],
+        schema=CANDIDATE_SCHEMA,
     )
     [decided] = list(qualify_candidates([candidates], store=store, provider=provider,
                                         history=SqliteImportHistory(db_path=str(tmp_path / "h.sqlite"))))  # fmt: skip
@@ -130,7 +142,9 @@ def test_a_store_whose_root_is_itself_a_link_works(tmp_path: Path):
 )
 def test_a_url_setting_holding_a_key_is_refused_naming_the_variable_not_the_value(variable: str, value: str):
     with pytest.raises(SettingsError) as caught:
-        Settings.from_env({"RIVBULK_DEPLOYMENT": "aws", "RIVBULK_GATEWAY_URL": "https://gw.example.com/prod", variable: value})
+        Settings.from_env(
+            {"RIVBULK_DEPLOYMENT": "aws", "RIVBULK_GATEWAY_URL": "https://gw.example.com/prod", variable: value}
+        )
     assert variable in str(caught.value) and "SeKrEt123" not in str(caught.value)
     assert "credentials" in str(caught.value)
 

@@ -1,4 +1,5 @@
 """The job runs its steps in process, and the riv_gateway pool still holds indexing back."""
+
 from __future__ import annotations
 
 import threading
@@ -35,7 +36,12 @@ def test_the_in_process_executor_waits_for_a_gateway_pool_slot(local_settings, t
     assert bulk_load_job().executor_def.name == "in_process"
     create_demo(local_settings)
     resources = build_resources(local_settings)
-    dates = sorted({f.inventory_date for f in report_folders(resources["store"], local_settings.inventory_bucket, local_settings.report_root)})
+    dates = sorted(
+        {
+            f.inventory_date
+            for f in report_folders(resources["store"], local_settings.inventory_bucket, local_settings.report_root)
+        }
+    )
     instance = dg.DagsterInstance.local_temp(tempdir=str(tmp_path))
     instance.add_dynamic_partitions("inventory_dates", [str(d) for d in dates])
     instance.event_log_storage.set_concurrency_slots(GATEWAY_POOL, 1)
@@ -44,7 +50,9 @@ def test_the_in_process_executor_waits_for_a_gateway_pool_slot(local_settings, t
     outcome: dict = {}
 
     def run() -> None:
-        with dg.execute_job(dg.reconstructable(bulk_load_job), instance, tags={"dagster/partition": str(dates[-1])}) as result:
+        with dg.execute_job(
+            dg.reconstructable(bulk_load_job), instance, tags={"dagster/partition": str(dates[-1])}
+        ) as result:
             outcome["success"] = result.success
 
     runner = threading.Thread(target=run)

@@ -8,6 +8,7 @@ S3ObjectStore, the demo's existing users registered through the RIV gateway, `ri
 then the Dagster definitions are loaded from the environment and `bulk_load_job` runs for the
 report's partition, twice. The expensive part runs once per module; the tests read its results.
 """
+
 from __future__ import annotations
 
 import base64
@@ -30,7 +31,13 @@ from moto.server import ThreadedMotoServer
 from rivbulk_pipeline.cli import main
 from rivbulk_pipeline.core.errors import DeploymentError
 from rivbulk_pipeline.core.model import (
-    CANDIDATE_SCHEMA, INDEXED_SCHEMA, INVENTORY_SCHEMA, QUALIFIED_SCHEMA, HistoryStatus, Outcome, Reason,
+    CANDIDATE_SCHEMA,
+    INDEXED_SCHEMA,
+    INVENTORY_SCHEMA,
+    QUALIFIED_SCHEMA,
+    HistoryStatus,
+    Outcome,
+    Reason,
 )
 from rivbulk_pipeline.core.inventory.reports import report_folders
 from rivbulk_pipeline.core.rules.tags import tag_lookup
@@ -40,7 +47,15 @@ from rivbulk_pipeline.cli.demo import DEMO_CASES, OTHER_BUCKET, face_image, popu
 from rivbulk_pipeline.settings import Settings
 
 from rivbulk_pipeline_tests.support.aws_deployment import (
-    ACCESS_KEY, API_KEY, OUTPUT_PREFIX, REGION, RIVBULK_ENV, SECRET_KEY, SESSION_TOKEN, hermetic_aws_env, load_definitions,
+    ACCESS_KEY,
+    API_KEY,
+    OUTPUT_PREFIX,
+    REGION,
+    RIVBULK_ENV,
+    SECRET_KEY,
+    SESSION_TOKEN,
+    hermetic_aws_env,
+    load_definitions,
 )
 from rivbulk_pipeline_tests.support.gateway_server import FakeRivGateway, SigV4Expectation
 from rivbulk_pipeline_tests.support.riv_standin import RecordedRequest, RivStandIn
@@ -50,7 +65,8 @@ FAILED_CASES = [c for c in DEMO_CASES if c.expect.startswith("failed:")]
 QUALIFIED_CASES = INDEXED_CASES + FAILED_CASES
 # Refused by the client before sending (image checks), as opposed to refused by the gateway.
 REFUSED_LOCALLY = [
-    c for c in FAILED_CASES
+    c
+    for c in FAILED_CASES
     if c.expect.split(":", 1)[1] in ("corrupt_image", "unsupported_format", "too_small", "apostrophe_in_request")
 ]
 
@@ -164,7 +180,10 @@ def _run_pipeline(endpoint: str, riv: RivStandIn, scratch: Path) -> AwsRun:
             summary = defs.resolve_implicit_global_asset_job_def().execute_in_process(
                 instance=instance, asset_selection=[dg.AssetKey("import_summary")]
             )
-            frames = {asset: defs.load_asset_value(asset, partition_key=partition, instance=instance) for asset in second_tables}
+            frames = {
+                asset: defs.load_asset_value(asset, partition_key=partition, instance=instance)
+                for asset in second_tables
+            }
         finally:
             requests.post(f"{endpoint}/moto-api/recorder/stop-recording", timeout=30).raise_for_status()
     assert registrations_before == 2  # olivia and victor, before the pipeline ran
@@ -190,11 +209,18 @@ def _run_pipeline(endpoint: str, riv: RivStandIn, scratch: Path) -> AwsRun:
 def test_settings_came_from_the_environment(aws_run: AwsRun) -> None:
     s = aws_run.settings
     assert (s.deployment, s.region, s.endpoint_url) == ("aws", REGION, aws_run.endpoint)
-    assert (s.output_bucket_name, s.history_table, s.gateway_auth) == ("riv-aws-output", "riv-aws-import-history", "api_key")
+    assert (s.output_bucket_name, s.history_table, s.gateway_auth) == (
+        "riv-aws-output",
+        "riv-aws-import-history",
+        "api_key",
+    )
     assert s.index_rate == 50
     metadata = aws_run.first.asset_materializations_for_node("indexed_users")[0].metadata
     assert metadata["configured_rate_per_second"].value == 50
-    assert metadata["table_location"].value == f"s3://riv-aws-output/{OUTPUT_PREFIX}/indexed_users/dt={aws_run.partition}/indexed_users.parquet"
+    assert (
+        metadata["table_location"].value
+        == f"s3://riv-aws-output/{OUTPUT_PREFIX}/indexed_users/dt={aws_run.partition}/indexed_users.parquet"
+    )
     assert "table_console" not in metadata  # a custom endpoint (moto here) has no AWS console
 
 
@@ -339,8 +365,12 @@ def test_sigv4_gateway_from_the_environment_is_verified_by_the_server(
         assert [r.authorized for r in bad.requests] == [False]
 
 
-TABLE_SCHEMAS = {"inventory_report": INVENTORY_SCHEMA, "batch_manifest": CANDIDATE_SCHEMA,
-                 "qualified_objects": QUALIFIED_SCHEMA, "indexed_users": INDEXED_SCHEMA}
+TABLE_SCHEMAS = {
+    "inventory_report": INVENTORY_SCHEMA,
+    "batch_manifest": CANDIDATE_SCHEMA,
+    "qualified_objects": QUALIFIED_SCHEMA,
+    "indexed_users": INDEXED_SCHEMA,
+}
 
 
 def test_the_summary_and_dataframes_on_aws(aws_run: AwsRun) -> None:
@@ -352,4 +382,6 @@ def test_the_summary_and_dataframes_on_aws(aws_run: AwsRun) -> None:
     indexed = sum(r["outcome"] == "indexed" for r in aws_run.first_tables["indexed_users"])
     assert indexed and metadata["users_registered"].value == indexed  # counted from DynamoDB
     assert metadata["dates_loaded"].value == 1
-    assert metadata["table_location"].value == f"s3://riv-aws-output/{OUTPUT_PREFIX}/import_summary/import_summary.parquet"
+    assert (
+        metadata["table_location"].value == f"s3://riv-aws-output/{OUTPUT_PREFIX}/import_summary/import_summary.parquet"
+    )

@@ -1,4 +1,5 @@
 """The four assets end to end on the local default, through Dagster's `materialize`."""
+
 from __future__ import annotations
 
 
@@ -14,13 +15,25 @@ from rivbulk_pipeline.cli.demo import DEMO_CASES
 
 
 def _table(home, settings, asset: str, partition: str) -> list[dict]:
-    path = home / "store" / settings.output_bucket_name / settings.output_prefix / asset / f"dt={partition}" / f"{asset}.parquet"
+    path = (
+        home
+        / "store"
+        / settings.output_bucket_name
+        / settings.output_prefix
+        / asset
+        / f"dt={partition}"
+        / f"{asset}.parquet"
+    )
     return pq.read_table(path).to_pylist()
 
 
 def _load(instance, resources, partition: str, **kwargs) -> dg.ExecuteInProcessResult:
     return dg.materialize(
-        [*bulk_load_assets, *bulk_load_checks], partition_key=partition, resources=resources, instance=instance, **kwargs
+        [*bulk_load_assets, *bulk_load_checks],
+        partition_key=partition,
+        resources=resources,
+        instance=instance,
+        **kwargs,
     )
 
 
@@ -60,7 +73,11 @@ def test_every_demo_object_ends_with_the_outcome_its_case_calls_for(demo, instan
 
     registry = resources["gateway"]
     users = {u["user_id"] for u in registry.users()}
-    expected_new = {(c.tags.get("UserId") or c.tags.get("userid") or c.tags.get("USERID")).lower() for c in DEMO_CASES if c.expect == "indexed"}
+    expected_new = {
+        (c.tags.get("UserId") or c.tags.get("userid") or c.tags.get("USERID")).lower()
+        for c in DEMO_CASES
+        if c.expect == "indexed"
+    }
     assert expected_new <= users
     metadata = result.asset_materializations_for_node("indexed_users")[0].metadata
     assert metadata["outcome_indexed"].value == len(expected_new)

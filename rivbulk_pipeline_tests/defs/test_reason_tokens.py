@@ -1,6 +1,7 @@
 """Reason codes are tokens (issue 17, item 4): the UI (metadata keys, counts, warnings, failed
 rows, logs) shows a code from a bounded set; free text from the gateway, which may name the
 user, stays in the stored tables."""
+
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -47,7 +48,12 @@ def test_codes_come_from_a_bounded_set_and_anything_else_is_gateway_error():
 
 def test_failed_rows_and_counts_never_show_a_sentence_without_a_colon():
     failed = FailedRows()
-    failed.add(pa.array(["k1", "k2"]), pa.array(["failed_permanent"] * 2), pa.array([NAMED, "too_small: zed"]), pa.array([1, 1]))
+    failed.add(
+        pa.array(["k1", "k2"]),
+        pa.array(["failed_permanent"] * 2),
+        pa.array([NAMED, "too_small: zed"]),
+        pa.array([1, 1]),
+    )
     metadata = failed.metadata()
     assert {r.data["reason"] for r in metadata["failed_rows"].value.records} == {"gateway_error", "too_small"}
     assert set(metadata) >= {"reason_gateway_error", "reason_too_small"}
@@ -81,8 +87,10 @@ def test_a_gateway_sentence_naming_the_user_reaches_no_metadata_warning_or_log(l
         assert metadata["reason_gateway_error"].value == 1 and metadata["reason_NoFacesDetectedException"].value == 1
         logs = instance.all_logs(result.run_id)
         warnings = [e.user_message for e in logs if e.level == 30 and "permanent failure" in e.user_message]
-        assert warnings == [f"permanent failure: s3://{settings.image_bucket}/people/trent.png: NoFacesDetectedException"
-                            " (not retried for this image; details in indexed_users)"]
+        assert warnings == [
+            f"permanent failure: s3://{settings.image_bucket}/people/trent.png: NoFacesDetectedException"
+            " (not retried for this image; details in indexed_users)"
+        ]
         shown = repr(metadata) + "".join(e.user_message for e in logs)
     assert "Mallory" not in shown and "watch list" not in shown
     blob = b"".join(p.read_bytes() for p in (tmp_path / "dagster_home").rglob("*") if p.is_file())

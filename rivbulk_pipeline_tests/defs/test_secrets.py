@@ -3,6 +3,7 @@ reference, `{"env": "VARIABLE"}` or `{"secret": "<Secrets Manager id>"}`; the pr
 values, Dagster stores only the references. The storage scan reads every row of every SQLite
 file in DAGSTER_HOME, zlib-compressed snapshots decompressed, and first proves it would find a
 secret stored the way options used to be."""
+
 from __future__ import annotations
 
 import json
@@ -98,7 +99,9 @@ def _load(resources, date: str, dagster_home: Path) -> dg.ExecuteInProcessResult
     dagster_home.mkdir()
     with dg.instance_for_test(temp_dir=str(dagster_home)) as instance:
         instance.add_dynamic_partitions(inventory_dates.name, [date])
-        return dg.materialize(bulk_load_assets, partition_key=date, resources=resources, instance=instance, raise_on_error=False)
+        return dg.materialize(
+            bulk_load_assets, partition_key=date, resources=resources, instance=instance, raise_on_error=False
+        )
 
 
 def test_secrets_given_by_reference_reach_the_provider_and_no_storage(roster_env, tmp_path: Path):
@@ -128,12 +131,17 @@ def test_a_reference_that_cannot_be_read_stops_the_run_naming_it_never_a_value(r
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     message = failure.step_failure_data.error.cause.message
-    assert "RIVBULK_PROVIDER_OPTIONS: option 'dsn' names the environment variable ROSTER_DSN, which is not set" in message
+    assert (
+        "RIVBULK_PROVIDER_OPTIONS: option 'dsn' names the environment variable ROSTER_DSN, which is not set" in message
+    )
 
     monkeypatch.setenv("ROSTER_DSN", DSN)
     provider = CustomRegistrationProvider(class_path=settings.provider, options={"token": {"secret": "no/such/secret"}},
                                           store=resources["store"])  # fmt: skip
-    with pytest.raises(DeploymentError, match="option 'token': cannot read the secret 'no/such/secret' from Secrets Manager: ResourceNotFoundException"):
+    with pytest.raises(
+        DeploymentError,
+        match="option 'token': cannot read the secret 'no/such/secret' from Secrets Manager: ResourceNotFoundException",
+    ):
         provider.registration_for(None, {})
 
 
@@ -183,7 +191,9 @@ def test_secrets_given_by_reference_reach_no_postgres_storage(roster_env, tmp_pa
     settings, resources, date = roster_env
     (tmp_path / "pg_home").mkdir()
     with running_postgres() as pg:
-        overrides = {"storage": {"postgres": {"postgres_url": pg.url.replace("postgresql://", "postgresql+psycopg2://")}}}
+        overrides = {
+            "storage": {"postgres": {"postgres_url": pg.url.replace("postgresql://", "postgresql+psycopg2://")}}
+        }
         with dg.instance_for_test(overrides=overrides, temp_dir=str(tmp_path / "pg_home")) as instance:
             assert type(instance.run_storage).__name__ == "PostgresRunStorage"
             instance.add_dynamic_partitions(inventory_dates.name, [date])

@@ -1,4 +1,5 @@
 """The sensor through Dagster's test APIs, over the demo data on the local store."""
+
 from __future__ import annotations
 
 from datetime import datetime, time, timedelta, timezone
@@ -155,7 +156,9 @@ def test_before_any_demo_data_the_sensor_skips_saying_what_to_run(local_settings
     """Plain `dagster dev` in a fresh clone: no store yet. A skip that names the command, not an
     error on every tick; the cursor stays empty, so the first real tick still loads only the newest."""
     resources = build_resources(local_settings)
-    context = dg.build_sensor_context(instance=instance, resources={"settings": resources["settings"], "store": resources["store"]})
+    context = dg.build_sensor_context(
+        instance=instance, resources={"settings": resources["settings"], "store": resources["store"]}
+    )
     result = inventory_report_sensor(context)
     assert isinstance(result, dg.SensorResult)
     assert not result.run_requests and not result.dynamic_partitions_requests and result.cursor is None
@@ -170,12 +173,19 @@ def test_a_missing_bucket_in_production_is_still_an_error(aws_env, monkeypatch, 
     from rivbulk_pipeline.core.errors import ObjectNotFound
     from rivbulk_pipeline.settings import Settings
 
-    for name, value in {"RIVBULK_DEPLOYMENT": "aws", "RIVBULK_REGION": "us-east-1", "RIVBULK_IMAGE_BUCKET": "images",
-                        "RIVBULK_INVENTORY_BUCKET": "no-such-inventory", "RIVBULK_OUTPUT_BUCKET": "out",
-                        "RIVBULK_GATEWAY_URL": "http://127.0.0.1:9"}.items():
+    for name, value in {
+        "RIVBULK_DEPLOYMENT": "aws",
+        "RIVBULK_REGION": "us-east-1",
+        "RIVBULK_IMAGE_BUCKET": "images",
+        "RIVBULK_INVENTORY_BUCKET": "no-such-inventory",
+        "RIVBULK_OUTPUT_BUCKET": "out",
+        "RIVBULK_GATEWAY_URL": "http://127.0.0.1:9",
+    }.items():
         monkeypatch.setenv(name, value)
     with mock_aws():
         resources = build_resources(Settings.from_env())
-        with dg.build_sensor_context(instance=instance, resources={"settings": resources["settings"], "store": resources["store"]}) as context:
+        with dg.build_sensor_context(
+            instance=instance, resources={"settings": resources["settings"], "store": resources["store"]}
+        ) as context:
             with pytest.raises(ObjectNotFound):
                 inventory_report_sensor(context)

@@ -1,4 +1,5 @@
 """Settings: one declaration each, read from RIVBULK_*, checked when the code loads."""
+
 from pathlib import Path
 
 import pytest

@@ -1,6 +1,7 @@
 """What an operator sees in the Dagster UI, over the demo data: failed rows and their reasons,
 the summary across dates, every table as a DataFrame, locations, the stale-inventory warning,
 and nothing personal anywhere in Dagster's storage."""
+
 from __future__ import annotations
 
 import time
@@ -13,7 +14,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rivbulk_pipeline.core.model import CANDIDATE_SCHEMA, INDEXED_SCHEMA, INVENTORY_SCHEMA, QUALIFIED_SCHEMA, HistoryRecord, HistoryStatus, ObjectRef
+from rivbulk_pipeline.core.model import (
+    CANDIDATE_SCHEMA,
+    INDEXED_SCHEMA,
+    INVENTORY_SCHEMA,
+    QUALIFIED_SCHEMA,
+    HistoryRecord,
+    HistoryStatus,
+    ObjectRef,
+)
 from rivbulk_pipeline.defs.assets import bulk_load_assets, indexed_users
 from rivbulk_pipeline.defs.inventory_freshness import inventory_age_result, inventory_is_fresh
 from rivbulk_pipeline.ui_metadata import FailedRows
@@ -24,12 +33,18 @@ from rivbulk_pipeline_tests.support.clock import NOW
 
 NEWEST, OLDEST = "2026-11-22", "2026-11-19"
 FIVE_REASONS = {"UserAlreadyExists", "apostrophe_in_request", "corrupt_image", "too_small", "unsupported_format"}
-SCHEMAS = {"inventory_report": INVENTORY_SCHEMA, "batch_manifest": CANDIDATE_SCHEMA,
-           "qualified_objects": QUALIFIED_SCHEMA, "indexed_users": INDEXED_SCHEMA}
+SCHEMAS = {
+    "inventory_report": INVENTORY_SCHEMA,
+    "batch_manifest": CANDIDATE_SCHEMA,
+    "qualified_objects": QUALIFIED_SCHEMA,
+    "indexed_users": INDEXED_SCHEMA,
+}
 
 
 def _defs(resources) -> dg.Definitions:
-    return dg.Definitions(assets=[*bulk_load_assets, import_summary], asset_checks=[inventory_is_fresh], resources=resources)
+    return dg.Definitions(
+        assets=[*bulk_load_assets, import_summary], asset_checks=[inventory_is_fresh], resources=resources
+    )
 
 
 def _load(instance, resources, partition: str) -> dg.ExecuteInProcessResult:
@@ -50,7 +65,13 @@ def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
 
 def _stored(home: Path, settings, asset: str, partition: str) -> pd.DataFrame:
     return pq.read_table(
-        home / "store" / settings.output_bucket_name / settings.output_prefix / asset / f"dt={partition}" / f"{asset}.parquet"
+        home
+        / "store"
+        / settings.output_bucket_name
+        / settings.output_prefix
+        / asset
+        / f"dt={partition}"
+        / f"{asset}.parquet"
     ).to_pandas()
 
 
@@ -76,7 +97,11 @@ def test_failed_rows_and_counts_by_reason_for_a_date_with_failures(demo, instanc
 
     qualified = _metadata(result, "qualified_objects")
     not_qualified = {r.data["key"]: r.data["reason"] for r in qualified["failed_rows"].value.records}
-    expected = {c.key: c.expect for c in DEMO_CASES if c.expect != "indexed" and not c.expect.startswith(("failed:", "not_candidate:"))}
+    expected = {
+        c.key: c.expect
+        for c in DEMO_CASES
+        if c.expect != "indexed" and not c.expect.startswith(("failed:", "not_candidate:"))
+    }
     assert not_qualified == expected
     assert qualified["reason_qualified"].value == 14 and qualified["not_qualified"].value == len(expected)
 
@@ -108,8 +133,16 @@ def test_summary_across_dates_with_a_backfill_that_registered_nobody(demo, insta
     history = resources["history"]
     waiting = ObjectRef(settings.image_bucket, "later/retry.png")
     assert history.claim(waiting, "e1", "run-x", 60)
-    history.record(HistoryRecord(waiting, "e1", HistoryStatus.FAILED_TRANSIENT, reason="http_503", owner="run-x",
-                                 updated_at=time.time() - 3 * 3600))
+    history.record(
+        HistoryRecord(
+            waiting,
+            "e1",
+            HistoryStatus.FAILED_TRANSIENT,
+            reason="http_503",
+            owner="run-x",
+            updated_at=time.time() - 3 * 3600,
+        )
+    )
 
     result = _summary(instance, resources)
     metadata = _metadata(result, "import_summary")
@@ -128,7 +161,9 @@ def test_summary_across_dates_with_a_backfill_that_registered_nobody(demo, insta
     # the UI table and the numbers Dagster plots
     shown = [r.data for r in metadata["by_date"].value.records]
     assert [r["inventory_date"] for r in shown] == dates and shown[0]["note"] == note
-    reasons = {(r.data["inventory_date"], r.data["reason"]): r.data["count"] for r in metadata["by_reason"].value.records}
+    reasons = {
+        (r.data["inventory_date"], r.data["reason"]): r.data["count"] for r in metadata["by_reason"].value.records
+    }
     assert reasons[(OLDEST, "already_indexed")] == sum(c.expect == "indexed" and c.days_ago >= 3 for c in DEMO_CASES)
     assert reasons[(NEWEST, "too_small")] == 1
     registered = sum(r.status == HistoryStatus.INDEXED for r in history.scan())
@@ -155,8 +190,11 @@ def test_every_asset_partition_loads_as_a_dataframe(demo, instance):
         return dg.MaterializeResult(metadata={"folders": len(set(failed["key"].str.split("/").str[0]))})
 
     result = dg.materialize(
-        [failures_by_folder, indexed_users.to_source_asset()], partition_key=NEWEST, resources=resources,
-        instance=instance, selection=[failures_by_folder],
+        [failures_by_folder, indexed_users.to_source_asset()],
+        partition_key=NEWEST,
+        resources=resources,
+        instance=instance,
+        selection=[failures_by_folder],
     )
     assert result.asset_materializations_for_node("failures_by_folder")[0].metadata["folders"].value == 5
 
@@ -175,7 +213,9 @@ def test_a_stale_inventory_warns_with_the_age_of_the_newest_report(demo):
 
     # through Dagster, on the real clock: the demo's reports date from NOW, days ago
     result = dg.materialize(
-        [*bulk_load_assets, inventory_is_fresh], resources=resources, selection=dg.AssetSelection.checks(inventory_is_fresh),
+        [*bulk_load_assets, inventory_is_fresh],
+        resources=resources,
+        selection=dg.AssetSelection.checks(inventory_is_fresh),
         instance=dg.DagsterInstance.ephemeral(),
     )
     (evaluation,) = result.get_asset_check_evaluations()
@@ -193,11 +233,13 @@ def test_no_property_value_user_detail_or_image_byte_in_dagster_storage(demo, tm
         _load(instance, resources, NEWEST)
         _load(instance, resources, OLDEST)
         _summary(instance, resources)
-        stored_metadata = repr([
-            record.event_log_entry
-            for key in instance.get_asset_keys()
-            for record in instance.fetch_materializations(key, limit=1000).records
-        ])
+        stored_metadata = repr(
+            [
+                record.event_log_entry
+                for key in instance.get_asset_keys()
+                for record in instance.fetch_materializations(key, limit=1000).records
+            ]
+        )
     assert "failed_rows" in stored_metadata and "by_date" in stored_metadata  # the tables are there
     blob = b"".join(p.read_bytes() for p in dagster_home.rglob("*") if p.is_file())
     for secret in (b"Alice", b"Blue", b"Carol", b"Judy"):  # property values in the demo

@@ -7,6 +7,7 @@ Run with `make test-browser` (marker `browser`, not part of `make test`). Withou
 skips, except in CI (CI=true), where it fails. With RIVBULK_SCREENSHOTS=<folder> it also saves
 the README's screenshots there (`make screenshots` writes docs/ui/).
 """
+
 from __future__ import annotations
 
 import os
@@ -117,17 +118,50 @@ def test_the_ui_shows_failed_rows_and_the_summary(tmp_path: Path) -> None:
     server = DevServer(home, dagster_home, tmp_path / "rivbulk-dev.log")
     try:
         settings = Settings.from_env({"RIVBULK_HOME": str(home)})
-        wait_for("the demo data", lambda: (home / "store").exists() or None, deadline=deadline, interval=POLL_SECONDS, server=server)
-        wait_for("the sensor's run of the newest date", lambda: finished_sensor_run(server), deadline=deadline, interval=POLL_SECONDS, server=server)
+        wait_for(
+            "the demo data",
+            lambda: (home / "store").exists() or None,
+            deadline=deadline,
+            interval=POLL_SECONDS,
+            server=server,
+        )
+        wait_for(
+            "the sensor's run of the newest date",
+            lambda: finished_sensor_run(server),
+            deadline=deadline,
+            interval=POLL_SECONDS,
+            server=server,
+        )
         store = LocalObjectStore(root=str(home / "store"))
-        dates = sorted({f.inventory_date for f in report_folders(store, settings.inventory_bucket, settings.report_root)})
+        dates = sorted(
+            {f.inventory_date for f in report_folders(store, settings.inventory_bucket, settings.report_root)}
+        )
         newest, oldest = dates[-1], dates[0]
 
         backfill_id = _launch_job_backfill(server, [oldest])
-        backfill = wait_for(f"the backfill of {oldest}", lambda: finished_backfill(server, backfill_id), deadline=deadline, interval=POLL_SECONDS, server=server)
+        backfill = wait_for(
+            f"the backfill of {oldest}",
+            lambda: finished_backfill(server, backfill_id),
+            deadline=deadline,
+            interval=POLL_SECONDS,
+            server=server,
+        )
         assert backfill["status"] == "COMPLETED_SUCCESS", backfill
-        summary_path = home / "store" / settings.output_bucket_name / settings.output_prefix / "import_summary" / "import_summary.parquet"
-        stored = wait_for("the summary after the backfill", lambda: _summary_covering(summary_path, oldest), deadline=deadline, interval=POLL_SECONDS, server=server)
+        summary_path = (
+            home
+            / "store"
+            / settings.output_bucket_name
+            / settings.output_prefix
+            / "import_summary"
+            / "import_summary.parquet"
+        )
+        stored = wait_for(
+            "the summary after the backfill",
+            lambda: _summary_covering(summary_path, oldest),
+            deadline=deadline,
+            interval=POLL_SECONDS,
+            server=server,
+        )
         assert stored[newest]["indexed"] == 9 and stored[oldest]["indexed"] == 0
 
         with sync_playwright() as playwright:

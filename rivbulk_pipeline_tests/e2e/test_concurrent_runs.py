@@ -7,6 +7,7 @@ lists the images of its day and of the days before, so the three runs qualify ov
 sets at the same time. The gateway's own log must show no one-second window over
 RIVBULK_INDEX_RATE, every user registered exactly once, and no run waiting out a lease.
 """
+
 from __future__ import annotations
 
 import os
@@ -102,9 +103,14 @@ def _write_dates(settings: Settings) -> set[str]:
     for day, date in enumerate(DATES):
         listed = [o for o in store.list_objects(settings.image_bucket) if int(o.key[3]) <= day]
         write_inventory_report(
-            store, listed, source_bucket=settings.image_bucket, destination_bucket=settings.inventory_bucket,
-            destination_prefix=settings.inventory_prefix, config_id=settings.inventory_config_id,
-            created_at=datetime.fromisoformat(f"{date}T01:00:00+00:00"), file_format="CSV",
+            store,
+            listed,
+            source_bucket=settings.image_bucket,
+            destination_bucket=settings.inventory_bucket,
+            destination_prefix=settings.inventory_prefix,
+            config_id=settings.inventory_config_id,
+            created_at=datetime.fromisoformat(f"{date}T01:00:00+00:00"),
+            file_format="CSV",
         )
     return users
 
@@ -133,15 +139,29 @@ def test_a_backfill_of_three_dates_keeps_one_gateway_rate_and_registers_everyone
             started = time.monotonic()
             deadline = started + TOTAL_SECONDS
             server = DevServer(tmp_path / "home", dagster_home, tmp_path / "rivbulk-dev.log", extra_env=env)
-            wait_for("the webserver", lambda: requests.get(f"{server.url}/server_info", timeout=5).json() or None, deadline=deadline, interval=POLL_SECONDS, server=server)
+            wait_for(
+                "the webserver",
+                lambda: requests.get(f"{server.url}/server_info", timeout=5).json() or None,
+                deadline=deadline,
+                interval=POLL_SECONDS,
+                server=server,
+            )
             _stop_sensor(server)
             users = _write_dates(settings)
             for date in DATES:
-                added = server.graphql(ADD_PARTITION, {"selector": REPOSITORY, "name": inventory_dates.name, "key": date})
+                added = server.graphql(
+                    ADD_PARTITION, {"selector": REPOSITORY, "name": inventory_dates.name, "key": date}
+                )
                 assert added["addDynamicPartition"]["__typename"] == "AddDynamicPartitionSuccess", added
 
             backfill_id = launch_backfill(server, DATES)
-            backfill = wait_for(f"backfill of {DATES}", lambda: finished_backfill(server, backfill_id), deadline=deadline, interval=POLL_SECONDS, server=server)
+            backfill = wait_for(
+                f"backfill of {DATES}",
+                lambda: finished_backfill(server, backfill_id),
+                deadline=deadline,
+                interval=POLL_SECONDS,
+                server=server,
+            )
             elapsed = time.monotonic() - started
 
             assert backfill["status"] == "COMPLETED_SUCCESS", backfill
@@ -152,7 +172,9 @@ def test_a_backfill_of_three_dates_keeps_one_gateway_rate_and_registers_everyone
             print(f"{len(calls)} gateway calls over {max(times) - min(times):.2f}s; the backfill took {elapsed:.0f}s")
             ordered = sorted(times)
             spans = [round(b - a, 3) for a, b in zip(ordered, ordered[RATE:])]  # RATE + 1 calls apart
-            print(f"shortest span of {RATE + 1} consecutive calls: {min(spans)}s; gaps: {[round(b - a, 3) for a, b in zip(ordered, ordered[1:])]}")
+            print(
+                f"shortest span of {RATE + 1} consecutive calls: {min(spans)}s; gaps: {[round(b - a, 3) for a, b in zip(ordered, ordered[1:])]}"
+            )
             assert max_calls_in_any_window(times) <= RATE, spans  # the gateway's own clock
             assert riv.registrations == {user: 1 for user in users}  # everyone once, nobody twice
             assert len(calls) == len(users)  # and no call wasted on someone already registered

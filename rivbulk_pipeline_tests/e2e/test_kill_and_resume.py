@@ -1,5 +1,6 @@
 """A run killed with SIGKILL mid-indexing, then rerun: each remaining user registered exactly
 once, no outcome lost. The run is a real Dagster run in a child process on a persistent instance."""
+
 import os
 import signal
 import subprocess

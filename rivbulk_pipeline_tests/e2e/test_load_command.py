@@ -6,6 +6,7 @@ the record written to S3, and the run as the instance recorded it.
 The dates, oldest first: D1 holds the demo's objects (five the gateway or the client refuse for
 good), D2 adds zoe, D3 adds yusuf. The tests run in order, each on what the previous left.
 """
+
 from __future__ import annotations
 
 import json
@@ -73,7 +74,12 @@ def test_a_date_with_permanent_failures_exits_3_and_says_how_many(world: World, 
     started, final = load.records
     assert started["status"] == "started" and started["inventory_date"] == date and started["run_id"]
     assert final["status"] == "processed" and final["run_id"] == started["run_id"] and final["exit_code"] == 3
-    assert final["outcomes"] == {"indexed": len(INDEXED), "failed_permanent": len(FAILED), "failed_transient": 0, "skipped": 0}
+    assert final["outcomes"] == {
+        "indexed": len(INDEXED),
+        "failed_permanent": len(FAILED),
+        "failed_transient": 0,
+        "skipped": 0,
+    }
     assert final["qualified"] == len(INDEXED) + len(FAILED)
     assert final["not_qualified"]["no_user_id"] == 1 and final["error"] is None
     # The run is in the deployment's instance (Postgres), like one the daemon started.
@@ -135,7 +141,9 @@ def test_a_clean_date_exits_0_and_the_newest_report_is_the_default(world: World,
     assert instance.get_run_by_id(final["run_id"]).status == dg.DagsterRunStatus.SUCCESS
 
 
-def test_a_date_already_running_is_refused_and_a_killed_load_frees_its_slot(world: World, instance: dg.DagsterInstance) -> None:
+def test_a_date_already_running_is_refused_and_a_killed_load_frees_its_slot(
+    world: World, instance: dg.DagsterInstance
+) -> None:
     """Issue 17: a second load of a date that is running exits 4 without a run; the first, killed
     with SIGKILL mid-indexing, is failed by the next load on this machine, which then gets the
     riv_gateway slot (limit 1: it would wait for ever otherwise) and registers the rest once."""
@@ -145,11 +153,21 @@ def test_a_date_already_running_is_refused_and_a_killed_load_frees_its_slot(worl
 
     users = [f"load-{n:02d}" for n in range(40)]  # 20 s at 2 per second: time for the second load
     date = add_date(world, users, datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0), seed=700)
-    slow = {**world.env, "RIVBULK_INDEX_RATE": "2", "RIVBULK_CLAIM_LEASE_SECONDS": "3",
-            "RIVBULK_GATEWAY_TIMEOUT_SECONDS": "1", "RIVBULK_GATEWAY_WORKFLOW_TIMEOUT_SECONDS": "1"}
+    slow = {
+        **world.env,
+        "RIVBULK_INDEX_RATE": "2",
+        "RIVBULK_CLAIM_LEASE_SECONDS": "3",
+        "RIVBULK_GATEWAY_TIMEOUT_SECONDS": "1",
+        "RIVBULK_GATEWAY_WORKFLOW_TIMEOUT_SECONDS": "1",
+    }
     world.riv.set_latency(0.2)
-    first = subprocess.Popen([str(BIN / "rivbulk"), "load", "--date", date], env=slow, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+    first = subprocess.Popen(
+        [str(BIN / "rivbulk"), "load", "--date", date],
+        env=slow,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while sum(1 for u in users if world.riv.registrations.get(u)) < 3:
@@ -160,7 +178,11 @@ def test_a_date_already_running_is_refused_and_a_killed_load_frees_its_slot(worl
 
         second = rivbulk_load(world, "--date", date, env=slow)
         assert second.code == EXIT_REFUSED and len(second.records) == 1, second.stderr[-2000:]
-        assert second.final["status"] == "failed" and running.run_id in second.final["error"] and second.final["run_id"] is None
+        assert (
+            second.final["status"] == "failed"
+            and running.run_id in second.final["error"]
+            and second.final["run_id"] is None
+        )
         assert len(instance.get_runs(dg.RunsFilter(tags={"dagster/partition": date}))) == 1  # no second run
 
         os.killpg(first.pid, signal.SIGKILL)
@@ -176,7 +198,9 @@ def test_a_date_already_running_is_refused_and_a_killed_load_frees_its_slot(worl
     assert f"run {running.run_id} had died" in third.stderr
     dead = instance.get_run_by_id(running.run_id)
     assert dead.status == dg.DagsterRunStatus.FAILURE
-    assert not any(s.run_id == running.run_id for s in instance.event_log_storage.get_concurrency_info("riv_gateway").claimed_slots)
+    assert not any(
+        s.run_id == running.run_id for s in instance.event_log_storage.get_concurrency_info("riv_gateway").claimed_slots
+    )
     counts = {u: world.riv.registrations.get(u, 0) for u in users}
     assert all(counts.values()), counts  # nothing lost
     assert sum(counts.values()) - len(users) <= 8, counts  # at most the calls in flight at the kill, repeated

@@ -13,6 +13,7 @@
   the task definition's environment and secrets, as the ECS task would, against the same Postgres.
 - The gateway's API key is read from Secrets Manager (moto), and is nowhere in the instance.
 """
+
 from __future__ import annotations
 
 import json
@@ -95,9 +96,22 @@ def daemon_runs(world: World, grpc_port: int) -> Iterator[tuple[dg.DagsterInstan
                 timeout=180,
             )
             backfill = subprocess.run(
-                [str(BIN / "dagster"), "job", "backfill", "-w", str(workspace), "-j", "bulk_load_job",
-                 "--partitions", ",".join(older), "--noprompt"],
-                env=env, capture_output=True, text=True, timeout=180,
+                [
+                    str(BIN / "dagster"),
+                    "job",
+                    "backfill",
+                    "-w",
+                    str(workspace),
+                    "-j",
+                    "bulk_load_job",
+                    "--partitions",
+                    ",".join(older),
+                    "--noprompt",
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=180,
             )
             assert backfill.returncode == 0, backfill.stdout + backfill.stderr
             print(f"[production] sensor run requested after {time.monotonic() - started:.1f}s")
@@ -105,8 +119,10 @@ def daemon_runs(world: World, grpc_port: int) -> Iterator[tuple[dg.DagsterInstan
             print(f"[production] three runs finished after {time.monotonic() - started:.1f}s")
             for run in sorted(runs, key=lambda r: r.tags["dagster/partition"]):
                 stats = instance.get_run_stats(run.run_id)
-                print(f"[production] {run.tags['dagster/partition']}: launched {stats.launch_time - started_wall:.1f}s "
-                      f"start {stats.start_time - started_wall:.1f}s end {stats.end_time - started_wall:.1f}s")
+                print(
+                    f"[production] {run.tags['dagster/partition']}: launched {stats.launch_time - started_wall:.1f}s "
+                    f"start {stats.start_time - started_wall:.1f}s end {stats.end_time - started_wall:.1f}s"
+                )
             # The daemon shares this Postgres with the ECS test's instance: stopped now, its run
             # queue cannot dequeue and launch that test's queued run a second time.
             stop(daemon)
@@ -126,8 +142,12 @@ def test_the_sensor_loads_the_newest_date_and_a_backfill_the_two_older_ones(daem
     assert all("dagster/backfill" in by_date[d].tags for d in world.dates[:-1])
     failures = [
         (r.tags["dagster/partition"], e.step_key, e.message)
-        for r in runs if r.status != dg.DagsterRunStatus.SUCCESS
-        for e in instance.all_logs(r.run_id) if e.dagster_event_type in (dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.ENGINE_EVENT) and e.message
+        for r in runs
+        if r.status != dg.DagsterRunStatus.SUCCESS
+        for e in instance.all_logs(r.run_id)
+        if e.dagster_event_type
+        in (dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.ENGINE_EVENT)
+        and e.message
     ]
     assert {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}, failures
     # Storage really is Postgres: the runs are rows there.
@@ -152,8 +172,16 @@ def test_the_gateway_pool_ran_one_indexing_step_at_a_time(daemon_runs) -> None:
     windows = []
     for run in runs:
         records = instance.all_logs(run.run_id)
-        starts = [r.timestamp for r in records if r.step_key == "indexed_users" and r.dagster_event_type == dg.DagsterEventType.STEP_START]
-        ends = [r.timestamp for r in records if r.step_key == "indexed_users" and r.dagster_event_type == dg.DagsterEventType.STEP_SUCCESS]
+        starts = [
+            r.timestamp
+            for r in records
+            if r.step_key == "indexed_users" and r.dagster_event_type == dg.DagsterEventType.STEP_START
+        ]
+        ends = [
+            r.timestamp
+            for r in records
+            if r.step_key == "indexed_users" and r.dagster_event_type == dg.DagsterEventType.STEP_SUCCESS
+        ]
         assert len(starts) == len(ends) == 1, run.run_id
         windows.append((starts[0], ends[0]))
     windows.sort()
@@ -179,7 +207,9 @@ def test_the_api_key_comes_from_secrets_manager_and_is_nowhere_in_the_instance(d
     assert API_KEY not in dump
     s3 = world.client("s3")
     for obj in s3.list_objects_v2(Bucket="riv-prod-dagster-logs").get("Contents", []):
-        assert API_KEY not in s3.get_object(Bucket="riv-prod-dagster-logs", Key=obj["Key"])["Body"].read().decode(errors="replace"), obj["Key"]
+        assert API_KEY not in s3.get_object(Bucket="riv-prod-dagster-logs", Key=obj["Key"])["Body"].read().decode(
+            errors="replace"
+        ), obj["Key"]
     for name, text in iter_log_text(world):
         assert API_KEY not in text, name
 
@@ -218,7 +248,9 @@ def _register_task_definition(world: World) -> str:
 def _task_environment(world: World, task_definition_arn: str) -> dict[str, str]:
     """The environment the ECS agent gives the container: the task definition's variables, its
     secrets resolved from Secrets Manager, credentials from the task role (here: moto's)."""
-    container = world.client("ecs").describe_task_definition(taskDefinition=task_definition_arn)["taskDefinition"]["containerDefinitions"][0]
+    container = world.client("ecs").describe_task_definition(taskDefinition=task_definition_arn)["taskDefinition"][
+        "containerDefinitions"
+    ][0]
     env = {k: v for k, v in world.env.items() if not k.startswith(("RIVBULK_", "DAGSTER_"))}
     env.update({e["name"]: e["value"] for e in container["environment"]})
     secrets = world.client("secretsmanager")
@@ -242,7 +274,16 @@ def test_ecs_run_launcher_request_and_its_command_run_locally(world: World, grpc
     def capture_run_task(params: dict, model: Any, **kwargs: Any) -> tuple[AWSResponse, dict]:
         captured.append({"api_params": json.loads(params["body"]) if params.get("body") else {}, "url": params["url"]})
         task_arn = TASK_ARN
-        parsed = {"tasks": [{"taskArn": task_arn, "clusterArn": f"arn:aws:ecs:eu-west-1:123456789012:cluster/{CLUSTER}", "lastStatus": "PROVISIONING"}], "failures": []}
+        parsed = {
+            "tasks": [
+                {
+                    "taskArn": task_arn,
+                    "clusterArn": f"arn:aws:ecs:eu-west-1:123456789012:cluster/{CLUSTER}",
+                    "lastStatus": "PROVISIONING",
+                }
+            ],
+            "failures": [],
+        }
         return AWSResponse(params["url"], 200, {}, None), parsed
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
@@ -251,7 +292,9 @@ def test_ecs_run_launcher_request_and_its_command_run_locally(world: World, grpc
         assert launcher.task_definition == task_definition_arn  # resolved through moto from the family name
         launcher.ecs.meta.events.register("before-call.ecs.RunTask", capture_run_task)
         run = execute_launch_command(
-            instance=instance, workspace_opts=workspace, job_name="bulk_load_job",
+            instance=instance,
+            workspace_opts=workspace,
+            job_name="bulk_load_job",
             tags=json.dumps({"dagster/partition": date}),
         )
         assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.QUEUED  # the queue decides
@@ -263,7 +306,11 @@ def test_ecs_run_launcher_request_and_its_command_run_locally(world: World, grpc
         assert body["taskDefinition"] == task_definition_arn
         assert body["cluster"] == CLUSTER and body["launchType"] == "FARGATE"
         assert body["networkConfiguration"] == {
-            "awsvpcConfiguration": {"subnets": SUBNETS, "securityGroups": [SECURITY_GROUP], "assignPublicIp": "DISABLED"}
+            "awsvpcConfiguration": {
+                "subnets": SUBNETS,
+                "securityGroups": [SECURITY_GROUP],
+                "assignPublicIp": "DISABLED",
+            }
         }
         (override,) = body["overrides"]["containerOverrides"]
         assert override["name"] == "rivbulk"
@@ -279,7 +326,14 @@ def test_ecs_run_launcher_request_and_its_command_run_locally(world: World, grpc
         # The task would now run `command` in the image: run it here with the task's environment only.
         env = _task_environment(world, task_definition_arn)
         registrations_before = dict(world.riv.registrations)
-        worker = subprocess.run([str(BIN / "dagster"), *command[1:]], env=env, capture_output=True, text=True, timeout=300, cwd=world.scratch)
+        worker = subprocess.run(
+            [str(BIN / "dagster"), *command[1:]],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=world.scratch,
+        )
         (world.scratch / "ecs-worker.log").write_text(worker.stdout + worker.stderr)
         world.logs.append(world.scratch / "ecs-worker.log")
         assert worker.returncode == 0, worker.stderr[-3000:]

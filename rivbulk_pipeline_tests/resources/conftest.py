@@ -1,4 +1,5 @@
 """moto's server over HTTP, emptied for each test, and faulty front servers before it."""
+
 from __future__ import annotations
 
 import http.client

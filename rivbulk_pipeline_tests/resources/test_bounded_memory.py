@@ -1,6 +1,7 @@
 """Bounded memory whatever the objects (issue 17, item 2): a read stops at its bound in both
 stores, an object over its bound is refused from its size without being read, an image's pixel
 count is checked from its header before any decoding, and the rest of the date completes."""
+
 from __future__ import annotations
 
 import os
@@ -20,7 +21,9 @@ BUCKET = "images"
 
 
 @pytest.fixture(params=["local", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ObjectStoreResource]:
+def store(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ObjectStoreResource]:
     if request.param == "local":
         local = LocalObjectStore(root=str(tmp_path / "store"))
         local.create_bucket(BUCKET)
@@ -39,7 +42,9 @@ def test_a_bounded_read_returns_objects_up_to_the_bound_and_refuses_larger_ones(
     store.put_bytes(BUCKET, "over.json", b"x" * 101)
     assert store.get_bytes(BUCKET, "empty.json", max_bytes=100) == b""
     assert store.get_bytes(BUCKET, "exact.json", max_bytes=100) == b"x" * 100
-    with pytest.raises(ObjectTooLarge, match=r"s3://images/over.json: the object is 101 bytes, over the 100-byte bound") as caught:
+    with pytest.raises(
+        ObjectTooLarge, match=r"s3://images/over.json: the object is 101 bytes, over the 100-byte bound"
+    ) as caught:
         store.get_bytes(BUCKET, "over.json", max_bytes=100)
     assert caught.value.size == 101 and caught.value.bound == 100
     # with IfMatch, the condition still holds on a bounded read
@@ -154,14 +159,23 @@ def test_qualification_refuses_a_500_mb_properties_file_and_a_100_mb_image_witho
     store.put_tags(FACES, "people/huge.png", {"UserId": "huge"})
     before = _peak_rss_now()
     stats = QualifyStats()
-    [batch] = list(qualify_candidates([_candidates(store, ["people/ok.png", "people/props.png", "people/huge.png"])],
-                                      store=store, provider=provider, history=history, stats=stats))
+    [batch] = list(
+        qualify_candidates(
+            [_candidates(store, ["people/ok.png", "people/props.png", "people/huge.png"])],
+            store=store,
+            provider=provider,
+            history=history,
+            stats=stats,
+        )
+    )
     rows = {r["key"]: r for r in batch.to_pylist()}
     assert rows["people/ok.png"]["qualified"]
     assert rows["people/props.png"]["reason"] == "bad_properties"
     assert "properties file is 524288000 bytes, over the 65536-byte bound" in rows["people/props.png"]["detail"]
     assert rows["people/huge.png"]["reason"] == "too_large"
-    assert "104,857,600 bytes (the inventory's Size), over the 5,242,880-byte limit" in rows["people/huge.png"]["detail"]
+    assert (
+        "104,857,600 bytes (the inventory's Size), over the 5,242,880-byte limit" in rows["people/huge.png"]["detail"]
+    )
     assert stats.tag_reads == 2  # the image too large by its listed size is not even asked for its tags
     assert _peak_rss_now() - before < 50_000_000  # neither was read
 
@@ -182,7 +196,9 @@ def test_indexing_refuses_an_image_over_5_mb_from_its_size_when_the_inventory_ga
     assert out["people/ok.png"]["outcome"] == "indexed"
     huge = out["people/huge.png"]
     assert huge["outcome"] == "failed_permanent" and huge["attempts"] == 0
-    assert huge["reason"].startswith("too_large: s3://faces/people/huge.png: the object is 104,857,600 bytes, over the 5,242,880-byte bound")
+    assert huge["reason"].startswith(
+        "too_large: s3://faces/people/huge.png: the object is 104,857,600 bytes, over the 5,242,880-byte bound"
+    )
     assert _peak_rss_now() - before < 50_000_000
 
 

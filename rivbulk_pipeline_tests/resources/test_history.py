@@ -1,5 +1,6 @@
 """The import history: one semantic suite run against SQLite and DynamoDB (moto), plus the
 backend-specific parts (HTTP endpoint, table creation, UnprocessedKeys, processes, Dagster)."""
+
 from __future__ import annotations
 
 import http.server
@@ -31,6 +32,7 @@ from rivbulk_pipeline.resources.history import (
 )
 from rivbulk_pipeline.resources.history.sqlite import LOOKUP_QUERY as SQLITE_LOOKUP_QUERY
 from rivbulk_pipeline_tests.support.aws import HISTORY_TABLE as TABLE, REGION
+
 
 def ref(key: str, version_id: str | None = None) -> ObjectRef:
     return ObjectRef("faces", key, version_id)
@@ -117,15 +119,27 @@ def test_record_round_trips_every_field(history: ImportHistoryResource) -> None:
     for i, obj in enumerate(keys):
         assert history.claim(obj, f"etag{i}", "run-1", 60)
         history.record(
-            outcome(obj, HistoryStatus.INDEXED, "run-1", etag=f"etag{i}", user_id=f"user{i}", reason="SUCCEEDED",
-                    extra={"gateway": "riv", "http": "200"})
+            outcome(
+                obj,
+                HistoryStatus.INDEXED,
+                "run-1",
+                etag=f"etag{i}",
+                user_id=f"user{i}",
+                reason="SUCCEEDED",
+                extra={"gateway": "riv", "http": "200"},
+            )
         )
     found = history.lookup(keys)
     assert set(found) == set(keys)
     for i, obj in enumerate(keys):
         rec = found[obj]
         assert (rec.etag, rec.status, rec.user_id, rec.reason, rec.attempts) == (
-            f"etag{i}", HistoryStatus.INDEXED, f"user{i}", "SUCCEEDED", 1)
+            f"etag{i}",
+            HistoryStatus.INDEXED,
+            f"user{i}",
+            "SUCCEEDED",
+            1,
+        )
         assert dict(rec.extra) == {"gateway": "riv", "http": "200"} and rec.claim_expires_at == 0
     # The scan rebuilds refs from the stored key; "null" is S3's null version.
     assert {r.ref for r in history.scan()} == {keys[0], keys[1], ref("x/y.jpg")}
@@ -178,7 +192,13 @@ def test_lookup_table_answers_in_columns_once_per_key(history: ImportHistoryReso
     assert answer.schema == HISTORY_LOOKUP_SCHEMA
     assert sorted(answer.to_pylist(), key=lambda row: row["object_uri"]) == [
         {"object_uri": indexed.uri, "version_id": "null", "etag": "e1", "status": "indexed", "reason": ""},
-        {"object_uri": transient.uri, "version_id": "v7", "etag": "e1", "status": "failed_transient", "reason": "http_503"},
+        {
+            "object_uri": transient.uri,
+            "version_id": "v7",
+            "etag": "e1",
+            "status": "failed_transient",
+            "reason": "http_503",
+        },
     ]
     assert history.lookup_table(keys.slice(0, 0)).num_rows == 0
 
@@ -195,6 +215,8 @@ def test_sqlite_lookup_searches_the_primary_key_and_never_scans(tmp_path: Path) 
     assert not any(step.startswith("SCAN") and "import_history" in step or step == "SCAN h" for step in plan), plan
     assert any(step.startswith("SEARCH h USING PRIMARY KEY (object_uri=? AND version_id=?)") for step in plan), plan
     store.close()
+
+
 def test_scan_columns_reads_only_the_columns_asked_for(history: ImportHistoryResource) -> None:
     done, waiting, claimed = ref("users/done.jpg"), ref("users/waiting.jpg", "v7"), ref("users/claimed.jpg")
     for obj in (done, waiting, claimed):
@@ -292,7 +314,9 @@ def test_sqlite_racing_processes_exactly_one_claim_wins(tmp_path: Path) -> None:
     keys = [f"race/{i}.jpg" for i in range(40)]
     ctx = multiprocessing.get_context("spawn")  # no fork of a threaded pytest process
     barrier, results = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_claim_in_process, args=(db_path, f"proc-{n}", keys, barrier, results)) for n in range(2)]
+    procs = [
+        ctx.Process(target=_claim_in_process, args=(db_path, f"proc-{n}", keys, barrier, results)) for n in range(2)
+    ]
     for p in procs:
         p.start()
     outcomes = dict(results.get(timeout=60) for _ in procs)
@@ -375,7 +399,9 @@ def test_create_history_table_is_idempotent_and_rejects_a_wrong_schema(aws_env: 
         table = raw.describe_table(TableName=TABLE)["Table"]
         assert table["TableStatus"] == "ACTIVE"
         assert {(k["AttributeName"], k["KeyType"]) for k in table["KeySchema"]} == {
-            ("object_uri", "HASH"), ("version_id", "RANGE")}
+            ("object_uri", "HASH"),
+            ("version_id", "RANGE"),
+        }
         raw.create_table(
             TableName="someone-else",
             KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
@@ -425,8 +451,13 @@ class _ThrottlingDynamo(http.server.BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers["Content-Length"]))
         self.seen.append(self.headers["X-Amz-Target"])
         if len(self.seen) <= 2:
-            status, body = 400, {"__type": "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
-                                 "message": "Rate of requests exceeds the allowed throughput."}
+            status, body = (
+                400,
+                {
+                    "__type": "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
+                    "message": "Rate of requests exceeds the allowed throughput.",
+                },
+            )
         else:
             status, body = 200, {}
         payload = json.dumps(body).encode()
@@ -469,13 +500,17 @@ def test_dynamo_scan_and_batch_get_give_the_same_final_outcomes(aws_env: None) -
                 history.record(outcome(obj, HistoryStatus.INDEXED, "run-1", etag=f"e{i}"))
                 expected.add((obj.uri, obj.version_id or "null", f"e{i}", "indexed", ""))
             elif kind == 1:
-                history.record(outcome(obj, HistoryStatus.FAILED_PERMANENT, "run-1", etag=f"e{i}", reason="NoFaceDetected"))
+                history.record(
+                    outcome(obj, HistoryStatus.FAILED_PERMANENT, "run-1", etag=f"e{i}", reason="NoFaceDetected")
+                )
                 expected.add((obj.uri, obj.version_id or "null", f"e{i}", "failed_permanent", "NoFaceDetected"))
             elif kind == 2:
                 history.record(outcome(obj, HistoryStatus.FAILED_TRANSIENT, "run-1", etag=f"e{i}"))
             # kind 3: a live claim, not final
         asked = [(ref(f"users/{i:03d}.jpg").uri, "null" if i % 3 else f"v{i}", f"e{i}") for i in range(240)]
-        asked += [(ref(f"users/{i:03d}.jpg").uri, "null" if i % 3 else f"v{i}", "another-etag") for i in range(0, 240, 4)]
+        asked += [
+            (ref(f"users/{i:03d}.jpg").uri, "null" if i % 3 else f"v{i}", "another-etag") for i in range(0, 240, 4)
+        ]
         asked += [(ref(f"absent/{i}.jpg").uri, "null", "e") for i in range(30)]
         objects = pa.table(dict(zip(["object_uri", "version_id", "etag"], map(list, zip(*asked)))))
 

@@ -1,6 +1,7 @@
 """The local store's listing of hand-copied files: pages listed in the caller's thread and in
 forked worker processes give the same rows, the MD5 of each file's bytes, and the ETag cache
 they leave behind is right (read back from the store's SQLite file)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -48,13 +49,16 @@ def expected_rows(root: Path, keys: list[str]) -> list[dict]:
     for key in sorted(keys, key=str.encode):
         path = root / BUCKET / key
         st = path.stat()
-        rows.append({
-            "key": key,
-            "size": st.st_size,
-            "last_modified": datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=st.st_mtime_ns // 1000),
-            "etag": hashlib.md5(path.read_bytes()).hexdigest(),
-            "storage_class": "STANDARD",
-        })
+        rows.append(
+            {
+                "key": key,
+                "size": st.st_size,
+                "last_modified": datetime(1970, 1, 1, tzinfo=timezone.utc)
+                + timedelta(microseconds=st.st_mtime_ns // 1000),
+                "etag": hashlib.md5(path.read_bytes()).hexdigest(),
+                "storage_class": "STANDARD",
+            }
+        )
     return rows
 
 
@@ -155,7 +159,9 @@ def test_a_listing_reads_pages_ahead_but_never_the_whole_bucket(
     assert keys[-1] == "z/new" and len(keys) == 64 * 10 - 64 + 1
 
 
-def test_listings_from_several_threads_at_once_agree(local: LocalObjectStore, tmp_path: Path, in_processes: None) -> None:
+def test_listings_from_several_threads_at_once_agree(
+    local: LocalObjectStore, tmp_path: Path, in_processes: None
+) -> None:
     # With other threads running, pages are listed in each listing's own thread (no fork).
     root = tmp_path / "store"
     files = copy_many(root, 200)

@@ -1,4 +1,5 @@
 """LocalRegistryGateway: a real SQLite registry, real images, real threads and processes."""
+
 from __future__ import annotations
 
 import hashlib
@@ -123,9 +124,7 @@ def test_an_id_outside_rivs_rule_fails_at_index_faces_as_riv_does(tmp_path: Path
     assert loose.users() == [] and loose.register_calls() == 1
 
 
-@pytest.mark.parametrize(
-    "properties", [["a", "b"], {"age": 42}, {1: "one"}, {"nested": {"k": "v"}}, "not-a-mapping"]
-)
+@pytest.mark.parametrize("properties", [["a", "b"], {"age": 42}, {1: "one"}, {"nested": {"k": "v"}}, "not-a-mapping"])
 def test_properties_must_be_a_mapping_of_str_to_str(registry: LocalRegistryGateway, properties: object) -> None:
     result = registry.register("gina", face(9), properties)  # type: ignore[arg-type]
     assert result.outcome is Outcome.FAILED_PERMANENT and result.reason.startswith("bad_properties:")

@@ -4,6 +4,7 @@ The first half is one contract suite run against both stores (the local folder s
 S3ObjectStore under moto.mock_aws); the second half covers what only the local layout has:
 its key limits, the files on disk, atomic writes, hand-copied files, threads and processes.
 """
+
 from __future__ import annotations
 
 import os
@@ -93,7 +94,13 @@ def test_listing_in_batches_says_what_list_objects_says(store: ObjectStoreResour
     listed = list(store.list_objects(BUCKET, prefix="b"))
     assert [r["key"] for r in rows] == [k for k in ORDER_EXPECTED if k.startswith("b")]
     assert rows == [
-        {"key": o.key, "size": o.size, "last_modified": o.last_modified, "etag": o.etag, "storage_class": o.storage_class}
+        {
+            "key": o.key,
+            "size": o.size,
+            "last_modified": o.last_modified,
+            "etag": o.etag,
+            "storage_class": o.storage_class,
+        }
         for o in listed
     ]
     assert all(r["etag"] == md5(r["key"].encode()) and r["size"] == len(r["key"].encode()) for r in rows)

@@ -1,4 +1,5 @@
 """Registration providers: the seed's S3 tags, and a user's own class by import path."""
+
 import json
 
 import pyarrow as pa
@@ -42,8 +43,12 @@ def test_tag_keys_are_case_insensitive_and_markers_need_true(store):
 
 def test_properties_outside_allowed_buckets_are_refused_without_a_fetch(store):
     store.put_bytes("secrets", "p.json", b'{"a": "b"}')
-    decision = decide_from_tags(ObjectRef(IMAGES, "a.png"), {"UserId": "ann", "Properties": "s3://secrets/p.json"}, _provider(store))
-    assert decision.reason == Reason.PROPERTIES_NOT_ALLOWED and "a.png" in decision.detail and "secrets" in decision.detail
+    decision = decide_from_tags(
+        ObjectRef(IMAGES, "a.png"), {"UserId": "ann", "Properties": "s3://secrets/p.json"}, _provider(store)
+    )
+    assert (
+        decision.reason == Reason.PROPERTIES_NOT_ALLOWED and "a.png" in decision.detail and "secrets" in decision.detail
+    )
 
 
 def test_properties_are_loaded_and_validated(store):
@@ -53,12 +58,16 @@ def test_properties_are_loaded_and_validated(store):
     assert provider.load_properties(f"s3://{IMAGES}/p/ok.json") == {"fname": "Ann"}
     with pytest.raises(RegistrationRejected, match="200-byte bound"):
         provider.load_properties(f"s3://{IMAGES}/p/big.json")
-    missing = decide_from_tags(ObjectRef(IMAGES, "a.png"), {"UserId": "ann", "Properties": f"s3://{IMAGES}/p/none.json"}, provider)
+    missing = decide_from_tags(
+        ObjectRef(IMAGES, "a.png"), {"UserId": "ann", "Properties": f"s3://{IMAGES}/p/none.json"}, provider
+    )
     assert missing.reason == Reason.PROPERTIES_NOT_FOUND and "none.json" in missing.detail
 
 
 def test_a_user_provider_class_by_import_path(store, tmp_path):
-    store.put_bytes(IMAGES, "roster.csv", b"key,user_id,properties_key\nstaff/1.png,emp-1,props/1.json\nstaff/2.png,emp-2,\n")
+    store.put_bytes(
+        IMAGES, "roster.csv", b"key,user_id,properties_key\nstaff/1.png,emp-1,props/1.json\nstaff/2.png,emp-2,\n"
+    )
     store.put_bytes(IMAGES, "props/1.json", json.dumps({"team": "Blue"}).encode())
     for n in (1, 2, 3):
         store.put_bytes(IMAGES, f"staff/{n}.png", b"image")
@@ -68,8 +77,13 @@ def test_a_user_provider_class_by_import_path(store, tmp_path):
         store=store,
     )
     candidates = pa.RecordBatch.from_pydict(
-        {"bucket": [IMAGES] * 3, "key": ["staff/1.png", "staff/2.png", "staff/3.png"], "version_id": [None] * 3,
-         "size": [1, 1, 1], "e_tag": ["a", "b", "c"]},
+        {
+            "bucket": [IMAGES] * 3,
+            "key": ["staff/1.png", "staff/2.png", "staff/3.png"],
+            "version_id": [None] * 3,
+            "size": [1, 1, 1],
+            "e_tag": ["a", "b", "c"],
+        },
         schema=CANDIDATE_SCHEMA,
     )
     history = SqliteImportHistory(db_path=str(tmp_path / "history.sqlite"))

@@ -1,6 +1,7 @@
 """The load against RIV as its code really behaves (the stand-in in riv_standin.py), item by item of
 issue 16: request shape, error names, user ids, unknown outcomes, the rate at RIV's speed, bodies RIV
 cannot take, and the embedded registry answering as RIV does."""
+
 from __future__ import annotations
 
 import random
@@ -54,17 +55,42 @@ class World:
         self.store.put_tags(BUCKET, key, tags)
         decision = decide_one(ObjectRef(BUCKET, key), self.store, self.provider)
         size = self.store.head(BUCKET, key).size
-        return dict(bucket=BUCKET, key=key, version_id=None, size=size, e_tag=etag, qualified=decision.qualified,
-                    reason=str(decision.reason), detail=decision.detail, user_id=decision.user_id,
-                    properties_ref=decision.properties_ref)
+        return dict(
+            bucket=BUCKET,
+            key=key,
+            version_id=None,
+            size=size,
+            e_tag=etag,
+            qualified=decision.qualified,
+            reason=str(decision.reason),
+            detail=decision.detail,
+            user_id=decision.user_id,
+            properties_ref=decision.properties_ref,
+        )
 
-    def index(self, rows: list[dict], rate: float = 50.0, meter: Optional[CallMeter] = None, **policy) -> dict[str, dict]:
-        policy = {"owner": "run-1", "concurrency": 64, "max_attempts": 4, "backoff_base_seconds": 0.01,
-                  "settle_after_seconds": 0.0, "rng": random.Random(7), **policy}
+    def index(
+        self, rows: list[dict], rate: float = 50.0, meter: Optional[CallMeter] = None, **policy
+    ) -> dict[str, dict]:
+        policy = {
+            "owner": "run-1",
+            "concurrency": 64,
+            "max_attempts": 4,
+            "backoff_base_seconds": 0.01,
+            "settle_after_seconds": 0.0,
+            "rng": random.Random(7),
+            **policy,
+        }
         batch = pa.RecordBatch.from_pylist(rows, schema=QUALIFIED_SCHEMA)
-        results = index_qualified([batch], store=self.store, provider=self.provider, gateway=self.gateway,
-                                  history=self.history, limiter=RateLimiter(rate), policy=IndexingPolicy(**policy),
-                                  meter=meter)
+        results = index_qualified(
+            [batch],
+            store=self.store,
+            provider=self.provider,
+            gateway=self.gateway,
+            history=self.history,
+            limiter=RateLimiter(rate),
+            policy=IndexingPolicy(**policy),
+            meter=meter,
+        )
         return {r["key"]: r for b in results for r in b.to_pylist()}
 
     def register_calls(self) -> int:
@@ -111,8 +137,15 @@ def test_by_reference_riv_reads_the_image_from_s3_itself(tmp_path: Path) -> None
 # ---- 2. the error name decides ----
 
 
-@pytest.mark.parametrize("error", ["ThrottlingException", "ProvisionedThroughputExceededException", "TransientError",
-                                   "Lambda.TooManyRequestsException"])
+@pytest.mark.parametrize(
+    "error",
+    [
+        "ThrottlingException",
+        "ProvisionedThroughputExceededException",
+        "TransientError",
+        "Lambda.TooManyRequestsException",
+    ],
+)
 def test_throttling_and_passing_errors_are_retried_then_registered(head: World, error: str) -> None:
     head.riv.throttle(2, error=error)
     [row] = head.index([head.put("dee")]).values()
@@ -235,8 +268,9 @@ def test_the_claim_is_renewed_as_each_call_leaves(head: World) -> None:
     # A lease shorter than the backoff: without renewal it would lapse before the second call.
     head.riv.throttle(1)
     rows = [head.put("oda")]
-    [row] = head.index(rows, lease_seconds=0.3, backoff_base_seconds=0.5, backoff_cap_seconds=0.5,
-                       rng=random.Random(3)).values()
+    [row] = head.index(
+        rows, lease_seconds=0.3, backoff_base_seconds=0.5, backoff_cap_seconds=0.5, rng=random.Random(3)
+    ).values()
     assert row["outcome"] == "indexed" and head.riv.faces_for("oda") == 1
 
 
@@ -301,11 +335,17 @@ def test_the_embedded_registry_and_riv_give_the_same_outcomes(tmp_path: Path) ->
             [(r.outcome, r.reason.split(":")[0]) for r in (gateway.register(u, img, {}) for u, img in script)]
             for gateway in (over_http, embedded)
         ]
-        assert outcomes[0] == outcomes[1] == [
-            (Outcome.INDEXED, "SUCCEEDED"), (Outcome.INDEXED, "SUCCEEDED"),
-            (Outcome.FAILED_PERMANENT, "UserAlreadyExists"),
-            (Outcome.INDEXED, "SUCCEEDED"), (Outcome.INDEXED, "SUCCEEDED"),
-        ]
+        assert (
+            outcomes[0]
+            == outcomes[1]
+            == [
+                (Outcome.INDEXED, "SUCCEEDED"),
+                (Outcome.INDEXED, "SUCCEEDED"),
+                (Outcome.FAILED_PERMANENT, "UserAlreadyExists"),
+                (Outcome.INDEXED, "SUCCEEDED"),
+                (Outcome.INDEXED, "SUCCEEDED"),
+            ]
+        )
         assert riv.faces_for("ann") == 4 and {u["user_id"]: u["registrations"] for u in embedded.users()} == {"ann": 4}
         assert over_http.user_exists("Ann") is embedded.user_exists("Ann") is True
         assert over_http.user_exists("bob") is embedded.user_exists("bob") is False

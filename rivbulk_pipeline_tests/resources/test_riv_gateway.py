@@ -1,4 +1,5 @@
 """RivHttpGateway against a real loopback HTTP server (gateway_server.FakeRivGateway)."""
+
 from __future__ import annotations
 
 import base64
@@ -51,10 +52,19 @@ def riv() -> Iterator[FakeRivGateway]:
 @pytest.fixture
 def no_aws_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A hermetic AWS credential chain: no real files, no instance metadata."""
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                 "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ROLE_ARN",
-                 "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-                 "AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ROLE_ARN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
@@ -90,8 +100,11 @@ def test_body_is_what_both_riv_versions_take(riv: FakeRivGateway) -> None:
     # unconditionally; the key's apostrophe percent-encoded (RIV's mapping cannot take one, and
     # reads Name only when no Image is sent).
     assert body == {
-        "UserId": "bob", "Image": base64.b64encode(image).decode(), "Properties": PROPS,
-        "Bucket": "faces", "Name": "People/Bob%27s photo.png",
+        "UserId": "bob",
+        "Image": base64.b64encode(image).decode(),
+        "Properties": PROPS,
+        "Bucket": "faces",
+        "Name": "People/Bob%27s photo.png",
     }
 
 
@@ -152,12 +165,16 @@ def test_emulated_registry_rejects_a_face_of_another_user() -> None:
         assert riv.registrations == {"frank": 2}  # counted honestly: two SUCCEEDED answers
 
 
-@pytest.mark.parametrize("status,unknown", [(408, False), (409, False), (425, False), (429, False), (500, False),
-                                            (503, False), (502, True), (504, True)])
+@pytest.mark.parametrize(
+    "status,unknown",
+    [(408, False), (409, False), (425, False), (429, False), (500, False), (503, False), (502, True), (504, True)],
+)
 def test_throttling_and_server_errors_are_transient(riv: FakeRivGateway, status: int, unknown: bool) -> None:
     riv.script(Answer.http(status))
     result = gateway(riv).register("hank", face(10), {})
-    assert result == GatewayResult.transient(result.reason, unknown=unknown) and result.reason.startswith(f"http_{status}")
+    assert result == GatewayResult.transient(result.reason, unknown=unknown) and result.reason.startswith(
+        f"http_{status}"
+    )
 
 
 @pytest.mark.parametrize("status", [401, 403])
@@ -281,7 +298,10 @@ def test_check_userid_answers_and_a_riv_without_the_route(riv: FakeRivGateway) -
     riv.script(Answer.json_answer(200, {"Reason": "User Exist"}), Answer.json_answer(200, {"Reason": "User not Exist"}))
     assert gw.user_exists("Sam") is True
     assert gw.user_exists("sam") is False
-    assert [json.loads(b) for b in riv.bodies] == [{"UserId": "sam"}, {"UserId": "sam"}]  # lower-cased: RIV finds only those
+    assert [json.loads(b) for b in riv.bodies] == [
+        {"UserId": "sam"},
+        {"UserId": "sam"},
+    ]  # lower-cased: RIV finds only those
     assert [r.path for r in riv.requests] == ["/check-userid", "/check-userid"]
     riv.script(Answer.http(403, {"message": "Missing Authentication Token"}))  # a RIV before check-userid
     assert gw.user_exists("sam") is None

@@ -3,6 +3,7 @@
 Plain `requests` against the stand-in on 127.0.0.1: no rivbulk client is involved, so these tests pin
 the stand-in itself, the ground the gateway client's tests stand on. Timeouts are scaled down.
 """
+
 from __future__ import annotations
 
 import base64
@@ -33,7 +34,14 @@ def b64(image: bytes) -> str:
 
 def body(user_id: str, image: bytes, **extra: object) -> dict:
     """A body both RIV versions take: the head version needs Bucket, Name and Properties."""
-    return {"UserId": user_id, "Image": b64(image), "Properties": {"team": "x"}, "Bucket": "photos", "Name": "a.png", **extra}
+    return {
+        "UserId": user_id,
+        "Image": b64(image),
+        "Properties": {"team": "x"},
+        "Bucket": "photos",
+        "Name": "a.png",
+        **extra,
+    }
 
 
 def register(riv: RivStandIn, payload: object, **kwargs: object) -> requests.Response:
@@ -60,7 +68,9 @@ def test_success_answers_startsyncexecution_fields_with_output_as_a_json_string(
     assert response.status_code == 200
     answer = response.json()
     assert answer["status"] == "SUCCEEDED"
-    assert {"executionArn", "stateMachineArn", "name", "startDate", "stopDate", "input", "billingDetails"} <= set(answer)
+    assert {"executionArn", "stateMachineArn", "name", "startDate", "stopDate", "input", "billingDetails"} <= set(
+        answer
+    )
     assert "error" not in answer and "cause" not in answer
     assert isinstance(answer["startDate"], float) and answer["startDate"] <= answer["stopDate"]
     output = json.loads(answer["output"])  # a string holding JSON, not an object
@@ -197,8 +207,10 @@ def test_an_apostrophe_anywhere_is_a_500_and_starts_no_workflow(riv):
     image = make_png("obrien")
     plain = register(riv, body("obrien", image, Properties={"name": "O'Brien"}))
     escaped = requests.post(  # \u0027 in the raw body is still an apostrophe once API Gateway re-serialises it
-        riv.url + "/register", data=json.dumps(body("obrien", image, Properties={"name": "O'Brien"})).replace("'", "\\u0027"),
-        headers={"Content-Type": "application/json"}, timeout=10,
+        riv.url + "/register",
+        data=json.dumps(body("obrien", image, Properties={"name": "O'Brien"})).replace("'", "\\u0027"),
+        headers={"Content-Type": "application/json"},
+        timeout=10,
     )
     for response in (plain, escaped):
         assert (response.status_code, response.json()) == (500, {"message": "Internal server error"})
@@ -214,8 +226,12 @@ def test_unknown_paths_and_methods_are_403_missing_authentication_token(riv):
 
 
 def test_non_json_and_other_media_types_are_refused_before_the_workflow(riv):
-    not_json = requests.post(riv.url + "/register", data=b"UserId=bob", headers={"Content-Type": "application/json"}, timeout=10)
-    assert not_json.status_code == 400 and not_json.json()["message"].startswith("Could not parse request body into json")
+    not_json = requests.post(
+        riv.url + "/register", data=b"UserId=bob", headers={"Content-Type": "application/json"}, timeout=10
+    )
+    assert not_json.status_code == 400 and not_json.json()["message"].startswith(
+        "Could not parse request body into json"
+    )
     form = requests.post(riv.url + "/register", data={"UserId": "bob"}, timeout=10)
     assert (form.status_code, form.json()) == (415, {"message": "Unsupported Media Type"})
     assert riv.workflow_starts == []
@@ -326,7 +342,9 @@ def test_transient_error_leaves_the_face_in_the_collection_without_a_row(riv):
     assert answer["error"] == "TransientError"
     assert riv.rekognition_calls["IndexFaces"] == 1
     assert (riv.collection_faces_for("vera"), riv.faces_for("vera")) == (1, 0)
-    assert requests.post(riv.url + "/check-userid", json={"UserId": "vera"}, timeout=10).json() == {"Reason": "User not Exist"}
+    assert requests.post(riv.url + "/check-userid", json={"UserId": "vera"}, timeout=10).json() == {
+        "Reason": "User not Exist"
+    }
     # Retrying the mixed-case id now meets its own face: RIV refuses it.
     assert register(riv, body("Vera", image)).json()["error"] == "UserAlreadyExists"
     assert register(riv, body("vera", image)).json()["status"] == "SUCCEEDED"
@@ -376,8 +394,12 @@ def test_without_image_head_reads_s3_and_lower_cases_bucket_and_name_at_index(aw
         s3.put_object(Bucket="photos", Key="people/yuri.png", Body=make_png("yuri"))
         s3.put_object(Bucket="photos", Key="People/Zoe.png", Body=make_png("zoe"))
         with RivStandIn(version="head", s3_client=s3) as riv:
-            ok = register(riv, {"UserId": "yuri", "Bucket": "photos", "Name": "people/yuri.png", "Properties": {}}).json()
-            capitals = register(riv, {"UserId": "zoe", "Bucket": "photos", "Name": "People/Zoe.png", "Properties": {}}).json()
+            ok = register(
+                riv, {"UserId": "yuri", "Bucket": "photos", "Name": "people/yuri.png", "Properties": {}}
+            ).json()
+            capitals = register(
+                riv, {"UserId": "zoe", "Bucket": "photos", "Name": "People/Zoe.png", "Properties": {}}
+            ).json()
             assert ok["status"] == "SUCCEEDED" and riv.faces_for("yuri") == 1
             assert (capitals["status"], capitals["error"]) == ("FAILED", "InvalidS3ObjectException")
             # detect and search read People/Zoe.png as sent (paid); index read people/zoe.png (absent)

@@ -5,6 +5,7 @@ retries, the resumed reads and the mapping of S3 error codes to our errors.
 The semantic contract (keys, order, tags...) runs against S3 under moto.mock_aws in
 test_local_store.py, in the same suite as the local store.
 """
+
 from __future__ import annotations
 
 import os
@@ -154,7 +155,9 @@ def test_a_refused_connection_is_a_transient_error(aws_env: None) -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    store = S3ObjectStore(aws=AwsClients(region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{port}", max_attempts=2))
+    store = S3ObjectStore(
+        aws=AwsClients(region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{port}", max_attempts=2)
+    )
     with pytest.raises(TransientStoreError, match="s3://images/a.jpg: EndpointConnectionError"):
         store.get_tags(BUCKET, "a.jpg")
 
@@ -222,4 +225,7 @@ def test_locations_are_s3_uris_with_a_console_link_on_aws_only(moto_server: str)
     assert on_aws.console_url("faces", "dave smith/photo 1.png") == (
         "https://console.aws.amazon.com/s3/object/faces?region=eu-west-1&prefix=dave%20smith/photo%201.png"
     )
-    assert S3ObjectStore(aws=AwsClients(region_name="eu-west-1", endpoint_url=moto_server)).console_url("faces", "a.png") is None
+    assert (
+        S3ObjectStore(aws=AwsClients(region_name="eu-west-1", endpoint_url=moto_server)).console_url("faces", "a.png")
+        is None
+    )

@@ -1,4 +1,5 @@
 """One SQLite connection per thread; a forked child opens its own and never closes its parent's."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Fake AWS credentials for the tests that talk to moto, and the names those tests share."""
+
 from __future__ import annotations
 
 import hashlib

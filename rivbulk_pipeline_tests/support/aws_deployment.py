@@ -1,5 +1,6 @@
 """The aws deployment as an operator configures it, on fake credentials: every RIVBULK_* setting it
 reads, an environment holding nothing of the host's, and the definitions loaded from it."""
+
 from __future__ import annotations
 
 import importlib.util

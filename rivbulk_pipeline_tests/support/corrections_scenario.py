@@ -7,6 +7,7 @@ indexing (a transient failure), comes back, and date 2 reruns: everyone is regis
 every correction is in the history and the summary, `rivbulk where` tells the story, and the
 failed run and the breached thresholds reached moto's SNS.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -96,7 +97,9 @@ def run_scenario(d: Deployment, date1: str, date2: str, queue_url: str) -> None:
     # ---- date 1 ----
     first = job.execute_in_process(partition_key=date1, instance=instance)
     assert first.success
-    assert [status(k) for k in BY_HAND] == ["indexed", "indexed"] and status(LOST_KEY) == "indexed", history.records_of(f"s3://{bucket}/{LOST_KEY}")
+    assert [status(k) for k in BY_HAND] == ["indexed", "indexed"] and status(LOST_KEY) == "indexed", history.records_of(
+        f"s3://{bucket}/{LOST_KEY}"
+    )
     assert status(RETRIED) == "failed_permanent"
     checks = {e.check_name: e for e in first.get_asset_check_evaluations()}
     breached = checks["indexed_users_permanent_failures_within_threshold"]
@@ -124,19 +127,33 @@ def run_scenario(d: Deployment, date1: str, date2: str, queue_url: str) -> None:
         run_config={"ops": {"correct_history": {"config": {"action": "retry", "dates": [date1], "dry_run": True}}}},
     )
     assert ui.success and ui.output_for_node("correct_history") == {
-        "failed_permanent/UserAlreadyExists": 1, "failed_permanent/apostrophe_in_request": 1,
-        "failed_permanent/corrupt_image": 1, "failed_permanent/too_small": 1, "failed_permanent/unsupported_format": 1,
+        "failed_permanent/UserAlreadyExists": 1,
+        "failed_permanent/apostrophe_in_request": 1,
+        "failed_permanent/corrupt_image": 1,
+        "failed_permanent/too_small": 1,
+        "failed_permanent/unsupported_format": 1,
     }
     assert _history_rows(history) == before
     # the registry's team frees trudy's face; the retry for real
     d.forget_user("victor")
-    code, out = _cli("retry", "--reason", "UserAlreadyExists", "--apply", "--why", "face freed by the registry team", "--by", "ops-anna")
+    code, out = _cli(
+        "retry",
+        "--reason",
+        "UserAlreadyExists",
+        "--apply",
+        "--why",
+        "face freed by the registry team",
+        "--by",
+        "ops-anna",
+    )
     assert code == 0 and json.loads(out)["reopened"] == 1
     assert status(RETRIED) == HistoryStatus.REOPENED.value
 
     # ---- lost: carol, by user id ----
     d.forget_user(LOST_USER)
-    code, out = _cli("lost", "--user", LOST_USER, "--apply", "--why", "registry restored from an older backup", "--by", "ops-anna")
+    code, out = _cli(
+        "lost", "--user", LOST_USER, "--apply", "--why", "registry restored from an older backup", "--by", "ops-anna"
+    )
     assert code == 0 and json.loads(out)["reopened"] == 1 and json.loads(out)["tags_removed"] == 1
     assert not indexed_tag(LOST_KEY) and status(LOST_KEY) == HistoryStatus.REOPENED.value
 
@@ -154,8 +171,11 @@ def run_scenario(d: Deployment, date1: str, date2: str, queue_url: str) -> None:
 
     # ---- a failed run is told: the correction job without a reason to give ----
     failed = d.defs.resolve_job_def("correct_history_job").execute_in_process(
-        instance=instance, raise_on_error=False,
-        run_config={"ops": {"correct_history": {"config": {"action": "retry", "reasons": ["too_small"], "dry_run": False}}}},
+        instance=instance,
+        raise_on_error=False,
+        run_config={
+            "ops": {"correct_history": {"config": {"action": "retry", "reasons": ["too_small"], "dry_run": False}}}
+        },
     )
     assert not failed.success
     failure = next(e for e in failed.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
@@ -175,11 +195,19 @@ def run_scenario(d: Deployment, date1: str, date2: str, queue_url: str) -> None:
 
     # ---- every correction in the history and the summary ----
     (retried,) = history.records_of(f"s3://{bucket}/{RETRIED}")
-    assert (retried.correction, retried.corrected_by, retried.correction_why) == ("retry", "ops-anna", "face freed by the registry team")
+    assert (retried.correction, retried.corrected_by, retried.correction_why) == (
+        "retry",
+        "ops-anna",
+        "face freed by the registry team",
+    )
     summary = assets_job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("import_summary")])
     metadata = summary.asset_materializations_for_node("import_summary")[0].metadata
     rows = {r.data["correction"]: r.data for r in metadata["corrections"].value.records}
-    assert rows["retry"]["objects"] == 1 and rows["retry"]["registered_since"] == 1 and rows["retry"]["corrected_by"] == "ops-anna"
+    assert (
+        rows["retry"]["objects"] == 1
+        and rows["retry"]["registered_since"] == 1
+        and rows["retry"]["corrected_by"] == "ops-anna"
+    )
     assert rows["lost"]["objects"] == 1 and rows["lost"]["why"] == "registry restored from an older backup"
 
     # ---- where is trudy? ----

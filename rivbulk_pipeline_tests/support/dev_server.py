@@ -1,5 +1,6 @@
 """`rivbulk dev` (dagster dev: webserver, daemon, code server) on 127.0.0.1 in its own process group,
 and what the tests ask its webserver's GraphQL API: sensor runs, backfills."""
+
 from __future__ import annotations
 
 import contextlib
@@ -51,10 +52,13 @@ query Backfill($id: String!) {
   }
 }"""
 
+
 class DevServer:
     """`rivbulk dev` in its own process group, its output in a log file."""
 
-    def __init__(self, home: Path, dagster_home: Path, log_path: Path, extra_env: Optional[dict[str, str]] = None) -> None:
+    def __init__(
+        self, home: Path, dagster_home: Path, log_path: Path, extra_env: Optional[dict[str, str]] = None
+    ) -> None:
         self.port = _free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.log_path = log_path
@@ -73,8 +77,13 @@ class DevServer:
         command += ["dev", "--host", HOST, "--port", str(self.port)]
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                command, cwd=str(home.parent), env=env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                command,
+                cwd=str(home.parent),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def graphql(self, query: str, variables: Optional[dict[str, Any]] = None) -> dict[str, Any]:
@@ -147,5 +156,3 @@ def finished_backfill(server: DevServer, backfill_id: str) -> Optional[dict[str,
     if backfill["status"] in TERMINAL_BACKFILL and all(r["status"] in TERMINAL_RUN for r in backfill["runs"]):
         return backfill
     return None
-
-

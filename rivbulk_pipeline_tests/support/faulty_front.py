@@ -1,5 +1,6 @@
 """A real HTTP server on 127.0.0.1 in front of moto's server that answers S3 errors or cuts bodies,
 as a plan says, and an S3 store that goes through it."""
+
 from __future__ import annotations
 
 import http.client

@@ -1,4 +1,5 @@
 """A tiny object store over a folder, for the inventory code's tests."""
+
 from __future__ import annotations
 
 import contextlib
@@ -84,8 +85,11 @@ class FolderStore:
                 yield self._info(bucket, key, self._path(bucket, key))
 
     def list_prefixes(self, bucket: str, prefix: str = "") -> Iterator[str]:
-        found = {prefix + k[len(prefix) :].split("/", 1)[0] + "/" for k in self._keys(bucket)
-                 if k.startswith(prefix) and "/" in k[len(prefix) :]}
+        found = {
+            prefix + k[len(prefix) :].split("/", 1)[0] + "/"
+            for k in self._keys(bucket)
+            if k.startswith(prefix) and "/" in k[len(prefix) :]
+        }
         yield from sorted(found)
 
     def get_tags(self, bucket, key, version_id=None):  # pragma: no cover - not used here

@@ -17,6 +17,7 @@ Auth checks (answer 403 without recording a registration): `api_key=` expects th
 `api_key_header`; `sigv4=SigV4Expectation(...)` recomputes the SigV4 signature with botocore
 from the received request and compares it.
 """
+
 from __future__ import annotations
 
 import base64
@@ -300,7 +301,9 @@ class _Handler(BaseHTTPRequestHandler):
             answer = self.fake._choose(user_id, image_sha256)
         status = None if answer.kind == "drop" else answer.status
         self.fake._record(  # on receipt: a client that times out still reached the gateway
-            ReceivedRequest("POST", self.path, user_id, len(body), headers, image_sha256, authorized, status, received_at),
+            ReceivedRequest(
+                "POST", self.path, user_id, len(body), headers, image_sha256, authorized, status, received_at
+            ),
             answer if self.path == "/register" and authorized else None,
         )
         if answer.delay_seconds:

@@ -6,6 +6,7 @@ data in a temporary folder, trust authentication for the loopback. pgserver's ow
 ourselves. Postgres refuses to run as root: as root the server runs as the `pgserver`
 system user, the way pgserver does it.
 """
+
 from __future__ import annotations
 
 import os
@@ -74,8 +75,12 @@ def _cluster(folder: Path, db_name: str) -> Iterator[PostgresServer]:
     _run([str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "postgres", "--auth=trust", "--encoding=utf8"], run_as)
     port = _free_port()
     log = data_dir / "server.log"
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories='' -c max_connections=200 -c fsync=off"
-    _run([str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-o", options, "-l", str(log), "-w", "-t", "60", "start"], run_as)
+    options = (
+        f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories='' -c max_connections=200 -c fsync=off"
+    )
+    _run(
+        [str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-o", options, "-l", str(log), "-w", "-t", "60", "start"], run_as
+    )
     try:
         _run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", db_name], run_as)
         yield PostgresServer("127.0.0.1", port, "postgres", db_name, data_dir)

@@ -7,6 +7,7 @@ its ARN (`RIVBULK_GATEWAY_API_KEY_SECRET`), never its value. The instance config
 `deploy/dagster.yaml` itself, read from the repository, with only what this machine cannot
 have replaced (see `instance_yaml`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -89,7 +90,11 @@ class World:
         if launcher == "default":
             start = text.index("run_launcher:")
             end = text.index("\n# Step logs")
-            text = text[:start] + "run_launcher:\n  module: rivbulk_pipeline.run_launchers\n  class: LocalRunLauncher\n" + text[end:]
+            text = (
+                text[:start]
+                + "run_launcher:\n  module: rivbulk_pipeline.run_launchers\n  class: LocalRunLauncher\n"
+                + text[end:]
+            )
         assert not re.search(r"REPLACE_[A-Z]", text)
         return text
 
@@ -141,8 +146,19 @@ def code_server(world: World, port: int) -> subprocess.Popen:
     """The code location as the image serves it (`dagster code-server start`), on 127.0.0.1."""
     process = world.start(
         "code-server",
-        [str(BIN / "dagster"), "code-server", "start", "-h", "127.0.0.1", "-p", str(port),
-         "-m", "rivbulk_pipeline.definitions", "--location-name", "rivbulk"],
+        [
+            str(BIN / "dagster"),
+            "code-server",
+            "start",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-m",
+            "rivbulk_pipeline.definitions",
+            "--location-name",
+            "rivbulk",
+        ],
     )
 
     def healthy() -> bool:
@@ -150,7 +166,9 @@ def code_server(world: World, port: int) -> subprocess.Popen:
             raise AssertionError(f"the code server exited: {world.logs[-1].read_text()[-3000:]}")
         check = subprocess.run(
             [str(BIN / "dagster"), "api", "grpc-health-check", "-p", str(port), "-h", "127.0.0.1"],
-            env=world.env, capture_output=True, timeout=60,
+            env=world.env,
+            capture_output=True,
+            timeout=60,
         )
         return check.returncode == 0
 
@@ -186,7 +204,9 @@ def _write_reports(store: Any, settings: Settings, now: datetime) -> list[str]:
     """Three dates, oldest first: the demo's objects, then one new user per later date."""
     dates = []
     for days_ago, extra_days in ((3, 0), (2, 1), (1, 2)):
-        created_at = datetime.combine((now - timedelta(days=days_ago)).date(), datetime.min.time(), timezone.utc) + timedelta(hours=1)
+        created_at = datetime.combine(
+            (now - timedelta(days=days_ago)).date(), datetime.min.time(), timezone.utc
+        ) + timedelta(hours=1)
         keep = {c.key for c in DEMO_CASES} | {key for d in range(1, extra_days + 1) for key, _, _ in NEW_PER_DAY[d]}
         listed = [o for o in store.list_objects(settings.image_bucket) if o.key in keep]
         write_inventory_report(
@@ -206,8 +226,11 @@ def _write_reports(store: Any, settings: Settings, now: datetime) -> list[str]:
 def build_world(scratch: Path, endpoint: str, riv: RivStandIn, pg: PostgresServer, mp: pytest.MonkeyPatch) -> World:
     env = _hermetic_env(scratch)
     secrets = boto3.client(
-        "secretsmanager", region_name=REGION, endpoint_url=endpoint,
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=SECRET_ACCESS_KEY,
+        "secretsmanager",
+        region_name=REGION,
+        endpoint_url=endpoint,
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=SECRET_ACCESS_KEY,
     )
     secret_arn = secrets.create_secret(Name="rivbulk/gateway-api-key", SecretString=API_KEY)["ARN"]
     pg_secret_arn = secrets.create_secret(Name="rivbulk/dagster-pg-password", SecretString=PG_PASSWORD)["ARN"]
@@ -256,7 +279,9 @@ def build_world(scratch: Path, endpoint: str, riv: RivStandIn, pg: PostgresServe
             store.put_tags(settings.image_bucket, key, {"UserId": user})
     preregister(resources["gateway"])  # reads the key from Secrets Manager, as the runs will
     resources["gateway"].close()
-    subprocess.run([str(BIN / "rivbulk"), "create-history-table"], env=env, check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [str(BIN / "rivbulk"), "create-history-table"], env=env, check=True, capture_output=True, timeout=120
+    )
     world = World(endpoint, riv, pg, scratch, env, settings, secret_arn, pg_secret_arn)
     world.dates = _write_reports(store, settings, now)
     return world
@@ -288,9 +313,20 @@ def pg_dump(world: World) -> str:
     from pgserver._commands import POSTGRES_BIN_PATH
 
     result = subprocess.run(
-        [str(POSTGRES_BIN_PATH / "pg_dump"), "-h", world.pg.host, "-p", str(world.pg.port), "-U", world.pg.user,
-         "--data-only", world.pg.db_name],
-        capture_output=True, text=True, timeout=120, check=True,
+        [
+            str(POSTGRES_BIN_PATH / "pg_dump"),
+            "-h",
+            world.pg.host,
+            "-p",
+            str(world.pg.port),
+            "-U",
+            world.pg.user,
+            "--data-only",
+            world.pg.db_name,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     return result.stdout
-

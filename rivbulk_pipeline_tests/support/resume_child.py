@@ -1,4 +1,5 @@
 """Run the bulk load for one partition in this process (killed by test_kill_and_resume)."""
+
 import sys
 
 import dagster as dg
@@ -10,6 +11,9 @@ from rivbulk_pipeline.settings import Settings
 if __name__ == "__main__":
     with dg.DagsterInstance.get() as instance:
         result = dg.materialize(
-            bulk_load_assets, partition_key=sys.argv[1], resources=build_resources(Settings.from_env()), instance=instance
+            bulk_load_assets,
+            partition_key=sys.argv[1],
+            resources=build_resources(Settings.from_env()),
+            instance=instance,
         )
     sys.exit(0 if result.success else 1)

@@ -56,6 +56,7 @@ User::<id lower-cased>), `collection_faces_for(id)`, `max_concurrency`, `wait_fo
 Deviations kept on purpose: the other RIV routes (/update, /auth, /register-idcard) exist (so they do
 not answer 403) but answer 501 here; times are scaled by the constructor's arguments.
 """
+
 from __future__ import annotations
 
 import base64
@@ -497,7 +498,7 @@ class RivStandIn:
         prefix = f"/{self.stage}/"
         if not path.startswith(prefix):
             return None
-        resource = path[len(prefix):]
+        resource = path[len(prefix) :]
         routes = {"register", "update", "auth", "register-idcard"}
         if self.has_check_userid:
             routes.add("check-userid")
@@ -618,8 +619,10 @@ class RivStandIn:
         state: dict[str, Any] = {"inputRequest": execution.body}
         fault_step = None
         if fault is not None:
-            fault_step = fault.step or DEFAULT_FAULT_STEP.get(fault.error) or (
-                "index" if fault.error in STORAGE_ERRORS else "detect"
+            fault_step = (
+                fault.step
+                or DEFAULT_FAULT_STEP.get(fault.error)
+                or ("index" if fault.error in STORAGE_ERRORS else "detect")
             )
         for step in STEPS:
             if time.monotonic() >= execution.deadline or execution.timed_out:
@@ -649,7 +652,9 @@ class RivStandIn:
         record = state["index"]["Payload"]["FaceRecord"]
         return {"UserId": request.get("UserId"), "ImageId": record["Face"]["ImageId"], "Status": "Registered"}
 
-    def _answer(self, execution: _Execution, status: str, *, output: Any = None, error: str = "", cause: str = "") -> dict[str, Any]:
+    def _answer(
+        self, execution: _Execution, status: str, *, output: Any = None, error: str = "", cause: str = ""
+    ) -> dict[str, Any]:
         stop = time.time()
         answer: dict[str, Any] = {
             "executionArn": f"arn:aws:states:{REGION}:{ACCOUNT}:express:{STATE_MACHINE}:{execution.name}:{execution.name}",
@@ -682,7 +687,9 @@ class RivStandIn:
     def _detect(self, event: dict[str, Any], injected: Optional[str]) -> dict[str, Any]:
         self._lambda_service_fault("detect", injected)
         if self.version == "head" and event.get("Image") is None:
-            facts = self._rekognition_s3("detect", _key(event, "Bucket", "detect"), _key(event, "Name", "detect"), injected)
+            facts = self._rekognition_s3(
+                "detect", _key(event, "Bucket", "detect"), _key(event, "Name", "detect"), injected
+            )
         else:
             facts = self._rekognition_image("detect", _image_bytes("detect", _key(event, "Image", "detect")), injected)
         self._paid("detect")
@@ -722,23 +729,29 @@ class RivStandIn:
         self._function_fault("search", injected)
         face_matches = []
         for similarity, face in matches[:1]:  # MaxFaces=1
-            face_matches.append({
-                "Similarity": similarity,
-                "Face": {
-                    "FaceId": face.face_id,
-                    "BoundingBox": {"Width": 0.4, "Height": 0.5, "Left": 0.3, "Top": 0.2},
-                    "ImageId": face.image_id,
-                    "ExternalImageId": face.external_image_id,
-                    "Confidence": 99.99,
-                    "IndexFacesModelVersion": "6.0",
-                    # RIV compares the id as sent with the stored (lower-cased) ExternalImageId.
-                    "IsCallerUser": user_id == face.external_image_id,
-                },
-            })
-        top = face_matches[0] if face_matches else {
-            "Similarity": 0,
-            "Face": {"FaceId": "00000000-0000-0000-0000-000000000000", "ExternalImageId": NO_FACE_MATCH_ID},
-        }
+            face_matches.append(
+                {
+                    "Similarity": similarity,
+                    "Face": {
+                        "FaceId": face.face_id,
+                        "BoundingBox": {"Width": 0.4, "Height": 0.5, "Left": 0.3, "Top": 0.2},
+                        "ImageId": face.image_id,
+                        "ExternalImageId": face.external_image_id,
+                        "Confidence": 99.99,
+                        "IndexFacesModelVersion": "6.0",
+                        # RIV compares the id as sent with the stored (lower-cased) ExternalImageId.
+                        "IsCallerUser": user_id == face.external_image_id,
+                    },
+                }
+            )
+        top = (
+            face_matches[0]
+            if face_matches
+            else {
+                "Similarity": 0,
+                "Face": {"FaceId": "00000000-0000-0000-0000-000000000000", "ExternalImageId": NO_FACE_MATCH_ID},
+            }
+        )
         return {
             "SearchedFaceBoundingBox": "6.0",  # RIV puts FaceModelVersion here (sic)
             "SearchedFaceConfidence": 99.99,
@@ -769,14 +782,16 @@ class RivStandIn:
         collection = self._collection_of(user_id)
         if not user_id:  # botocore checks ExternalImageId's minimum length before sending
             raise _lambda_error(
-                "index", "ParamValidationError",
+                "index",
+                "ParamValidationError",
                 "Parameter validation failed:\nInvalid length for parameter ExternalImageId, value: 0, valid min length: 1",
             )
         if len(user_id) > EXTERNAL_IMAGE_ID_MAX or not EXTERNAL_IMAGE_ID.fullmatch(user_id):
             with self._lock:
                 self._attempts["IndexFaces"] += 1
             raise _lambda_error(
-                "index", "ClientError",
+                "index",
+                "ClientError",
                 "An error occurred (ValidationException) when calling the IndexFaces operation: 1 validation error "
                 f"detected: Value '{user_id}' at 'externalImageId' failed to satisfy constraint: Member must satisfy "
                 "regular expression pattern: [a-zA-Z0-9_.\\-:]+",
@@ -793,8 +808,13 @@ class RivStandIn:
             face = self._add_face_locked(user_id, facts.person, collection)
         # storage.persist: the face is in the collection whatever happens to the table row.
         if injected in STORAGE_ERRORS:
-            raise _lambda_error("index", injected, "ProvisionedThroughputExceededException"
-                                if injected == "TransientError" else "ResourceNotFoundException")
+            raise _lambda_error(
+                "index",
+                injected,
+                "ProvisionedThroughputExceededException"
+                if injected == "TransientError"
+                else "ResourceNotFoundException",
+            )
         self._function_fault("index", injected)
         if not hasattr(properties, "keys"):
             raise _lambda_error("index", "NotImplementedError", "AttributeError")
@@ -834,7 +854,8 @@ class RivStandIn:
         """Rekognition given Image={"Bytes": ...}."""
         if not image:  # botocore refuses it before sending
             raise _lambda_error(
-                step, "ParamValidationError",
+                step,
+                "ParamValidationError",
                 "Parameter validation failed:\nInvalid length for parameter Image.Bytes, value: 0, valid min length: 1",
             )
         with self._lock:
@@ -898,7 +919,9 @@ class RivStandIn:
                 self._image_cache[digest] = cached
         if behaviour is None and person is None:
             return cached
-        return _ImageFacts(cached.format, cached.width, cached.height, behaviour or cached.behaviour, person or cached.person)
+        return _ImageFacts(
+            cached.format, cached.width, cached.height, behaviour or cached.behaviour, person or cached.person
+        )
 
     def _paid(self, step: str) -> None:
         with self._lock:
@@ -1068,7 +1091,11 @@ def _lambda_error(step: str, error_type: str, message: str) -> _StepError:
 
 def _boto_error(step: str, code: str) -> _StepError:
     name = code if code in REKOGNITION_ERRORS else "ClientError"
-    retries = " (reached max retries: 4)" if code in {"ThrottlingException", "ProvisionedThroughputExceededException", "InternalServerError"} else ""
+    retries = (
+        " (reached max retries: 4)"
+        if code in {"ThrottlingException", "ProvisionedThroughputExceededException", "InternalServerError"}
+        else ""
+    )
     message = f"An error occurred ({code}) when calling the {OPERATIONS[step]} operation{retries}: {BOTO_MESSAGES.get(code, code)}"
     return _lambda_error(step, name, message)
 
@@ -1086,11 +1113,11 @@ def _inspect(image: bytes, digest: str) -> _ImageFacts:
     if isinstance(marker, bytes):
         marker = marker.decode("utf-8", "replace")
     if marker.startswith("riv-face:"):
-        marker = marker[len("riv-face:"):]
+        marker = marker[len("riv-face:") :]
     behaviour, person = "one_face", digest
     for part in filter(None, (p.strip() for p in str(marker).split(";"))):
         if part.startswith("person="):
-            person = "person:" + part[len("person="):]
+            person = "person:" + part[len("person=") :]
         elif part in BEHAVIOURS:
             behaviour = part
     return _ImageFacts(fmt, width, height, behaviour, person)
@@ -1103,7 +1130,12 @@ def _face_detail(facts: _ImageFacts, *, all_attributes: bool) -> dict[str, Any]:
     if facts.behaviour == "pose":
         pose["Yaw"] = 62.5
     detail: dict[str, Any] = {
-        "BoundingBox": {"Width": rng.uniform(0.3, 0.5), "Height": rng.uniform(0.4, 0.6), "Left": rng.uniform(0.2, 0.3), "Top": rng.uniform(0.1, 0.2)},
+        "BoundingBox": {
+            "Width": rng.uniform(0.3, 0.5),
+            "Height": rng.uniform(0.4, 0.6),
+            "Left": rng.uniform(0.2, 0.3),
+            "Top": rng.uniform(0.1, 0.2),
+        },
         "Landmarks": [
             {"Type": t, "X": rng.uniform(0.2, 0.8), "Y": rng.uniform(0.2, 0.8)}
             for t in (
@@ -1120,23 +1152,29 @@ def _face_detail(facts: _ImageFacts, *, all_attributes: bool) -> dict[str, Any]:
     if not all_attributes:
         return detail
     value = lambda v: {"Value": v, "Confidence": rng.uniform(80, 99.9)}  # noqa: E731
-    detail.update({
-        "AgeRange": {"Low": 25, "High": 35},
-        "Smile": value(False),
-        "Eyeglasses": value(False),
-        "Sunglasses": value(facts.behaviour == "sunglasses"),
-        "Gender": value("Female"),
-        "Beard": value(False),
-        "Mustache": value(False),
-        "EyesOpen": value(True),
-        "MouthOpen": value(False),
-        "Emotions": [
-            {"Type": e, "Confidence": rng.uniform(0, 100)}
-            for e in ("CALM", "HAPPY", "SAD", "ANGRY", "CONFUSED", "DISGUSTED", "SURPRISED", "FEAR")
-        ],
-        "FaceOccluded": value(False),
-        "EyeDirection": {"Yaw": rng.uniform(-5, 5), "Pitch": rng.uniform(-5, 5), "Confidence": rng.uniform(80, 99.9)},
-    })
+    detail.update(
+        {
+            "AgeRange": {"Low": 25, "High": 35},
+            "Smile": value(False),
+            "Eyeglasses": value(False),
+            "Sunglasses": value(facts.behaviour == "sunglasses"),
+            "Gender": value("Female"),
+            "Beard": value(False),
+            "Mustache": value(False),
+            "EyesOpen": value(True),
+            "MouthOpen": value(False),
+            "Emotions": [
+                {"Type": e, "Confidence": rng.uniform(0, 100)}
+                for e in ("CALM", "HAPPY", "SAD", "ANGRY", "CONFUSED", "DISGUSTED", "SURPRISED", "FEAR")
+            ],
+            "FaceOccluded": value(False),
+            "EyeDirection": {
+                "Yaw": rng.uniform(-5, 5),
+                "Pitch": rng.uniform(-5, 5),
+                "Confidence": rng.uniform(80, 99.9),
+            },
+        }
+    )
     return detail
 
 
@@ -1205,7 +1243,9 @@ class RivStandInProcess:
 
         self._process = subprocess.Popen(
             [sys.executable, "-m", "rivbulk_pipeline_tests.support.riv_standin", json.dumps(self._options)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         self.url = self._process.stdout.readline().strip()
         if not self.url.startswith("http://"):
@@ -1236,8 +1276,13 @@ def _serve_until_stdin_says_stop(options: dict[str, Any]) -> None:
         riv.wait_for_workflows(timeout=30)
         seen = {
             "requests": [
-                {"path": r.path, "received_at": r.received_at, "status": r.status, "user_id": r.user_id,
-                 "headers": r.headers}
+                {
+                    "path": r.path,
+                    "received_at": r.received_at,
+                    "status": r.status,
+                    "user_id": r.user_id,
+                    "headers": r.headers,
+                }
                 for r in riv.requests
             ],
             "registrations": riv.registrations,

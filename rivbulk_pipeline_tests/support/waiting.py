@@ -1,4 +1,5 @@
 """Polling until something happens, for the tests that drive real processes."""
+
 from __future__ import annotations
 
 import time

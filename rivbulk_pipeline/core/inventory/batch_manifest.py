@@ -4,6 +4,7 @@ Rows are `bucket,key[,versionId]`, no header, keys URL-encoded like `quote(key, 
 (a space is `%20`), and either every row carries a version or none does. Everything
 here works on whole Arrow batches with pyarrow.compute: no Python loop per row.
 """
+
 from __future__ import annotations
 
 import functools
@@ -46,7 +47,9 @@ def _conditions(batch: pa.RecordBatch, image_bucket: Optional[str]) -> tuple[pa.
         elsewhere = pa.array([False] * batch.num_rows)
     else:
         elsewhere = pc.fill_null(pc.not_equal(bucket, image_bucket), True)  # no bucket: not ours either
-    image = pc.fill_null(pc.match_substring_regex(_column(batch, "key", pa.string()), IMAGE_KEY_RE, ignore_case=True), False)
+    image = pc.fill_null(
+        pc.match_substring_regex(_column(batch, "key", pa.string()), IMAGE_KEY_RE, ignore_case=True), False
+    )
     marker = pc.fill_null(_column(batch, "is_delete_marker", pa.bool_()), False)  # null: not a marker
     latest = pc.fill_null(_column(batch, "is_latest", pa.bool_()), True)  # null: a current-versions report
     return elsewhere, pc.invert(image), marker, pc.invert(latest)

@@ -6,6 +6,7 @@ S3 Batch Operations manifests want them the way `quote(key, safe='/')` does (spa
 buffers with numpy instead of calling the stdlib once per row; the stdlib stays the
 reference they are tested against.
 """
+
 from __future__ import annotations
 
 from urllib.parse import unquote_plus
@@ -23,7 +24,9 @@ _HEX_UPPER = np.frombuffer(b"0123456789ABCDEF", dtype=np.uint8)
 
 # bytes that `quote(key, safe='/')` leaves as they are
 _QUOTE_SAFE = np.zeros(256, dtype=bool)
-_QUOTE_SAFE[np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/", dtype=np.uint8)] = True
+_QUOTE_SAFE[np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/", dtype=np.uint8)] = (
+    True
+)
 
 # A key holding one of these was not produced by URL encoding: a space, a non-ASCII
 # character, or a '%' that does not start a %XX escape.

@@ -6,6 +6,7 @@ AWS's "report complete" signal). Data files are gzipped CSV, ORC or Parquet. Eve
 is streamed: one data file spooled to local disk at a time, read batch by batch, and
 normalised to `model.INVENTORY_SCHEMA` with keys decoded.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -183,8 +184,6 @@ def parse_report_folder(name: str) -> Optional[datetime]:
         return None
 
 
-
-
 def load_manifest(store: ObjectStore, bucket: str, folder_prefix: str) -> InventoryManifest:
     """Read and verify `<folder_prefix>/manifest.json` against its manifest.checksum.
 
@@ -270,7 +269,9 @@ def iter_inventory_batches(
             except InventoryError:
                 raise
             except (pa.ArrowException, OSError, EOFError) as exc:
-                raise InventoryError(location, f"corrupt {manifest.file_format} data file ({_safe_reason(exc)})") from None
+                raise InventoryError(
+                    location, f"corrupt {manifest.file_format} data file ({_safe_reason(exc)})"
+                ) from None
 
 
 def _safe_reason(exc: BaseException) -> str:
@@ -287,7 +288,9 @@ def _slices(batch: pa.RecordBatch, rows: int) -> Iterator[pa.RecordBatch]:
         yield batch.slice(start, rows)
 
 
-def _read_csv(path: str, manifest: InventoryManifest, location: str, batch_rows: int, _: Any) -> Iterator[pa.RecordBatch]:
+def _read_csv(
+    path: str, manifest: InventoryManifest, location: str, batch_rows: int, _: Any
+) -> Iterator[pa.RecordBatch]:
     names = manifest.file_schema
     wanted = [n for n in names if canonical_column(n) in _TARGETS]
     convert = pcsv.ConvertOptions(
@@ -432,7 +435,9 @@ def _normalise(columns: dict[str, pa.Array], location: str, row_base: int, decod
             try:
                 arrays.append(pc.cast(column, options=pc.CastOptions(target.type, allow_time_truncate=True)))
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                raise InventoryError(location, f"column {target.name} has type {column.type}, expected {target.type}") from None
+                raise InventoryError(
+                    location, f"column {target.name} has type {column.type}, expected {target.type}"
+                ) from None
     return pa.RecordBatch.from_arrays(arrays, schema=INVENTORY_SCHEMA)
 
 

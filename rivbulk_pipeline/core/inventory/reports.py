@@ -1,4 +1,5 @@
 """Finding inventory reports in the destination bucket, and the sensor's cursor."""
+
 from __future__ import annotations
 
 import json
@@ -73,7 +74,9 @@ class SensorCursor:
         return cls(value.get("high_water", ""), list(value.get("pending", [])), list(value.get("recent", [])))
 
     def dump(self) -> str:
-        return json.dumps({"high_water": self.high_water, "pending": self.pending, "recent": self.recent}, sort_keys=True)
+        return json.dumps(
+            {"high_water": self.high_water, "pending": self.pending, "recent": self.recent}, sort_keys=True
+        )
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ A bucket without an inventory configuration (the local store, a bucket we may no
 configure) can then be listed and read the same way as an AWS-delivered report.
 Data files are streamed: each is spooled to a local temp file, then uploaded.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -148,7 +149,9 @@ def _object_rows(objects: Sequence[ObjectInfo], columns: Sequence[_Column], incl
         "e_tag": [None if o.is_delete_marker else o.etag for o in objects],
         "storage_class": [None if o.is_delete_marker else o.storage_class for o in objects],
     }
-    return pa.RecordBatch.from_arrays([pa.array(values[c.name], c.type) for c in columns], names=[c.name for c in columns])
+    return pa.RecordBatch.from_arrays(
+        [pa.array(values[c.name], c.type) for c in columns], names=[c.name for c in columns]
+    )
 
 
 def _listing_rows(listing: pa.RecordBatch, bucket: str, columns: Sequence[_Column]) -> pa.RecordBatch:
@@ -171,7 +174,9 @@ def _listing_rows(listing: pa.RecordBatch, bucket: str, columns: Sequence[_Colum
 Listing = Union[Iterable[ObjectInfo], Iterable[pa.RecordBatch]]
 
 
-def _report_rows(objects: Listing, bucket: str, columns: Sequence[_Column], include_versions: bool) -> Iterator[pa.RecordBatch]:
+def _report_rows(
+    objects: Listing, bucket: str, columns: Sequence[_Column], include_versions: bool
+) -> Iterator[pa.RecordBatch]:
     """The report's rows in batches, from ObjectInfo one by one or from listing batches."""
     pending: list[ObjectInfo] = []
     for item in objects:

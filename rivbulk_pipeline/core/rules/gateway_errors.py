@@ -11,6 +11,7 @@ FACTS.md, "The RIV gateway as its code really behaves"). The name alone decides:
 
 A name in none of these lists is treated as transient: an unknown failure is never final.
 """
+
 from __future__ import annotations
 
 import enum

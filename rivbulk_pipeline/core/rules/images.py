@@ -3,6 +3,7 @@
 Pure: Pillow only. Error texts name the image's location and the rule broken, never its
 bytes (biometric data).
 """
+
 from __future__ import annotations
 
 import io

@@ -1,4 +1,5 @@
 """DynamoDB's item size rule, shared by the import history and the registry's user record."""
+
 from __future__ import annotations
 
 from decimal import Decimal

@@ -2,6 +2,7 @@
 
 Errors name the object and the rule, never the property values (personal data).
 """
+
 from __future__ import annotations
 
 import json
@@ -16,11 +17,11 @@ DEFAULT_MAX_PROPERTIES_BYTES = 64 * 1024
 def parse_properties_uri(uri: str, allowed_buckets: Iterable[str], location: str) -> tuple[str, str]:
     """Split `s3://bucket/path/file.json` into (bucket, key), refusing any other bucket or shape."""
     prefix = "s3://"
-    if not uri.startswith(prefix) or "/" not in uri[len(prefix):]:
+    if not uri.startswith(prefix) or "/" not in uri[len(prefix) :]:
         raise RegistrationRejected(
             Reason.PROPERTIES_NOT_ALLOWED, f"{location}: Properties tag must be an s3://bucket/path/file.json path"
         )
-    bucket, key = uri[len(prefix):].split("/", 1)
+    bucket, key = uri[len(prefix) :].split("/", 1)
     if not key.lower().endswith(".json"):
         raise RegistrationRejected(Reason.PROPERTIES_NOT_ALLOWED, f"{location}: Properties path must end in .json")
     allowed = sorted(set(allowed_buckets))
@@ -42,11 +43,13 @@ def parse_properties(raw: bytes, location: str, max_bytes: int = DEFAULT_MAX_PRO
         value = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RegistrationRejected(
-            Reason.BAD_PROPERTIES, f"{location}: properties file is not UTF-8 JSON ({type(exc).__name__} at byte {getattr(exc, 'pos', getattr(exc, 'start', '?'))})"
+            Reason.BAD_PROPERTIES,
+            f"{location}: properties file is not UTF-8 JSON ({type(exc).__name__} at byte {getattr(exc, 'pos', getattr(exc, 'start', '?'))})",
         ) from None
     if not isinstance(value, dict):
         raise RegistrationRejected(
-            Reason.BAD_PROPERTIES, f"{location}: properties must be a JSON object of string to string, got a JSON {_json_type(value)}"
+            Reason.BAD_PROPERTIES,
+            f"{location}: properties must be a JSON object of string to string, got a JSON {_json_type(value)}",
         )
     for position, (name, item) in enumerate(value.items(), start=1):
         if not isinstance(item, str):

@@ -1,4 +1,5 @@
 """Rate limiting and retry delays for calls to the identity gateway."""
+
 from __future__ import annotations
 
 import collections
@@ -70,7 +71,9 @@ def whole_seconds_for_whole_calls(rate_per_second: float, longest: int = 60) -> 
     return longest
 
 
-def backoff_delay(attempt: int, base_seconds: float = 0.5, cap_seconds: float = 30.0, rng: random.Random | None = None) -> float:
+def backoff_delay(
+    attempt: int, base_seconds: float = 0.5, cap_seconds: float = 30.0, rng: random.Random | None = None
+) -> float:
     """Exponential backoff with full jitter for retry number `attempt` (1-based)."""
     ceiling = min(cap_seconds, base_seconds * (2 ** (attempt - 1)))
     return (rng or random).uniform(0, ceiling)

@@ -7,6 +7,7 @@ A recorded reason is `<code>: <free text>`. The UI (metadata keys, counts, warni
 shows only the code, and only from a bounded set (`shown_code`): free text from the gateway or a
 provider, which may name a user, stays in the stored tables and the history.
 """
+
 from __future__ import annotations
 
 import re

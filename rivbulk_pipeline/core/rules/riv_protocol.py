@@ -8,6 +8,7 @@ take, and what an answer means. Pure: both gateways (HTTP and embedded) go throu
   Functions holds the request plus DetectFaces' result to 256 KiB: such bodies are refused here.
 - Every finished workflow is an HTTP 200 whose `status` and `error` decide.
 """
+
 from __future__ import annotations
 
 import base64
@@ -63,7 +64,9 @@ def properties_problem(properties: Mapping[str, str]) -> Optional[str]:
     return None
 
 
-def body_problem(body: Mapping[str, Any], encoded: bytes, state_limit: int = STEP_FUNCTIONS_STATE_LIMIT) -> Optional[str]:
+def body_problem(
+    body: Mapping[str, Any], encoded: bytes, state_limit: int = STEP_FUNCTIONS_STATE_LIMIT
+) -> Optional[str]:
     """Why RIV cannot take this request (a permanent reason), or None."""
     problem = properties_problem(body.get("Properties", {}))
     if problem:
@@ -178,7 +181,9 @@ def result_of_status(code: int, endpoint: str, location: Optional[str], reached_
             " not the API's invoke URL (check the scheme, host and stage)"
         )
     if code in _UNKNOWN_STATUS:
-        return GatewayResult.transient(f"http_{code}: the registration may have gone on after the gateway gave up", unknown=True)
+        return GatewayResult.transient(
+            f"http_{code}: the registration may have gone on after the gateway gave up", unknown=True
+        )
     if code in _TRANSIENT_STATUS or code >= 500:
         return GatewayResult.transient(f"http_{code}")
     if 400 <= code < 500:

@@ -4,6 +4,7 @@ S3 tag keys are case-sensitive, but the seed's tags are written by people (`User
 `userid`, `USERID`), so the pipeline looks them up case-insensitively and a merge replaces
 a key that differs only by case instead of adding a near-duplicate beside it.
 """
+
 from __future__ import annotations
 
 from typing import Mapping, Optional
@@ -40,13 +41,10 @@ def validate_tag_set(tags: Mapping[str, str], location: str) -> None:
         if not isinstance(tag_key, str) or not isinstance(value, str):
             raise fail("tag keys and values must be strings")
         if not 1 <= len(tag_key) <= MAX_KEY_CHARS:
-            raise fail(
-                f"a tag key of {len(tag_key)} characters; keys must be 1..{MAX_KEY_CHARS} characters"
-            )
+            raise fail(f"a tag key of {len(tag_key)} characters; keys must be 1..{MAX_KEY_CHARS} characters")
         if len(value) > MAX_VALUE_CHARS:
             raise fail(
-                f"the value of tag {tag_key!r} has {len(value)} characters; "
-                f"values must be at most {MAX_VALUE_CHARS}"
+                f"the value of tag {tag_key!r} has {len(value)} characters; values must be at most {MAX_VALUE_CHARS}"
             )
 
 

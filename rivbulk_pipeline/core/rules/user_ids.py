@@ -7,6 +7,7 @@ sent lower-cased, and ids that differ only in case are one user (RIV keys `User:
 Invisible and direction-changing characters are never valid, whatever the rule: an id that
 reads the same as another but is not would be a second user nobody can tell apart.
 """
+
 from __future__ import annotations
 
 import re

@@ -1,4 +1,5 @@
 """What indexing measured of the gateway: latency, calls in flight and the rate achieved."""
+
 from __future__ import annotations
 
 import collections

@@ -10,6 +10,7 @@ would otherwise stop qualification.
 Counts and reason codes only are returned for display; keys are kept for the examples and the
 CLI; user ids never leave the history.
 """
+
 from __future__ import annotations
 
 import collections
@@ -64,7 +65,9 @@ class Plan:
 
     def counts(self) -> dict[str, int]:
         """`<status>/<reason code>` -> objects."""
-        return dict(sorted(collections.Counter(f"{r.status.value}/{reason_code(r.reason)}" for r in self.records).items()))
+        return dict(
+            sorted(collections.Counter(f"{r.status.value}/{reason_code(r.reason)}" for r in self.records).items())
+        )
 
     def examples(self) -> list[str]:
         return sorted(str(r.ref) for r in self.records)[:EXAMPLES]
@@ -202,14 +205,21 @@ def loaded_dates(store: ObjectStore, output_bucket: str, prefix: str) -> list[st
     """Every inventory date whose qualified_objects table is stored, oldest first."""
     folder = table_location(output_bucket, prefix, "qualified_objects", "x").key.rsplit("/", 2)[0] + "/"
     dates = (p[len(folder) :].rstrip("/").removeprefix("dt=") for p in store.list_prefixes(output_bucket, folder))
-    return sorted(d for d in dates if store.exists(output_bucket, table_location(output_bucket, prefix, "qualified_objects", d).key))
+    return sorted(
+        d
+        for d in dates
+        if store.exists(output_bucket, table_location(output_bucket, prefix, "qualified_objects", d).key)
+    )
 
 
 def object_story(store: ObjectStore, output_bucket: str, prefix: str, ref: ObjectRef) -> list[dict[str, str]]:
     """Each loaded date's word on one object: its decision (qualify) and its outcome (index)."""
     story = []
     for date in loaded_dates(store, output_bucket, prefix):
-        for asset, step, column in (("qualified_objects", "qualify", "qualified"), ("indexed_users", "index", "outcome")):
+        for asset, step, column in (
+            ("qualified_objects", "qualify", "qualified"),
+            ("indexed_users", "index", "outcome"),
+        ):
             location = table_location(output_bucket, prefix, asset, date)
             if not store.exists(location.bucket, location.key):
                 continue

@@ -11,6 +11,7 @@ Never register blindly after an unknown outcome: a call that may have registered
 by asking the registry whether the user exists, once the workflow must have ended. The claim
 is renewed right before each call goes out, so it cannot expire while the call is in flight.
 """
+
 from __future__ import annotations
 
 import random
@@ -51,6 +52,7 @@ TRANSIENT = Reason.TRANSIENT_ERROR.value
 
 class _ClaimGone(Exception):
     """Our claim could not be renewed before a call: another run holds the object now."""
+
 
 HISTORY_STATUS_OF = {  # the history status each recorded outcome is written as
     Outcome.INDEXED: HistoryStatus.INDEXED,
@@ -110,7 +112,9 @@ class _Indexer:
         except ObjectNotFound:
             return result(Outcome.SKIPPED, f"{STALE_GONE}: the image is gone since the inventory"), None
         except StoreError as exc:
-            return result(Outcome.FAILED_TRANSIENT, f"{TRANSIENT}: reading the image failed ({type(exc).__name__})"), None
+            return result(
+                Outcome.FAILED_TRANSIENT, f"{TRANSIENT}: reading the image failed ({type(exc).__name__})"
+            ), None
         if row["e_tag"] and current.etag != row["e_tag"]:
             return result(Outcome.SKIPPED, f"{STALE_CHANGED}: {STALE_DETAIL}"), None
         etag = row["e_tag"] or current.etag
@@ -121,14 +125,20 @@ class _Indexer:
             if record and record.etag == etag and record.status == HistoryStatus.INDEXED:
                 return result(Outcome.SKIPPED, "already_indexed: by another run", etag=etag), None
             if record and record.status == HistoryStatus.CLAIMED:
-                return result(Outcome.SKIPPED, "claimed_elsewhere: claimed by another run", etag=etag), record.claim_expires_at
+                return result(
+                    Outcome.SKIPPED, "claimed_elsewhere: claimed by another run", etag=etag
+                ), record.claim_expires_at
             state = record.status.value if record else "none"
             return result(Outcome.SKIPPED, f"not_claimable: the history says {state}", etag=etag), None
         # A claim taken over from a run that died, or a last call whose outcome was unknown: that
         # call may have registered the user, so the registry is asked before calling again.
-        settle_first = before is not None and before.etag == etag and (
-            before.status == HistoryStatus.CLAIMED
-            or (before.status == HistoryStatus.FAILED_TRANSIENT and before.reason.startswith(OUTCOME_UNKNOWN))
+        settle_first = (
+            before is not None
+            and before.etag == etag
+            and (
+                before.status == HistoryStatus.CLAIMED
+                or (before.status == HistoryStatus.FAILED_TRANSIENT and before.reason.startswith(OUTCOME_UNKNOWN))
+            )
         )
 
         try:
@@ -139,7 +149,11 @@ class _Indexer:
             self.history.release(ref, self.policy.owner)
             raise
         except _ClaimGone:
-            return result(Outcome.SKIPPED, "claimed_elsewhere: this run's claim lapsed before its call; another run holds it", etag=etag), None
+            return result(
+                Outcome.SKIPPED,
+                "claimed_elsewhere: this run's claim lapsed before its call; another run holds it",
+                etag=etag,
+            ), None
         except Exception as exc:  # a fault with this object alone must not stop the others
             self.log(f"{ref}: registration failed unexpectedly ({type(exc).__name__}); the next run retries it")
             final = result(Outcome.FAILED_TRANSIENT, f"unexpected_error: {type(exc).__name__}", 0, etag)
@@ -191,9 +205,13 @@ class _Indexer:
             return result(Outcome.FAILED_PERMANENT, f"{reason_token(rejected.reason)}: {rejected.detail}")
         except ObjectNotFound:
             # Gone between qualification and now (being replaced?): as at qualification, the next run asks again.
-            return result(Outcome.FAILED_TRANSIENT, "properties_not_found: the properties file is gone; the next run retries")
+            return result(
+                Outcome.FAILED_TRANSIENT, "properties_not_found: the properties file is gone; the next run retries"
+            )
         except Exception as exc:
-            return result(Outcome.FAILED_TRANSIENT, f"{Reason.PROVIDER_ERROR}: loading properties failed ({type(exc).__name__})")
+            return result(
+                Outcome.FAILED_TRANSIENT, f"{Reason.PROVIDER_ERROR}: loading properties failed ({type(exc).__name__})"
+            )
 
         user_id = row["user_id"]
         attempts = 0
@@ -228,7 +246,9 @@ class _Indexer:
                 reason = f"{OUTCOME_UNKNOWN}: {answer.reason}" if answer.unknown else answer.reason
                 return result(Outcome.FAILED_TRANSIENT, reason, attempts)
             time.sleep(
-                backoff_delay(attempts, self.policy.backoff_base_seconds, self.policy.backoff_cap_seconds, self.policy.rng)
+                backoff_delay(
+                    attempts, self.policy.backoff_base_seconds, self.policy.backoff_cap_seconds, self.policy.rng
+                )
             )
 
     def _record(self, ref: ObjectRef, etag: str, user_id: str, final: IndexResult) -> IndexResult:

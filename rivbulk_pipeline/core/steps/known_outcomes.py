@@ -16,6 +16,7 @@ objects), sorted once in place and searched per batch with numpy. A false
 match needs two different (bucket, key, version, ETag) rows to share a 64-bit fingerprint:
 with 10M known objects and 100k new ones a day, about one chance in 20 million per run.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -134,7 +135,9 @@ class KnownOutcomes:
     indexed: np.ndarray  # uint64, sorted
     failed: np.ndarray  # uint64, sorted
     source: str  # where they came from, e.g. "dt=2026-03-01"
-    changed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))  # sorted key prints whose record changed since: not known
+    changed: np.ndarray = field(
+        default_factory=lambda: np.zeros(0, np.uint64)
+    )  # sorted key prints whose record changed since: not known
 
     def without(self, changed_keys: pa.Table) -> "KnownOutcomes":
         """The same, except for these history keys (their records changed since)."""
@@ -190,8 +193,14 @@ def _final_rows(batch: pa.RecordBatch, column: str, values: dict[str, Known]) ->
 
 # Which rows of each stored table are final outcomes of the history for that ETag.
 _FINAL_IN = {
-    "qualified_objects": ("reason", {Reason.ALREADY_INDEXED.value: Known.INDEXED, Reason.PREVIOUSLY_FAILED.value: Known.FAILED_PERMANENT}),
-    "indexed_users": ("outcome", {Outcome.INDEXED.value: Known.INDEXED, Outcome.FAILED_PERMANENT.value: Known.FAILED_PERMANENT}),
+    "qualified_objects": (
+        "reason",
+        {Reason.ALREADY_INDEXED.value: Known.INDEXED, Reason.PREVIOUSLY_FAILED.value: Known.FAILED_PERMANENT},
+    ),
+    "indexed_users": (
+        "outcome",
+        {Outcome.INDEXED.value: Known.INDEXED, Outcome.FAILED_PERMANENT.value: Known.FAILED_PERMANENT},
+    ),
 }
 
 
@@ -247,12 +256,16 @@ def load_previous_outcomes(
     # A missing indexed_users means indexing of that date never finished: its qualified rows are not final.
     tables = [t for t in tables if store.exists(t[0].bucket, t[0].key)]
     with contextlib.ExitStack() as stack:
-        opened = [(stack.enter_context(open_table(store, location)), column, values) for location, column, values in tables]
+        opened = [
+            (stack.enter_context(open_table(store, location)), column, values) for location, column, values in tables
+        ]
         capacity = sum(table.metadata.num_rows for table, _, _ in opened)
         parts = (
             part
             for table, column, values in opened
-            for batch in released_batches(table.iter_batches(batch_size=batch_rows, columns=[*_FINGERPRINT_COLUMNS, column]))
+            for batch in released_batches(
+                table.iter_batches(batch_size=batch_rows, columns=[*_FINGERPRINT_COLUMNS, column])
+            )
             for part in _final_rows(batch, column, values)
         )
         known = KnownOutcomes.build(parts, source=f"dt={date}", capacity=capacity)

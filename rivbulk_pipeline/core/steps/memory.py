@@ -5,6 +5,7 @@ handed back: Arrow's allocator and the C library's keep freed pages for reuse, a
 connection of a finished worker thread sits in a reference cycle until Python's next full
 collection. Measured on a 10M-object daily run, each of these held tens of MB into the next step.
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -1,4 +1,5 @@
 """Progress reports for long steps: done/total, rate and ETA at a steady cadence."""
+
 from __future__ import annotations
 
 import threading
@@ -9,7 +10,9 @@ from typing import Callable, Optional
 class Progress:
     """Counts work done and calls `log` at most every `every_seconds` with a one-line summary."""
 
-    def __init__(self, step: str, total: Optional[int], log: Callable[[str], None], every_seconds: float = 10.0) -> None:
+    def __init__(
+        self, step: str, total: Optional[int], log: Callable[[str], None], every_seconds: float = 10.0
+    ) -> None:
         self.step = step
         self.total = total
         self.done = 0

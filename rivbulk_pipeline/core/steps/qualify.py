@@ -5,6 +5,7 @@ loaded date need no call; one history lookup for the rest (an object already ind
 same ETag costs no other call); then at most one tag read per remaining object, in a bounded
 pool of workers.
 """
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -102,7 +103,9 @@ def _store_error_decision(ref: ObjectRef, exc: StoreError, doing: str) -> Decisi
         return Decision(False, Reason.OBJECT_NOT_FOUND, f"{ref}: listed in the inventory but gone ({doing})")
     if isinstance(exc, AccessDenied):
         return Decision(False, Reason.ACCESS_DENIED, f"{ref}: access denied {doing}")
-    return Decision(False, Reason.TRANSIENT_ERROR, f"{ref}: {doing} failed ({type(exc).__name__}); the next run retries")
+    return Decision(
+        False, Reason.TRANSIENT_ERROR, f"{ref}: {doing} failed ({type(exc).__name__}); the next run retries"
+    )
 
 
 def qualify_candidates(
@@ -195,7 +198,9 @@ def _fill_missing_etags(
     if not len(unlisted):
         return batch, {}
     found = list(pool.map(lambda ref: current_etag(ref, store), _refs(batch.take(pa.array(unlisted, pa.int64())))))
-    filled = pc.replace_with_mask(etag, missing, pa.array([f if isinstance(f, str) else None for f in found], pa.string()))
+    filled = pc.replace_with_mask(
+        etag, missing, pa.array([f if isinstance(f, str) else None for f in found], pa.string())
+    )
     failed = {int(i): f for i, f in zip(unlisted, found) if isinstance(f, Decision)}
     return batch.set_column(batch.schema.get_field_index("e_tag"), "e_tag", filled), failed
 
@@ -210,7 +215,9 @@ def _too_large(batch: pa.RecordBatch) -> dict[int, Decision]:
     refs = _refs(batch.take(pa.array(over, pa.int64())))
     return {
         int(i): Decision(
-            False, TOO_LARGE, f"{ref}: image is {size:,} bytes (the inventory's Size), over the {MAX_IMAGE_BYTES:,}-byte limit; not read"
+            False,
+            TOO_LARGE,
+            f"{ref}: image is {size:,} bytes (the inventory's Size), over the {MAX_IMAGE_BYTES:,}-byte limit; not read",
         )
         for i, ref, size in zip(over, refs, sizes)
     }
@@ -238,7 +245,10 @@ def _history_decisions(
     final = final.copy()
     from_history = np.zeros(batch.num_rows, dtype=bool)
     reasons: list[Optional[str]] = [None] * batch.num_rows
-    for status, value in ((HistoryStatus.INDEXED, Known.INDEXED), (HistoryStatus.FAILED_PERMANENT, Known.FAILED_PERMANENT)):
+    for status, value in (
+        (HistoryStatus.INDEXED, Known.INDEXED),
+        (HistoryStatus.FAILED_PERMANENT, Known.FAILED_PERMANENT),
+    ):
         hits = rows.filter(pc.equal(rows.column("status"), status.value))
         at = hits.column("row").to_numpy()
         final[at] = value
@@ -277,7 +287,9 @@ def _decisions_batch(
     suffix = _FINAL_SUFFIXES.take(pa.array(ending, pa.int8()))
     told = ending == 2
     if told.any():
-        said = pc.binary_join_element_wise(_FAILED_BEFORE, pc.fill_null(history_reasons.filter(pa.array(told)), ""), ")", "")
+        said = pc.binary_join_element_wise(
+            _FAILED_BEFORE, pc.fill_null(history_reasons.filter(pa.array(told)), ""), ")", ""
+        )
         suffix = pc.replace_with_mask(suffix, pa.array(told), said)
     detail = pc.binary_join_element_wise(where, suffix, "")
     qualified = pa.array(np.zeros(batch.num_rows, dtype=bool))

@@ -4,6 +4,7 @@ the import history, who is registered, what waits for the next run and since whe
 Inputs are columns only (reasons, outcomes, statuses, times), never keys, user ids or images,
 and the history is aggregated batch by batch, so millions of records cost little memory.
 """
+
 from __future__ import annotations
 
 import time
@@ -30,7 +31,9 @@ DATE_COLUMNS = {
     "registered_to_date": "users registered from this date and every earlier one",
     "note": "why nothing was registered, or that the date is not loaded yet",
 }
-DATE_SCHEMA = pa.schema([(name, pa.string() if name in ("inventory_date", "note") else pa.int64()) for name in DATE_COLUMNS])
+DATE_SCHEMA = pa.schema(
+    [(name, pa.string() if name in ("inventory_date", "note") else pa.int64()) for name in DATE_COLUMNS]
+)
 REASON_COLUMNS = {
     "inventory_date": "the inventory date",
     "step": "qualify (qualified_objects) or index (indexed_users)",
@@ -83,7 +86,15 @@ class HistoryTotals:
         return None if at is None else round(max(0.0, now - at) / 3600, 2)
 
 
-HISTORY_COLUMNS = ["status", "updated_at", "claim_expires_at", "correction", "corrected_by", "corrected_at", "correction_why"]
+HISTORY_COLUMNS = [
+    "status",
+    "updated_at",
+    "claim_expires_at",
+    "correction",
+    "corrected_by",
+    "corrected_at",
+    "correction_why",
+]
 _CORRECTION_KEY = ["correction", "corrected_by", "corrected_at", "correction_why"]
 
 
@@ -103,7 +114,9 @@ def history_totals(batches: Iterable[pa.RecordBatch], now: Optional[float] = Non
                     marked.assign(
                         registered=marked["status"] == HistoryStatus.INDEXED.value,
                         waiting=marked["status"] == HistoryStatus.REOPENED.value,
-                    ).groupby(_CORRECTION_KEY, dropna=False)[["registered", "waiting"]].agg(["size", "sum"])
+                    )
+                    .groupby(_CORRECTION_KEY, dropna=False)[["registered", "waiting"]]
+                    .agg(["size", "sum"])
                 )
         records += len(frame)
         for status, count in frame["status"].value_counts().items():
@@ -131,7 +144,12 @@ def history_totals(batches: Iterable[pa.RecordBatch], now: Optional[float] = Non
 def _corrections(parts: list[pd.DataFrame]) -> pd.DataFrame:
     """One row per correction (CORRECTION_COLUMNS), newest first."""
     if not parts:
-        return pd.DataFrame({n: pd.Series(dtype="int64" if t == pa.int64() else "object") for n, t in zip(CORRECTION_SCHEMA.names, CORRECTION_SCHEMA.types)})
+        return pd.DataFrame(
+            {
+                n: pd.Series(dtype="int64" if t == pa.int64() else "object")
+                for n, t in zip(CORRECTION_SCHEMA.names, CORRECTION_SCHEMA.types)
+            }
+        )
     total = pd.concat(parts).groupby(level=list(range(len(_CORRECTION_KEY)))).sum()
     frame = pd.DataFrame(
         {
@@ -157,11 +175,15 @@ def reason_counts(dates: Iterable[str], read: TableReader) -> pd.DataFrame:
             parts.append(_counted(frame, date, "qualify"))
         indexed = read("indexed_users", date, ["outcome", "reason"])
         if indexed is not None and indexed.num_rows:
-            frame = pa.table({"outcome": indexed.column("outcome"), "reason": reason_codes(indexed.column("reason"))}).to_pandas()
+            frame = pa.table(
+                {"outcome": indexed.column("outcome"), "reason": reason_codes(indexed.column("reason"))}
+            ).to_pandas()
             frame["reason"] = frame["reason"].where(frame["outcome"] != Outcome.INDEXED.value, "")
             parts.append(_counted(frame, date, "index"))
     if not parts:
-        return pd.DataFrame({name: pd.Series(dtype="int64" if name == "count" else "object") for name in REASON_COLUMNS})
+        return pd.DataFrame(
+            {name: pd.Series(dtype="int64" if name == "count" else "object") for name in REASON_COLUMNS}
+        )
     return pd.concat(parts, ignore_index=True)[list(REASON_COLUMNS)]
 
 

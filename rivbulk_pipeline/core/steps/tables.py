@@ -1,4 +1,5 @@
 """Asset tables as Parquet in an object store, written and read batch by batch."""
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@
 Both make ONE attempt per call and never raise for a per-user failure: the caller does the
 retries, the backoff and the rate limiting. Neither logs nor echoes images, properties or keys.
 """
+
 from ...core.rules.limits import DYNAMODB_ITEM_LIMIT, dynamodb_item_size
 from .base import GatewayResource
 from .local_registry import LocalRegistryGateway

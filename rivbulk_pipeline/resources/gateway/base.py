@@ -1,4 +1,5 @@
 """The gateway interface, and the input checks both gateways apply before doing anything."""
+
 from __future__ import annotations
 
 import threading

@@ -1,4 +1,5 @@
 """The embedded identity registry: users in SQLite with the RIV rules, never the image bytes."""
+
 from __future__ import annotations
 
 import hashlib
@@ -74,7 +75,9 @@ class LocalRegistryGateway(GatewayResource):
         up front with BEGIN IMMEDIATE."""
         parent = os.path.dirname(os.path.abspath(self.db_path))
         os.makedirs(parent, exist_ok=True)
-        conn = sqlite3.connect(self.db_path, timeout=self.busy_timeout_seconds, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            self.db_path, timeout=self.busy_timeout_seconds, isolation_level=None, check_same_thread=False
+        )
         try:
             conn.execute("PRAGMA journal_mode=WAL")  # persistent: readers never block the writer
             # WAL + NORMAL: a committed registration survives a killed process; a power cut may
@@ -121,7 +124,9 @@ class LocalRegistryGateway(GatewayResource):
         }
         pace()  # the call reaches the registry now
         try:
-            answer = self._workflow(self._connect(), user_id.lower(), face)  # sent lower-cased, as the HTTP gateway does
+            answer = self._workflow(
+                self._connect(), user_id.lower(), face
+            )  # sent lower-cased, as the HTTP gateway does
         except sqlite3.Error as exc:  # locked past busy_timeout, disk full, ...: may pass next time
             return GatewayResult.transient(f"local_registry_unavailable: {type(exc).__name__}: {exc}")
         return result_of_answer(answer, _ENDPOINT)
@@ -140,9 +145,12 @@ class LocalRegistryGateway(GatewayResource):
             )
             # search-faces: a match is the caller's own face only when the id AS SENT equals the
             # stored (lower-cased) ExternalImageId, so a mixed-case id matching its own face fails.
-            owners = {row[0] for row in conn.execute(
-                "SELECT external_image_id FROM faces WHERE image_sha256 = ?", (face["image_sha256"],)
-            )}
+            owners = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT external_image_id FROM faces WHERE image_sha256 = ?", (face["image_sha256"],)
+                )
+            }
             if owners and owners != {user_id}:
                 return _failed("UserAlreadyExists", "the face matches a face registered for another user id")
             # index-faces: the lower-cased id becomes Rekognition's ExternalImageId.
@@ -167,8 +175,16 @@ class LocalRegistryGateway(GatewayResource):
                 "INSERT INTO faces (face_id, user_key, external_image_id, image_sha256, image_size, image_format,"
                 " image_width, image_height, properties_json, registered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    face_id, user_key, external_id, face["image_sha256"], face["image_size"], face["image_format"],
-                    face["image_width"], face["image_height"], face["properties_json"], registered_at,
+                    face_id,
+                    user_key,
+                    external_id,
+                    face["image_sha256"],
+                    face["image_size"],
+                    face["image_format"],
+                    face["image_width"],
+                    face["image_height"],
+                    face["properties_json"],
+                    registered_at,
                 ),
             )
             output = {"UserId": external_id, "ImageId": face_id, "Status": "Registered"}
@@ -176,22 +192,28 @@ class LocalRegistryGateway(GatewayResource):
 
     def user_exists(self, user_id: str) -> Optional[bool]:
         """RIV's check-userid, asked as the HTTP gateway asks it: for the lower-cased id."""
-        row = self._connect().execute(
-            "SELECT 1 FROM faces WHERE user_key = ? LIMIT 1", (f"User::{user_id.lower()}",)
-        ).fetchone()
+        row = (
+            self._connect()
+            .execute("SELECT 1 FROM faces WHERE user_key = ? LIMIT 1", (f"User::{user_id.lower()}",))
+            .fetchone()
+        )
         return row is not None
 
     def users(self) -> list[dict[str, Any]]:
         """Registered users (no properties, no image): user_id (lower-cased), image_sha256 (of the
         first face), registered_at (the first face's), registrations (faces stored), attempts;
         oldest first."""
-        rows = self._connect().execute(
-            "SELECT f.external_image_id, f.image_sha256, f.registered_at, n.faces, COALESCE(a.attempts, 0)"
-            " FROM (SELECT user_key, COUNT(*) AS faces, MIN(registered_at || face_id) AS first FROM faces"
-            " GROUP BY user_key) AS n"
-            " JOIN faces AS f ON f.user_key = n.user_key AND f.registered_at || f.face_id = n.first"
-            " LEFT JOIN attempts AS a ON a.user_key = n.user_key ORDER BY f.registered_at, f.user_key"
-        ).fetchall()
+        rows = (
+            self._connect()
+            .execute(
+                "SELECT f.external_image_id, f.image_sha256, f.registered_at, n.faces, COALESCE(a.attempts, 0)"
+                " FROM (SELECT user_key, COUNT(*) AS faces, MIN(registered_at || face_id) AS first FROM faces"
+                " GROUP BY user_key) AS n"
+                " JOIN faces AS f ON f.user_key = n.user_key AND f.registered_at || f.face_id = n.first"
+                " LEFT JOIN attempts AS a ON a.user_key = n.user_key ORDER BY f.registered_at, f.user_key"
+            )
+            .fetchall()
+        )
         keys = ("user_id", "image_sha256", "registered_at", "registrations", "attempts")
         return [dict(zip(keys, r)) for r in rows]
 

@@ -1,4 +1,5 @@
 """The RIV UserPortal gateway over HTTP: one attempt per call, a timeout on every call, API key or SigV4."""
+
 from __future__ import annotations
 
 import json
@@ -99,7 +100,8 @@ class RivHttpGateway(GatewayResource):
         default=None, repr=False, description="API key for auth=api_key; pass dg.EnvVar, never a literal"
     )
     api_key_secret_id: Optional[str] = Field(
-        default=None, description="ARN or name of a Secrets Manager secret whose string is the API key (instead of api_key)"
+        default=None,
+        description="ARN or name of a Secrets Manager secret whose string is the API key (instead of api_key)",
     )
     secrets_manager: Optional[SecretsManagerResource] = Field(
         default=None, description="dagster-aws's Secrets Manager resource the key is read through"
@@ -139,7 +141,9 @@ class RivHttpGateway(GatewayResource):
         if not self.timeout_seconds > 0:
             raise DeploymentError("RivHttpGateway.timeout_seconds must be > 0")
         if self.image_mode not in IMAGE_MODES:
-            raise DeploymentError(f"RivHttpGateway.image_mode must be one of {', '.join(IMAGE_MODES)}, not {self.image_mode!r}")
+            raise DeploymentError(
+                f"RivHttpGateway.image_mode must be one of {', '.join(IMAGE_MODES)}, not {self.image_mode!r}"
+            )
         mode = self.auth.lower()
         if mode not in _AUTH_MODES:
             raise DeploymentError(f"RivHttpGateway.auth must be one of {', '.join(_AUTH_MODES)}, not {self.auth!r}")
@@ -173,13 +177,17 @@ class RivHttpGateway(GatewayResource):
             value = secrets.get_client().get_secret_value(SecretId=secret_id).get("SecretString")
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "error")
-            raise DeploymentError(f"RivHttpGateway: cannot read the API key secret {secret_id!r} from Secrets Manager: {code}") from None
+            raise DeploymentError(
+                f"RivHttpGateway: cannot read the API key secret {secret_id!r} from Secrets Manager: {code}"
+            ) from None
         except BotoCoreError as error:
             raise DeploymentError(
                 f"RivHttpGateway: cannot read the API key secret {secret_id!r} from Secrets Manager: {type(error).__name__}"
             ) from None
         if not value or not value.strip():
-            raise DeploymentError(f"RivHttpGateway: the secret {secret_id!r} has no SecretString (the API key as plain text)")
+            raise DeploymentError(
+                f"RivHttpGateway: the secret {secret_id!r} has no SecretString (the API key as plain text)"
+            )
         return _checked_key(value, f"the secret {secret_id!r}")
 
     def _client(self) -> tuple[requests.Session, Optional[AuthBase]]:
@@ -211,7 +219,11 @@ class RivHttpGateway(GatewayResource):
         except _Rejected as exc:
             return GatewayResult.permanent(exc.reason)
         body = riv_protocol.register_body(
-            user_id.lower(), image if inline else None, props, source.bucket if source else "", source.key if source else ""
+            user_id.lower(),
+            image if inline else None,
+            props,
+            source.bucket if source else "",
+            source.key if source else "",
         )
         encoded = riv_protocol.encode_body(body)
         problem = riv_protocol.body_problem(body, encoded, self.max_payload_bytes)
@@ -242,7 +254,9 @@ class RivHttpGateway(GatewayResource):
             return None
         session, auth = self._client()
         try:
-            response = self._post(session, auth, self.check_endpoint, riv_protocol.encode_body({"UserId": user_id.lower()}))
+            response = self._post(
+                session, auth, self.check_endpoint, riv_protocol.encode_body({"UserId": user_id.lower()})
+            )
         except requests.RequestException:
             return None
         with response:

@@ -33,6 +33,7 @@ Semantics shared by both:
   counted in UTF-8; the decimal reading of "KB", safe under both) and its key limits; SQLite applies
   the same bounds so both behave alike.
 """
+
 from .base import (
     MAX_ITEM_BYTES,
     MAX_PARTITION_KEY_BYTES,

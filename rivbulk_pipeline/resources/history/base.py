@@ -1,4 +1,5 @@
 """The import history interface and what both backends share: keys, sizes, the claim rule."""
+
 from __future__ import annotations
 
 import abc
@@ -11,10 +12,15 @@ import pyarrow.compute as pc
 
 from ...core.errors import HistoryError
 from ...core.model import (
-    CORRECTION_FIELDS, HISTORY_KEY_SCHEMA, HISTORY_LOOKUP_SCHEMA, NULL_VERSION, HistoryRecord, HistoryStatus, ObjectRef,
+    CORRECTION_FIELDS,
+    HISTORY_KEY_SCHEMA,
+    HISTORY_LOOKUP_SCHEMA,
+    NULL_VERSION,
+    HistoryRecord,
+    HistoryStatus,
+    ObjectRef,
 )
 from ...core.rules.limits import DYNAMODB_ITEM_LIMIT, dynamodb_item_size
-
 
 
 LOOKUP_SCHEMA = HISTORY_LOOKUP_SCHEMA
@@ -25,10 +31,17 @@ MAX_SORT_KEY_BYTES = 1024
 _FINAL_FOR_ETAG = (HistoryStatus.INDEXED, HistoryStatus.FAILED_PERMANENT)  # no claim is taken on these again
 # Columns a report may read with `scan_columns` (no user ids, no extra diagnostics).
 SUMMARY_COLUMNS = pa.schema(
-    [("status", pa.string()), ("reason", pa.string()), ("attempts", pa.int64()),
-     ("updated_at", pa.float64()), ("claim_expires_at", pa.float64()),
-     ("correction", pa.string()), ("corrected_by", pa.string()), ("corrected_at", pa.float64()),
-     ("correction_why", pa.string())]
+    [
+        ("status", pa.string()),
+        ("reason", pa.string()),
+        ("attempts", pa.int64()),
+        ("updated_at", pa.float64()),
+        ("claim_expires_at", pa.float64()),
+        ("correction", pa.string()),
+        ("corrected_by", pa.string()),
+        ("corrected_at", pa.float64()),
+        ("correction_why", pa.string()),
+    ]
 )
 CHANGES_SCHEMA = HISTORY_KEY_SCHEMA  # keys whose record changed or went (`changes_since`)
 # Statuses a claim may take whatever the ETag: the next run asks the registry again.
@@ -48,7 +61,6 @@ class ClaimLost(HistoryError):
         self.ref = ref
         self.owner = owner
         self.holder = holder
-
 
 
 def _version_key(ref: ObjectRef) -> str:
@@ -205,7 +217,10 @@ class ImportHistoryResource(dg.ConfigurableResource, abc.ABC):
     def lookup_table(self, keys: pa.Table) -> pa.Table:
         """Batch read in columns: `keys` has object_uri and version_id ("null" for none); the
         answer has LOOKUP_SCHEMA's columns, one row per key that has a record."""
-        refs = [_ref_from_key(uri, vid) for uri, vid in zip(keys.column("object_uri").to_pylist(), keys.column("version_id").to_pylist())]
+        refs = [
+            _ref_from_key(uri, vid)
+            for uri, vid in zip(keys.column("object_uri").to_pylist(), keys.column("version_id").to_pylist())
+        ]
         records = self.lookup(refs).values()
         return pa.Table.from_pydict(
             {
@@ -226,9 +241,11 @@ class ImportHistoryResource(dg.ConfigurableResource, abc.ABC):
         """Which of these objects (object_uri, version_id, etag) have a final outcome (indexed or
         failed_permanent) for that same ETag: LOOKUP_SCHEMA rows, one per such object."""
         answer = self.lookup_table(objects.select(["object_uri", "version_id"]))
-        joined = objects.select(["object_uri", "version_id", "etag"]).rename_columns(
-            ["object_uri", "version_id", "asked_etag"]
-        ).join(answer, ["object_uri", "version_id"], join_type="inner")
+        joined = (
+            objects.select(["object_uri", "version_id", "etag"])
+            .rename_columns(["object_uri", "version_id", "asked_etag"])
+            .join(answer, ["object_uri", "version_id"], join_type="inner")
+        )
         final = pc.is_in(joined.column("status"), pa.array([s.value for s in _FINAL_FOR_ETAG]))
         same = pc.and_(final, pc.equal(joined.column("etag"), joined.column("asked_etag")))
         return joined.filter(same).select(LOOKUP_SCHEMA.names).cast(LOOKUP_SCHEMA)

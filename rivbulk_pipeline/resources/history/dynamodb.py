@@ -1,4 +1,5 @@
 """The production import history in DynamoDB (key schema in the package docstring)."""
+
 from __future__ import annotations
 
 import math
@@ -234,7 +235,9 @@ def create_history_table(
             client.update_table(TableName=table_name, StreamSpecification=STREAM_SPECIFICATION)
         return str(table["TableArn"])
     except ClientError as error:
-        raise HistoryError(f"table {table_name}: DynamoDB refused to create or describe it ({_error_code(error)})") from error
+        raise HistoryError(
+            f"table {table_name}: DynamoDB refused to create or describe it ({_error_code(error)})"
+        ) from error
     except BotoCoreError as error:
         raise HistoryError(f"table {table_name}: could not reach DynamoDB ({type(error).__name__})") from error
 
@@ -298,7 +301,9 @@ class DynamoImportHistory(ImportHistoryResource):
         if len(requests) <= 1:
             return [item for request in requests for item in self._batch_get(request)]
         with ThreadPoolExecutor(max_workers=self.lookup_concurrency, thread_name_prefix="history-get") as pool:
-            return [item for items in pool.map(lambda request: list(self._batch_get(request)), requests) for item in items]
+            return [
+                item for items in pool.map(lambda request: list(self._batch_get(request)), requests) for item in items
+            ]
 
     def lookup_table(self, keys: pa.Table) -> pa.Table:
         unique = list(dict.fromkeys(zip(keys.column("object_uri").to_pylist(), keys.column("version_id").to_pylist())))
@@ -510,8 +515,14 @@ class DynamoImportHistory(ImportHistoryResource):
             ":etag": record.etag,
             **{f":{name}": value for name, value in correction_attrs(correction, by, why, at).items()},
         }
-        names = {"#status": "status", "#reason": "reason", "#updated": "updated_at", "#expires": "claim_expires_at",
-                 "#etag": "etag", "#uri": "object_uri"}
+        names = {
+            "#status": "status",
+            "#reason": "reason",
+            "#updated": "updated_at",
+            "#expires": "claim_expires_at",
+            "#etag": "etag",
+            "#uri": "object_uri",
+        }
         sets = ["#status = :reopened", "#reason = :reason", "#updated = :at", "#expires = :zero"]
         for name in correction_attrs("", "", "", 0):
             names[f"#{name}"] = name
@@ -564,7 +575,9 @@ class DynamoImportHistory(ImportHistoryResource):
                     for item in page.get("Records", []):
                         change = item.get("dynamodb", {})
                         at = change.get("ApproximateCreationDateTime")
-                        if item.get("eventName") in ("MODIFY", "REMOVE") and (at is None or at.timestamp() >= since - 1):
+                        if item.get("eventName") in ("MODIFY", "REMOVE") and (
+                            at is None or at.timestamp() >= since - 1
+                        ):
                             key = change.get("Keys", {})
                             keys.add((key["object_uri"]["S"], key["version_id"]["S"]))
                     # An open shard hands out a next iterator forever: stop once it is caught up.
@@ -573,13 +586,22 @@ class DynamoImportHistory(ImportHistoryResource):
                     iterator = page.get("NextShardIterator")
         except (ClientError, BotoCoreError) as error:
             raise self._fail("reading the change stream", error) from error
-        return pa.Table.from_pylist([{"object_uri": u, "version_id": v} for u, v in sorted(keys)], schema=CHANGES_SCHEMA)
+        return pa.Table.from_pylist(
+            [{"object_uri": u, "version_id": v} for u, v in sorted(keys)], schema=CHANGES_SCHEMA
+        )
 
     def records_of(self, object_uri: str) -> list[HistoryRecord]:
         try:
-            pages = self._dynamodb().get_paginator("query").paginate(
-                TableName=self.table_name, ConsistentRead=True, KeyConditionExpression="#uri = :uri",
-                ExpressionAttributeNames={"#uri": "object_uri"}, ExpressionAttributeValues={":uri": {"S": object_uri}},
+            pages = (
+                self._dynamodb()
+                .get_paginator("query")
+                .paginate(
+                    TableName=self.table_name,
+                    ConsistentRead=True,
+                    KeyConditionExpression="#uri = :uri",
+                    ExpressionAttributeNames={"#uri": "object_uri"},
+                    ExpressionAttributeValues={":uri": {"S": object_uri}},
+                )
             )
             return [_record_from_item(item) for page in pages for item in page.get("Items", [])]
         except (ClientError, BotoCoreError) as error:
@@ -588,9 +610,16 @@ class DynamoImportHistory(ImportHistoryResource):
     def records_of_user(self, user_id: str) -> list[HistoryRecord]:
         # A Scan with a filter: it reads the whole table (an operator's question, not the daily run).
         try:
-            pages = self._dynamodb().get_paginator("scan").paginate(
-                TableName=self.table_name, ConsistentRead=True, FilterExpression="#user = :user",
-                ExpressionAttributeNames={"#user": "user_id"}, ExpressionAttributeValues={":user": {"S": user_id}},
+            pages = (
+                self._dynamodb()
+                .get_paginator("scan")
+                .paginate(
+                    TableName=self.table_name,
+                    ConsistentRead=True,
+                    FilterExpression="#user = :user",
+                    ExpressionAttributeNames={"#user": "user_id"},
+                    ExpressionAttributeValues={":user": {"S": user_id}},
+                )
             )
             return [_record_from_item(item) for page in pages for item in page.get("Items", [])]
         except (ClientError, BotoCoreError) as error:
@@ -608,7 +637,9 @@ class DynamoImportHistory(ImportHistoryResource):
     def scan_columns(self, columns: Sequence[str], batch_rows: int = 100_000) -> Iterator[pa.RecordBatch]:
         schema = _summary_schema(columns)
         names = {f"#c{i}": name for i, name in enumerate(schema.names)}  # `status` is a reserved word
-        numeric = {f.name: int if pa.types.is_integer(f.type) else float for f in schema if not pa.types.is_string(f.type)}
+        numeric = {
+            f.name: int if pa.types.is_integer(f.type) else float for f in schema if not pa.types.is_string(f.type)
+        }
         values: dict[str, list] = {name: [] for name in schema.names}
 
         def batch() -> pa.RecordBatch:
@@ -619,8 +650,12 @@ class DynamoImportHistory(ImportHistoryResource):
 
         try:
             # ProjectionExpression: DynamoDB still reads whole items, but sends only these attributes.
-            pages = self._dynamodb().get_paginator("scan").paginate(
-                TableName=self.table_name, ProjectionExpression=", ".join(names), ExpressionAttributeNames=names
+            pages = (
+                self._dynamodb()
+                .get_paginator("scan")
+                .paginate(
+                    TableName=self.table_name, ProjectionExpression=", ".join(names), ExpressionAttributeNames=names
+                )
             )
             for page in pages:
                 for item in page.get("Items", []):

@@ -1,4 +1,5 @@
 """The embedded import history: SQLite in WAL mode (synchronous=NORMAL), a connection per thread."""
+
 from __future__ import annotations
 
 import json
@@ -99,8 +100,6 @@ LOOKUP_QUERY = (
 def _is_busy(error: sqlite3.OperationalError) -> bool:
     name = getattr(error, "sqlite_errorname", "")  # Python >= 3.11
     return name in ("SQLITE_BUSY", "SQLITE_LOCKED") or "locked" in str(error) or "busy" in str(error)
-
-
 
 
 class SqliteImportHistory(ImportHistoryResource):
@@ -316,7 +315,9 @@ class SqliteImportHistory(ImportHistoryResource):
         schema = _summary_schema(columns)  # names checked against a fixed list: safe to interpolate
         # A connection of its own: the read transaction lasts the whole scan (one consistent view)
         # without holding this thread's connection, which claims and records use.
-        conn = sqlite3.connect(f"file:{os.path.abspath(self.db_path)}?mode=ro", uri=True, timeout=self.busy_timeout_ms / 1000)
+        conn = sqlite3.connect(
+            f"file:{os.path.abspath(self.db_path)}?mode=ro", uri=True, timeout=self.busy_timeout_ms / 1000
+        )
         try:
             cursor = conn.execute(f"SELECT {', '.join(schema.names)} FROM import_history")
             while rows := cursor.fetchmany(batch_rows):

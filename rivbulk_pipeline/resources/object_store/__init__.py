@@ -3,6 +3,7 @@
 Both satisfy `core.ports.ObjectStore`. The Dagster wiring annotates a parameter with
 `ObjectStoreResource` and binds either one.
 """
+
 from .base import ObjectStoreResource
 from .local import LocalObjectStore
 

@@ -1,4 +1,5 @@
 """The object store interface the Dagster wiring binds: a local folder or S3."""
+
 from __future__ import annotations
 
 import itertools

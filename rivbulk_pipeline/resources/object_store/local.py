@@ -1,4 +1,5 @@
 """A local folder with S3's semantics: buckets are folders, tags and ETags in SQLite."""
+
 from __future__ import annotations
 
 import contextlib
@@ -157,7 +158,9 @@ class LocalObjectStore(ObjectStoreResource):
         # itself) could lead outside the store, or into another bucket: such a path is refused.
         if os.path.realpath(path) != os.path.join(self._real_root, bucket, *key.split("/")):
             raise AccessDenied(
-                bucket, key, "the path goes through a symbolic link; the local store reads and writes only its own files"
+                bucket,
+                key,
+                "the path goes through a symbolic link; the local store reads and writes only its own files",
             )
         return path
 
@@ -332,7 +335,9 @@ class LocalObjectStore(ObjectStoreResource):
             raise self._missing(bucket, key) from None
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise AccessDenied(bucket, key, "the file is a symbolic link; the local store reads only its own files") from None
+                raise AccessDenied(
+                    bucket, key, "the file is a symbolic link; the local store reads only its own files"
+                ) from None
             raise
 
     def head(self, bucket: str, key: str, version_id: Optional[str] = None) -> ObjectInfo:

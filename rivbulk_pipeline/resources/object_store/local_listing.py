@@ -7,6 +7,7 @@ processes page by page, several pages ahead. Processes, not threads: MD5 of a fi
 They are forked (nothing to import: a spawned worker would import Dagster again), and only
 from a process with no other thread running.
 """
+
 from __future__ import annotations
 
 import collections
@@ -76,7 +77,9 @@ def signature(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
-def walk(folder: bytes, key_prefix: bytes, prefix: bytes, start_after: bytes) -> Iterator[tuple[list[bytes], list[bytes]]]:
+def walk(
+    folder: bytes, key_prefix: bytes, prefix: bytes, start_after: bytes
+) -> Iterator[tuple[list[bytes], list[bytes]]]:
     """(keys, paths) of the files under `folder` with key > start_after and starting with
     prefix, in byte order of keys, a run of one folder's files at a time. A folder sorts as
     its name + '/', which puts its keys exactly where a global byte sort would. Memory: one
@@ -294,7 +297,9 @@ def _batch(bucket: str, keys: pa.StringArray, key_list: list[str], listed: Futur
     return batch.filter(etag_array.is_valid()) if etag_array.null_count else batch
 
 
-def list_batches(db_path: str, bucket: str, runs: Iterator[tuple[list[bytes], list[bytes]]]) -> Iterator[pa.RecordBatch]:
+def list_batches(
+    db_path: str, bucket: str, runs: Iterator[tuple[list[bytes], list[bytes]]]
+) -> Iterator[pa.RecordBatch]:
     """The files of `runs` (from `walk`) in LISTING_SCHEMA batches of at most PAGE_FILES, in key order."""
     workers, ahead = _Workers(), collections.deque()
     try:

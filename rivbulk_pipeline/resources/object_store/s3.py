@@ -1,4 +1,5 @@
 """S3 through boto3: paginated listings, retries by botocore, errors mapped by code."""
+
 from __future__ import annotations
 
 import contextlib

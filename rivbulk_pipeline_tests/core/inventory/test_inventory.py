@@ -1,4 +1,5 @@
 """Reading S3 Inventory reports: manifests, discovery, CSV/ORC/Parquet data files, key decoding."""
+
 from __future__ import annotations
 
 import gzip
@@ -74,7 +75,11 @@ def store(tmp_path: Path) -> FolderStore:
 
 
 def put_report(
-    store: FolderStore, files: dict[str, bytes], *, fmt: str = "CSV", schema: str = FACTS_SCHEMA,
+    store: FolderStore,
+    files: dict[str, bytes],
+    *,
+    fmt: str = "CSV",
+    schema: str = FACTS_SCHEMA,
     folder: str = "inv/src/cfg/2026-11-20T08-15Z",
 ) -> InventoryManifest:
     """Write data files and a complete manifest (with checksum) the way AWS does."""
@@ -123,7 +128,9 @@ def test_parse_manifest_reads_the_facts_example():
     assert manifest.file_format == "CSV"
     assert manifest.file_schema[:3] == ["Bucket", "Key", "VersionId"] and len(manifest.file_schema) == 18
     assert manifest.files == [
-        InventoryFile("inv/example-source-bucket/cfg/data/939c6d46.csv.gz", 2147483647, "f11166069f1990abeb9c97ace9cdfabc")
+        InventoryFile(
+            "inv/example-source-bucket/cfg/data/939c6d46.csv.gz", 2147483647, "f11166069f1990abeb9c97ace9cdfabc"
+        )
     ]
 
 
@@ -263,9 +270,66 @@ def test_reads_a_hand_written_csv_like_the_facts_example(store: FolderStore):
     # quoted fields, optional fields empty, trailing blank lines; the data file is not
     # under data/ (AWS's own examples use other folders)
     lines = [
-        row("src", "photos/alice+smith.jpg", "", "", "", "12345", "2026-11-20T08:15:00.000Z", "d41d8cd98f00b204e9800998ecf8427e", "STANDARD", "false", "", "SSE-S3", "", "", "", "", "DISABLED", ""),
-        row("src", "photos/%C3%A9l%C3%A8ve%2B1.PNG", "3HL4kqtJ", "true", "false", "7", "2026-11-19T23:59:59.999Z", "abc", "GLACIER", "true", "COMPLETED", "SSE-KMS", "", "", "OFF", "", "ENABLED", "SHA256"),
-        row("src", "photos/deleted.jpg", "v2", "false", "true", "", "2026-11-18T00:00:00.000Z", "", "", "", "", "", "", "", "", "", "", ""),
+        row(
+            "src",
+            "photos/alice+smith.jpg",
+            "",
+            "",
+            "",
+            "12345",
+            "2026-11-20T08:15:00.000Z",
+            "d41d8cd98f00b204e9800998ecf8427e",
+            "STANDARD",
+            "false",
+            "",
+            "SSE-S3",
+            "",
+            "",
+            "",
+            "",
+            "DISABLED",
+            "",
+        ),
+        row(
+            "src",
+            "photos/%C3%A9l%C3%A8ve%2B1.PNG",
+            "3HL4kqtJ",
+            "true",
+            "false",
+            "7",
+            "2026-11-19T23:59:59.999Z",
+            "abc",
+            "GLACIER",
+            "true",
+            "COMPLETED",
+            "SSE-KMS",
+            "",
+            "",
+            "OFF",
+            "",
+            "ENABLED",
+            "SHA256",
+        ),
+        row(
+            "src",
+            "photos/deleted.jpg",
+            "v2",
+            "false",
+            "true",
+            "",
+            "2026-11-18T00:00:00.000Z",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+        ),
         "\n",
         "\n",
     ]
@@ -273,22 +337,37 @@ def test_reads_a_hand_written_csv_like_the_facts_example(store: FolderStore):
     table = read_all(store, manifest)
     assert table.to_pylist() == [
         {
-            "bucket": "src", "key": "photos/alice smith.jpg", "version_id": None, "is_latest": None,
-            "is_delete_marker": None, "size": 12345,
+            "bucket": "src",
+            "key": "photos/alice smith.jpg",
+            "version_id": None,
+            "is_latest": None,
+            "is_delete_marker": None,
+            "size": 12345,
             "last_modified_date": datetime(2026, 11, 20, 8, 15, tzinfo=timezone.utc),
-            "e_tag": "d41d8cd98f00b204e9800998ecf8427e", "storage_class": "STANDARD",
+            "e_tag": "d41d8cd98f00b204e9800998ecf8427e",
+            "storage_class": "STANDARD",
         },
         {
-            "bucket": "src", "key": "photos/élève+1.PNG", "version_id": "3HL4kqtJ", "is_latest": True,
-            "is_delete_marker": False, "size": 7,
+            "bucket": "src",
+            "key": "photos/élève+1.PNG",
+            "version_id": "3HL4kqtJ",
+            "is_latest": True,
+            "is_delete_marker": False,
+            "size": 7,
             "last_modified_date": datetime(2026, 11, 19, 23, 59, 59, 999000, tzinfo=timezone.utc),
-            "e_tag": "abc", "storage_class": "GLACIER",
+            "e_tag": "abc",
+            "storage_class": "GLACIER",
         },
         {
-            "bucket": "src", "key": "photos/deleted.jpg", "version_id": "v2", "is_latest": False,
-            "is_delete_marker": True, "size": None,
+            "bucket": "src",
+            "key": "photos/deleted.jpg",
+            "version_id": "v2",
+            "is_latest": False,
+            "is_delete_marker": True,
+            "size": None,
             "last_modified_date": datetime(2026, 11, 18, tzinfo=timezone.utc),
-            "e_tag": None, "storage_class": None,
+            "e_tag": None,
+            "storage_class": None,
         },
     ]
 
@@ -325,8 +404,9 @@ def test_spooled_files_are_removed_even_when_the_reader_stops_early(store: Folde
     spool = tmp_path / "spool"
     spool.mkdir()
     lines = [row("src", f"{i}.jpg", "1") for i in range(10)]
-    manifest = put_report(store, {"inv/data/a.csv.gz": csv_gz(lines), "inv/data/b.csv.gz": csv_gz(lines)},
-                          schema="Bucket, Key, Size")
+    manifest = put_report(
+        store, {"inv/data/a.csv.gz": csv_gz(lines), "inv/data/b.csv.gz": csv_gz(lines)}, schema="Bucket, Key, Size"
+    )
     batches = iter_inventory_batches(store, manifest, batch_rows=2, spool_dir=str(spool))
     next(batches)
     assert len(os.listdir(spool)) == 1  # one data file at a time, on disk, not in memory
@@ -387,7 +467,11 @@ def test_wrong_column_count_is_named_without_echoing_the_row(store: FolderStore)
     [
         ("Bucket, Key, Size", ("src", "k.jpg", "12kB"), "row 3: size is not a whole number"),
         ("Bucket, Key, IsLatest", ("src", "k.jpg", "yes"), "row 3: is_latest is not true/false"),
-        ("Bucket, Key, LastModifiedDate", ("src", "k.jpg", "yesterday"), "row 3: last_modified_date is not an ISO-8601"),
+        (
+            "Bucket, Key, LastModifiedDate",
+            ("src", "k.jpg", "yesterday"),
+            "row 3: last_modified_date is not an ISO-8601",
+        ),
     ],
 )
 def test_unparseable_values_name_the_row(store: FolderStore, schema: str, fields: tuple, rule: str):
@@ -471,7 +555,10 @@ def test_parquet_with_zoned_timestamps_and_large_strings(store: FolderStore, tmp
 def test_columnar_key_encoding_forced_either_way(store: FolderStore, tmp_path: Path, fmt: str):
     keys = ["a%20b.jpg", "c+d%2B.jpg"]
     manifest = put_columnar(store, tmp_path, fmt, [columnar_table(keys)])
-    assert read_all(store, manifest, columnar_keys_url_encoded=True).column("key").to_pylist() == ["a b.jpg", "c d+.jpg"]
+    assert read_all(store, manifest, columnar_keys_url_encoded=True).column("key").to_pylist() == [
+        "a b.jpg",
+        "c d+.jpg",
+    ]
     assert read_all(store, manifest, columnar_keys_url_encoded=False).column("key").to_pylist() == keys
 
 
@@ -525,8 +612,32 @@ def check_unquote(keys: list[Optional[str]]) -> None:
 
 
 PIECES = [
-    "a", "Z", "/", " ", "+", "%", "%zz", "%4", "%41", "%2B", "%2b", "%25", "%20", "%%41", "é", "😀", "\u0000",
-    "%C3%A9", "%E2%82%AC", "%F0%9F%98%80", "%C3", "%80", "%FF", "%C0%AF", "%ED%A0%80", "%F4%90%80%80",
+    "a",
+    "Z",
+    "/",
+    " ",
+    "+",
+    "%",
+    "%zz",
+    "%4",
+    "%41",
+    "%2B",
+    "%2b",
+    "%25",
+    "%20",
+    "%%41",
+    "é",
+    "😀",
+    "\u0000",
+    "%C3%A9",
+    "%E2%82%AC",
+    "%F0%9F%98%80",
+    "%C3",
+    "%80",
+    "%FF",
+    "%C0%AF",
+    "%ED%A0%80",
+    "%F4%90%80%80",
 ]
 
 
@@ -541,7 +652,9 @@ def test_unquote_plus_array_matches_the_stdlib_on_random_keys():
         arr = pa.array(keys, pa.string())
         if len(arr) > 2:
             sliced = arr.slice(1, len(arr) - 2)
-            assert unquote_plus_array(sliced).to_pylist() == [None if k is None else unquote_plus(k) for k in sliced.to_pylist()]
+            assert unquote_plus_array(sliced).to_pylist() == [
+                None if k is None else unquote_plus(k) for k in sliced.to_pylist()
+            ]
 
 
 def test_unquote_plus_array_known_cases():
@@ -550,7 +663,6 @@ def test_unquote_plus_array_known_cases():
     # an invalid sequence gets U+FFFD, like the stdlib
     assert unquote_plus_array(pa.array(["x%FFy"])).to_pylist() == ["x\ufffdy"]
     assert unquote_plus_array(pa.chunked_array([["a+b"], ["%41"]])).to_pylist() == ["a b", "A"]
-
 
 
 # any Unicode text (no lone surrogates: S3 keys are UTF-8), percent-encoded the way
@@ -562,6 +674,7 @@ _piece = st.one_of(
     st.sampled_from(PIECES),
     st.binary(max_size=4).map(lambda b: "".join(f"%{x:02X}" for x in b)),
 )
+
 
 @hypothesis.settings(max_examples=200, deadline=None)
 @hypothesis.given(st.lists(st.lists(_piece, max_size=6).map("".join), max_size=20))
@@ -603,8 +716,10 @@ def _csv_parse_threads() -> list:
 
 def big_csv(rows: int, bad_row: Optional[int] = None) -> bytes:
     """A CSV data file of several Arrow blocks (1 MB each); `bad_row` has a field missing."""
-    lines = [row("src", f"people/{i:09d}+x.jpg", str(i)) if i != bad_row else row("src", f"secret-{i}.jpg")
-             for i in range(rows)]
+    lines = [
+        row("src", f"people/{i:09d}+x.jpg", str(i)) if i != bad_row else row("src", f"secret-{i}.jpg")
+        for i in range(rows)
+    ]
     return csv_gz(lines)
 
 

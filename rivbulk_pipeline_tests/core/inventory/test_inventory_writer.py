@@ -1,4 +1,5 @@
 """Writing inventory reports, and reading them back with the reader (all three formats)."""
+
 from __future__ import annotations
 
 import csv
@@ -31,7 +32,7 @@ TRICKY_KEYS = [
     "a%41b.jpg",
     "dir/sub dir/élève 😀.JPG",
     "日本語/写真.png",
-    "comma,quote\"semi;.jpg",
+    'comma,quote"semi;.jpg',
     "trailing/",
 ]
 
@@ -56,7 +57,10 @@ def store(tmp_path: Path) -> FolderStore:
 
 def write(store: FolderStore, objects, **kw) -> str:
     args = dict(
-        source_bucket="src", destination_bucket=DEST, destination_prefix="inventories", config_id="daily",
+        source_bucket="src",
+        destination_bucket=DEST,
+        destination_prefix="inventories",
+        config_id="daily",
         created_at=CREATED,
     )
     args.update(kw)
@@ -74,8 +78,15 @@ def test_round_trip_current_versions(store: FolderStore, fmt: str):
     rows = read_rows(store, write(store, objects, file_format=fmt))
     assert rows == [
         {
-            "bucket": "src", "key": o.key, "version_id": None, "is_latest": None, "is_delete_marker": None,
-            "size": o.size, "last_modified_date": o.last_modified, "e_tag": o.etag, "storage_class": "STANDARD",
+            "bucket": "src",
+            "key": o.key,
+            "version_id": None,
+            "is_latest": None,
+            "is_delete_marker": None,
+            "size": o.size,
+            "last_modified_date": o.last_modified,
+            "e_tag": o.etag,
+            "storage_class": "STANDARD",
         }
         for o in objects
     ]
@@ -153,9 +164,19 @@ def test_csv_data_file_is_written_like_aws(store: FolderStore):
     )
     assert lines[0].split(",")[1] == '"dir/a+b%2Bc%25.jpg"'
     assert lines[1].split(",")[2] == '""'  # the null version: empty, quoted
-    assert all(field.startswith('"') for line in lines for field in next(csv.reader(io.StringIO(line), quoting=csv.QUOTE_NONE)))
+    assert all(
+        field.startswith('"') for line in lines for field in next(csv.reader(io.StringIO(line), quoting=csv.QUOTE_NONE))
+    )
     assert manifest.file_schema == [
-        "Bucket", "Key", "VersionId", "IsLatest", "IsDeleteMarker", "Size", "LastModifiedDate", "ETag", "StorageClass"
+        "Bucket",
+        "Key",
+        "VersionId",
+        "IsLatest",
+        "IsDeleteMarker",
+        "Size",
+        "LastModifiedDate",
+        "ETag",
+        "StorageClass",
     ]
 
 
@@ -192,14 +213,18 @@ def test_columnar_keys_written_encoded_read_back_by_any_mode(store: FolderStore,
     objects = [info("a%41 b+c.jpg"), info("élève.png", 1)]
     manifest_key = write(store, objects, file_format=fmt, columnar_keys_url_encoded=True)
     manifest = load_manifest(store, DEST, manifest_key.rsplit("/", 1)[0])
-    raw = (porc.ORCFile(str(store._path(DEST, manifest.files[0].key))).read() if fmt == "ORC"
-           else pq.read_table(store._path(DEST, manifest.files[0].key)))
+    raw = (
+        porc.ORCFile(str(store._path(DEST, manifest.files[0].key))).read()
+        if fmt == "ORC"
+        else pq.read_table(store._path(DEST, manifest.files[0].key))
+    )
     assert raw.column("key").to_pylist() == ["a%2541+b%2Bc.jpg", "%C3%A9l%C3%A8ve.png"]
     expected = [o.key for o in objects]
     assert [r["key"] for r in read_rows(store, manifest_key)] == expected  # auto
     assert [r["key"] for r in read_rows(store, manifest_key, columnar_keys_url_encoded=True)] == expected
     assert [r["key"] for r in read_rows(store, manifest_key, columnar_keys_url_encoded=False)] == [
-        "a%2541+b%2Bc.jpg", "%C3%A9l%C3%A8ve.png"
+        "a%2541+b%2Bc.jpg",
+        "%C3%A9l%C3%A8ve.png",
     ]
 
 
@@ -262,11 +287,17 @@ def test_created_at_in_another_zone_is_converted_to_utc(store: FolderStore):
 
 @pytest.mark.parametrize("fmt", ["CSV", "ORC", "Parquet"])
 def test_a_listing_in_batches_gives_the_same_rows_as_objects_one_by_one(store: FolderStore, fmt: str):
-    objects = [info(k, i, last_modified=datetime(2026, 11, 1, 12, 0, 0, 123456, tzinfo=timezone.utc) + timedelta(seconds=i))
-               for i, k in enumerate(sorted(TRICKY_KEYS * 3, key=str.encode))]
+    objects = [
+        info(k, i, last_modified=datetime(2026, 11, 1, 12, 0, 0, 123456, tzinfo=timezone.utc) + timedelta(seconds=i))
+        for i, k in enumerate(sorted(TRICKY_KEYS * 3, key=str.encode))
+    ]
     one_by_one = write(store, objects, file_format=fmt, config_id="objects")
-    in_batches = write(store, [listing_batch(objects[:7]), listing_batch([]), listing_batch(objects[7:])],
-                       file_format=fmt, config_id="batches")
+    in_batches = write(
+        store,
+        [listing_batch(objects[:7]), listing_batch([]), listing_batch(objects[7:])],
+        file_format=fmt,
+        config_id="batches",
+    )
 
     def data(manifest_key: str):
         """The data file's rows as written: CSV text, or the ORC/Parquet table with its schema."""

@@ -1,4 +1,5 @@
 """Finding complete inventory reports, and the sensor's cursor, over a real local store."""
+
 from __future__ import annotations
 
 import collections
@@ -11,7 +12,12 @@ import pytest
 
 from rivbulk_pipeline.core.errors import InventoryError
 from rivbulk_pipeline.core.inventory.reader import report_root
-from rivbulk_pipeline.core.inventory.reports import SensorCursor, newest_complete_report, report_folders, scan_for_new_reports
+from rivbulk_pipeline.core.inventory.reports import (
+    SensorCursor,
+    newest_complete_report,
+    report_folders,
+    scan_for_new_reports,
+)
 from rivbulk_pipeline.core.inventory.writer import write_inventory_report
 from rivbulk_pipeline.core.model import ObjectInfo
 from rivbulk_pipeline.resources.object_store import LocalObjectStore

@@ -1,5 +1,6 @@
 """The sensor's scan on S3 (moto): paginated prefix listing, completeness by manifest.checksum,
 a cursor of names that survives deleted and rewritten keys."""
+
 from datetime import datetime, timedelta, timezone
 
 import boto3

@@ -1,4 +1,5 @@
 """core.rules.images: real images made with Pillow, and hand-built PNG headers for the edge cases."""
+
 from __future__ import annotations
 
 import io
@@ -34,9 +35,7 @@ def png_chunk(kind: bytes, payload: bytes) -> bytes:
 def handmade_png(width: int, height: int, idat: bytes) -> bytes:
     """A PNG with valid chunk CRCs whatever the pixel data says (8-bit grayscale)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
-    )
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
 def rejected(image: bytes, location: str = LOCATION) -> ImageRejected:

@@ -1,4 +1,5 @@
 """The tag rules: S3's limits, the case-insensitive merge and lookup, the marker reading."""
+
 from __future__ import annotations
 
 import pytest

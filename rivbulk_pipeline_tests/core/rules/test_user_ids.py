@@ -1,4 +1,5 @@
 """core.rules.user_ids: the ids RIV can index (Rekognition's ExternalImageId), checked before any call."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,9 +14,7 @@ def test_ids_rekognition_takes_pass() -> None:
         assert user_id_problem(user_id) is None, user_id
 
 
-@pytest.mark.parametrize(
-    "user_id", ["bob@example.com", "José", "李小龍", "dave smith", "eve+frank", "o'brien", "a/b"]
-)
+@pytest.mark.parametrize("user_id", ["bob@example.com", "José", "李小龍", "dave smith", "eve+frank", "o'brien", "a/b"])
 def test_ids_that_would_fail_at_index_faces_are_refused_naming_the_rule(user_id: str) -> None:
     problem = user_id_problem(user_id)
     assert problem is not None and RIV_USER_ID_PATTERN in problem

@@ -1,5 +1,6 @@
 """The indexing step over real parts: a folder store, SQLite history, the RIV client against a
 loopback gateway that answers as scripted."""
+
 import random
 
 import pyarrow as pa
@@ -35,8 +36,20 @@ def _qualified(store, users: list[str], properties: dict | None = None) -> pa.Re
         key = f"people/{user}.png"
         etag = store.put_bytes(BUCKET, key, face_image(500 + n))
         store.put_tags(BUCKET, key, {"UserId": user, "Team": "blue"})
-        rows.append(dict(bucket=BUCKET, key=key, version_id=None, size=1, e_tag=etag, qualified=True,
-                         reason="qualified", detail="", user_id=user, properties_ref=(properties or {}).get(user)))
+        rows.append(
+            dict(
+                bucket=BUCKET,
+                key=key,
+                version_id=None,
+                size=1,
+                e_tag=etag,
+                qualified=True,
+                reason="qualified",
+                detail="",
+                user_id=user,
+                properties_ref=(properties or {}).get(user),
+            )
+        )
     return pa.RecordBatch.from_pylist(rows, schema=QUALIFIED_SCHEMA)
 
 
@@ -49,8 +62,9 @@ def _run(parts, batch, owner="run-1", rate=100.0, max_attempts=3):
         gateway=RivHttpGateway(url=riv.url, timeout_seconds=2),
         history=history,
         limiter=RateLimiter(rate),
-        policy=IndexingPolicy(owner=owner, concurrency=4, max_attempts=max_attempts, backoff_base_seconds=0.01,
-                              rng=random.Random(1)),
+        policy=IndexingPolicy(
+            owner=owner, concurrency=4, max_attempts=max_attempts, backoff_base_seconds=0.01, rng=random.Random(1)
+        ),
     )
     return {r["key"].split("/")[1][:-4]: r for b in results for r in b.to_pylist()}
 
@@ -90,7 +104,10 @@ def test_exhausted_retries_are_transient_and_the_next_run_retries_them(parts):
     batch = _qualified(store, ["ann"])
     first = _run(parts, batch, owner="run-1", max_attempts=2)
     assert first["ann"]["outcome"] == "failed_transient" and first["ann"]["attempts"] == 2
-    assert history.lookup([ObjectRef(BUCKET, "people/ann.png")])[ObjectRef(BUCKET, "people/ann.png")].status == HistoryStatus.FAILED_TRANSIENT
+    assert (
+        history.lookup([ObjectRef(BUCKET, "people/ann.png")])[ObjectRef(BUCKET, "people/ann.png")].status
+        == HistoryStatus.FAILED_TRANSIENT
+    )
 
     riv.answer_for("ann", Answer.succeeded())
     second = _run(parts, batch, owner="run-2")
@@ -144,6 +161,15 @@ def test_a_deployment_error_stops_the_run_and_frees_the_claim(parts):
     store, history, provider, _ = parts
     batch = _qualified(store, ["ann"])
     with pytest.raises(DeploymentError, match="needs a region"):
-        list(index_qualified([batch], store=store, provider=provider, gateway=BrokenGateway(), history=history,
-                             limiter=RateLimiter(100), policy=IndexingPolicy(owner="run-1", concurrency=1)))
+        list(
+            index_qualified(
+                [batch],
+                store=store,
+                provider=provider,
+                gateway=BrokenGateway(),
+                history=history,
+                limiter=RateLimiter(100),
+                policy=IndexingPolicy(owner="run-1", concurrency=1),
+            )
+        )
     assert history.claim(ObjectRef(BUCKET, "people/ann.png"), batch.column("e_tag")[0].as_py(), "run-2", 60)

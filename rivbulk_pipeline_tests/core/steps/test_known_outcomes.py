@@ -1,5 +1,6 @@
 """The previous-date shortcut: only final outcomes for the same key, version and ETag skip the
 history; everything else still asks it. Real store, real SQLite history, real stored tables."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +9,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from rivbulk_pipeline.core.model import CANDIDATE_SCHEMA, INDEXED_SCHEMA, QUALIFIED_SCHEMA, HistoryRecord, HistoryStatus, ObjectRef
+from rivbulk_pipeline.core.model import (
+    CANDIDATE_SCHEMA,
+    INDEXED_SCHEMA,
+    QUALIFIED_SCHEMA,
+    HistoryRecord,
+    HistoryStatus,
+    ObjectRef,
+)
 from rivbulk_pipeline.core.steps.known_outcomes import Known, KnownOutcomes, fingerprints, load_previous_outcomes
 from rivbulk_pipeline.core.steps.qualify import Decision, QualifyStats, _decisions_batch, qualify_candidates
 from rivbulk_pipeline.core.steps.tables import table_location, write_table
@@ -54,7 +62,9 @@ def _candidates(etags: dict[str, str], names) -> pa.RecordBatch:
 
 def _store_table(store, asset: str, date: str, schema: pa.Schema, rows: list[dict]) -> None:
     full = [{name: row.get(name) for name in schema.names} for row in rows]
-    write_table(store, table_location(OUT, PREFIX, asset, date), schema, [pa.RecordBatch.from_pylist(full, schema=schema)])
+    write_table(
+        store, table_location(OUT, PREFIX, asset, date), schema, [pa.RecordBatch.from_pylist(full, schema=schema)]
+    )
 
 
 def _row(name: str, etag: str, **fields) -> dict:
@@ -64,7 +74,16 @@ def _row(name: str, etag: str, **fields) -> dict:
 def _final(history, name: str, etag: str, status: HistoryStatus, run: str = "run-0") -> None:
     ref = ObjectRef(BUCKET, f"people/{name}.png")
     assert history.claim(ref, etag, run, 60)
-    history.record(HistoryRecord(ref=ref, etag=etag, status=status, owner=run, user_id=name, reason="no face" if status == HistoryStatus.FAILED_PERMANENT else ""))
+    history.record(
+        HistoryRecord(
+            ref=ref,
+            etag=etag,
+            status=status,
+            owner=run,
+            user_id=name,
+            reason="no face" if status == HistoryStatus.FAILED_PERMANENT else "",
+        )
+    )
 
 
 def _qualify(store, history, provider, batch, known):
@@ -100,11 +119,15 @@ def test_only_unchanged_final_outcomes_skip_the_history(world) -> None:
     _final(history, "edited", etags["edited"], HistoryStatus.INDEXED, run="another-run")
 
     known = load_previous_outcomes(store, OUT, PREFIX, TODAY)
-    assert known is not None and known.source == f"dt={PREVIOUS}" and len(known) == 3  # same, failed, changed (its older ETag)
+    assert (
+        known is not None and known.source == f"dt={PREVIOUS}" and len(known) == 3
+    )  # same, failed, changed (its older ETag)
     decided, stats = _qualify(store, history, provider, _candidates(etags, names), known)
 
     assert (decided["same"]["reason"], decided["failed"]["reason"]) == ("already_indexed", "previously_failed")
-    assert "previous date" in decided["same"]["detail"] and decided["same"]["detail"].startswith(f"s3://{BUCKET}/people/same.png")
+    assert "previous date" in decided["same"]["detail"] and decided["same"]["detail"].startswith(
+        f"s3://{BUCKET}/people/same.png"
+    )
     asked = {uri.rsplit("/", 1)[1][:-4] for uri in history.asked}
     assert asked == {"changed", "transient", "missing", "edited"}  # every row not final-and-unchanged
     assert decided["changed"]["reason"] == "qualified"  # new ETag: tags read, registered again
@@ -117,7 +140,13 @@ def test_only_unchanged_final_outcomes_skip_the_history(world) -> None:
 def test_a_previous_date_never_loaded_means_every_row_asks_the_history(world) -> None:
     store, history, provider, etags = world
     # Only a *later* date has tables: it is not a previous date.
-    _store_table(store, "qualified_objects", "2026-03-05", QUALIFIED_SCHEMA, [_row("same", etags["same"], qualified=False, reason="already_indexed")])
+    _store_table(
+        store,
+        "qualified_objects",
+        "2026-03-05",
+        QUALIFIED_SCHEMA,
+        [_row("same", etags["same"], qualified=False, reason="already_indexed")],
+    )
     assert load_previous_outcomes(store, OUT, PREFIX, TODAY) is None
     _final(history, "same", etags["same"], HistoryStatus.INDEXED)
     decided, stats = _qualify(store, history, provider, _candidates(etags, ["same", "missing"]), None)
@@ -128,10 +157,16 @@ def test_a_previous_date_never_loaded_means_every_row_asks_the_history(world) ->
 
 def test_an_unfinished_previous_date_counts_only_its_qualification(world) -> None:
     store, history, provider, etags = world
-    _store_table(store, "qualified_objects", PREVIOUS, QUALIFIED_SCHEMA, [
-        _row("same", etags["same"], qualified=True, reason="qualified", user_id="same"),
-        _row("failed", etags["failed"], qualified=False, reason="previously_failed"),
-    ])  # fmt: skip  (no indexed_users table: indexing of that date never finished)
+    _store_table(
+        store,
+        "qualified_objects",
+        PREVIOUS,
+        QUALIFIED_SCHEMA,
+        [
+            _row("same", etags["same"], qualified=True, reason="qualified", user_id="same"),
+            _row("failed", etags["failed"], qualified=False, reason="previously_failed"),
+        ],
+    )  # fmt: skip  (no indexed_users table: indexing of that date never finished)
     known = load_previous_outcomes(store, OUT, PREFIX, TODAY)
     assert known is not None and len(known) == 1
     decided, stats = _qualify(store, history, provider, _candidates(etags, ["same", "failed"]), known)

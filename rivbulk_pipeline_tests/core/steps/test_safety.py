@@ -1,5 +1,6 @@
 """Backfills, overlapping runs and bad input are safe (issue 7): the history only moves forward,
 one object never fails the rest, and a deployment fault stops the run without blaming users."""
+
 import random
 
 import pyarrow as pa
@@ -44,13 +45,16 @@ def _put(store, user: str, seed: int, properties: bytes | None = None, full_tags
 
 def _candidates(rows: list[tuple[str, str | None]]) -> pa.RecordBatch:
     return pa.RecordBatch.from_pylist(
-        [dict(bucket=BUCKET, key=key, version_id=None, size=1, e_tag=etag) for key, etag in rows], schema=CANDIDATE_SCHEMA
+        [dict(bucket=BUCKET, key=key, version_id=None, size=1, e_tag=etag) for key, etag in rows],
+        schema=CANDIDATE_SCHEMA,
     )
 
 
 def _qualify(parts, rows, provider=None) -> dict[str, dict]:
     store, history, default_provider, _ = parts
-    batches = qualify_candidates([_candidates(rows)], store=store, provider=provider or default_provider, history=history)
+    batches = qualify_candidates(
+        [_candidates(rows)], store=store, provider=provider or default_provider, history=history
+    )
     return {r["key"]: r for b in batches for r in b.to_pylist()}
 
 
@@ -58,9 +62,15 @@ def _index(parts, qualified: list[dict], owner: str, gateway=None) -> dict[str, 
     store, history, provider, riv = parts
     batch = pa.RecordBatch.from_pylist(qualified, schema=QUALIFIED_SCHEMA)
     results = index_qualified(
-        [batch], store=store, provider=provider, gateway=gateway or RivHttpGateway(url=riv.url, timeout_seconds=2),
-        history=history, limiter=RateLimiter(200),
-        policy=IndexingPolicy(owner=owner, concurrency=4, max_attempts=2, backoff_base_seconds=0.01, rng=random.Random(1)),
+        [batch],
+        store=store,
+        provider=provider,
+        gateway=gateway or RivHttpGateway(url=riv.url, timeout_seconds=2),
+        history=history,
+        limiter=RateLimiter(200),
+        policy=IndexingPolicy(
+            owner=owner, concurrency=4, max_attempts=2, backoff_base_seconds=0.01, rng=random.Random(1)
+        ),
     )
     return {r["key"]: r for b in results for r in b.to_pylist()}
 
@@ -93,7 +103,9 @@ def test_a_final_record_for_the_current_etag_refuses_any_claim(parts):
     key, etag = _put(store, "ann", 1)
     ref = ObjectRef(BUCKET, key)
     assert history.claim(ref, etag, "run-1", 60)
-    history.record(history.lookup([ref])[ref].__class__(ref=ref, etag=etag, status=HistoryStatus.INDEXED, owner="run-1"))
+    history.record(
+        history.lookup([ref])[ref].__class__(ref=ref, etag=etag, status=HistoryStatus.INDEXED, owner="run-1")
+    )
     assert not history.claim(ref, etag, "run-2", 60)
     # a live claim is its run's whatever ETag another run brings
     key2, etag2 = _put(store, "ben", 2)
