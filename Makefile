@@ -16,7 +16,7 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: setup run test test-browser screenshots bench
+.PHONY: setup run test lint test-browser screenshots bench
 setup: $(VENV)/.installed-dev
 
 run: $(VENV)/.installed
@@ -24,6 +24,11 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(VENV)/bin/pytest
+
+# ruff: the format is checked, not applied (`.venv/bin/ruff format .` applies it), and the lint rules pass.
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 
 # The Dagster UI in headless Chromium (Debian's `chromium`: apt-get install -y chromium).
 test-browser: $(VENV)/.installed-dev

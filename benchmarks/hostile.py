@@ -75,8 +75,8 @@ def _sparse(path: str, size: int, head: bytes = b"") -> None:
 def build(home: str, normal: int) -> str:
     """The store of `home` with `normal` tagged face images and the three hostile objects, and
     the inventory report of that date; returns the date."""
-    from rivbulk_pipeline.cli.inventory import write_report
     from rivbulk_pipeline.cli.demo import face_image
+    from rivbulk_pipeline.cli.inventory import write_report
     from rivbulk_pipeline.resources.deployment import store_for
 
     settings = _settings(home)

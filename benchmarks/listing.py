@@ -23,9 +23,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Optional
 
+from rivbulk_pipeline.cli.demo import face_image
 from rivbulk_pipeline.core.inventory.reader import iter_inventory_batches, load_manifest
 from rivbulk_pipeline.core.inventory.reports import report_folders
-from rivbulk_pipeline.cli.demo import face_image
 from rivbulk_pipeline.resources.deployment import store_for
 from rivbulk_pipeline.settings import Settings
 
@@ -98,7 +98,8 @@ def check_report(home: str, objects: int) -> None:
         body = open(os.path.join(settings.local_store_root, settings.image_bucket, key), "rb").read()
         if seen.get(key) != (len(body), hashlib.md5(body).hexdigest()):
             raise AssertionError(
-                f"{key}: the report says {seen.get(key)}, the file is {len(body)} bytes, MD5 {hashlib.md5(body).hexdigest()}"
+                f"{key}: the report says {seen.get(key)}, the file is {len(body)} bytes, MD5"
+                f" {hashlib.md5(body).hexdigest()}"
             )
 
 
@@ -113,7 +114,8 @@ def measure_listing(workdir: str, objects: int, log: Callable[[str], None] = pri
         check_report(home, objects)
         result[case] = {"seconds": seconds, "objects_per_s": objects / seconds, "peak_rss_bytes": rss}
         log(
-            f"  {case.replace('_', ' ')}: {seconds:.1f}s, {objects / seconds:,.0f} objects/s, peak RSS {rss / 1e6:,.0f} MB (report checked)"
+            f"  {case.replace('_', ' ')}: {seconds:.1f}s, {objects / seconds:,.0f} objects/s, peak RSS"
+            f" {rss / 1e6:,.0f} MB (report checked)"
         )
     result["load_after"] = os.getloadavg()[0]
     shutil.rmtree(home, ignore_errors=True)

@@ -10,11 +10,11 @@ from typing import Callable
 
 import pyarrow as pa
 
+from rivbulk_pipeline.cli.demo import face_image
 from rivbulk_pipeline.core.model import QUALIFIED_SCHEMA, Outcome
 from rivbulk_pipeline.core.rules.ratelimit import RateLimiter, max_calls_in_any_window
 from rivbulk_pipeline.core.steps.call_meter import CallMeter
 from rivbulk_pipeline.core.steps.indexing import IndexingPolicy, index_qualified
-from rivbulk_pipeline.cli.demo import face_image
 from rivbulk_pipeline.resources.gateway import RivHttpGateway
 from rivbulk_pipeline.resources.history import SqliteImportHistory
 from rivbulk_pipeline.resources.object_store import LocalObjectStore

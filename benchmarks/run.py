@@ -267,8 +267,10 @@ def build_lines(results: dict[str, dict]) -> list[Line]:
     if "summary" in results:
         r = results["summary"]
         lines.append(Line(
-            "5", f"import_summary: {_rows(r['records'])} history records, {r['dates']} dates x {r['table_rows']:,} rows (best of {r['repeats']})",
-            f"{r['history_seconds'] + r['tables_seconds']:.2f} s (history {r['history_seconds']:.2f} s, tables {r['tables_seconds']:.2f} s)",
+            "5", f"import_summary: {_rows(r['records'])} history records, {r['dates']} dates x {r['table_rows']:,} rows"
+            f" (best of {r['repeats']})",
+            f"{r['history_seconds'] + r['tables_seconds']:.2f} s (history {r['history_seconds']:.2f} s, tables"
+            f" {r['tables_seconds']:.2f} s)",
             "-", f"{r['records'] / max(r['history_seconds'], 1e-9):,.0f} records/s", "-", None,
         ))  # fmt: skip
     if "scale" in results:
@@ -306,7 +308,8 @@ def hostile_lines(r: dict) -> list[Line]:
         added = s["peak_rss_bytes"] - floor
         lines.append(Line(
             "8", f"hostile date, {step}: peak RSS (500 MB properties, 100 MB image, 88 MP PNG, {r['normal']} normal)",
-            _mb(s["peak_rss_bytes"]), "-", f"+{_mb(added)} over a step reading none ({_mb(floor)}); finished: {s['success']}",
+            _mb(s["peak_rss_bytes"]), "-",
+            f"+{_mb(added)} over a step reading none ({_mb(floor)}); finished: {s['success']}",
             f"finished, <= +{_mb(HOSTILE_RSS_ADDED)}", s["success"] and added <= HOSTILE_RSS_ADDED,
         ))  # fmt: skip
     lines.append(Line(
@@ -368,15 +371,15 @@ def format_table(lines: Sequence[Line]) -> str:
     header = Line("#", "measurement", "OURS", "BASELINE", "figure", "target", True)
     cells = [
         [
-            l.number,
-            l.measurement,
-            l.ours,
-            l.baseline,
-            l.figure,
-            l.target,
-            _verdict(l.passed) if l is not header else "result",
+            line.number,
+            line.measurement,
+            line.ours,
+            line.baseline,
+            line.figure,
+            line.target,
+            _verdict(line.passed) if line is not header else "result",
         ]
-        for l in [header, *lines]
+        for line in [header, *lines]
     ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     text = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in cells]
@@ -413,7 +416,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.makedirs(workdir, exist_ok=True)
     load = os.getloadavg()[0]
     print(
-        f"rivbulk benchmark{' (quick)' if args.quick else ''}: {os.cpu_count()} CPUs, load average {load:.2f} at start, "
+        f"rivbulk benchmark{' (quick)' if args.quick else ''}: {os.cpu_count()} CPUs, load average {load:.2f} at"
+        " start, "
         f"Python {platform.python_version()}, pyarrow {pa.__version__}; data in {workdir}",
         flush=True,
     )

@@ -34,12 +34,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
+from rivbulk_pipeline.cli.demo import face_image
 from rivbulk_pipeline.core.inventory.reader import REPORT_FOLDER_FORMAT
 from rivbulk_pipeline.core.model import QUALIFIED_SCHEMA
 from rivbulk_pipeline.core.steps.tables import write_table
-from rivbulk_pipeline.cli.demo import face_image
-from rivbulk_pipeline.resources.history import SqliteImportHistory
 from rivbulk_pipeline.resources.deployment import store_for
+from rivbulk_pipeline.resources.history import SqliteImportHistory
 from rivbulk_pipeline.settings import Settings
 
 ASSETS = ("inventory_report", "batch_manifest", "qualified_objects", "indexed_users")
@@ -291,8 +291,9 @@ def measure_size(
     built = build(home, objects, log=log)
     build_seconds = time.perf_counter() - started
     log(f"  daily run of {objects:,} objects ({built['new']:,} new) ...")
-    command = [sys.executable, "-m", "benchmarks._launch", sys.executable, "-m", "benchmarks.scale", "run", home,
-               built["partition"]] + ([] if previous else ["--no-previous"]) + (["--executor", executor] if executor else [])  # fmt: skip
+    command = [sys.executable, "-m", "benchmarks._launch", sys.executable, "-m", "benchmarks.scale", "run", home]
+    command += [built["partition"], *([] if previous else ["--no-previous"])]
+    command += ["--executor", executor] if executor else []
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     figures = {**lines[-2], **lines[-1], "objects": objects, "new": built["new"], "build_seconds": build_seconds}

@@ -40,7 +40,8 @@ def _history_rows(records: int, rng: np.random.Generator, chunk: int = 100_000) 
         updated = now - rng.uniform(0, 90 * 86400, size=n)
         yield [
             (f"s3://faces/users/{start + i:08d}/portrait.jpg", "null", f"{start + i:032x}", str(statuses[i]),
-             None, "", 1, "run-bench", float(updated[i]), float(updated[i] + 600) if statuses[i] == "claimed" else 0.0, "{}")
+             None, "", 1, "run-bench", float(updated[i]),
+             float(updated[i] + 600) if statuses[i] == "claimed" else 0.0, "{}")
             for i in range(n)
         ]  # fmt: skip
 
@@ -97,7 +98,8 @@ def measure_summary(
     store_root = os.path.join(workdir, "store")
     make_tables(store_root, settings, days, table_rows)
     log(
-        f"  {records:,} history records and {dates} dates x {table_rows:,} rows written in {time.perf_counter() - started:.0f}s"
+        f"  {records:,} history records and {dates} dates x {table_rows:,} rows written in"
+        f" {time.perf_counter() - started:.0f}s"
     )
     store = LocalObjectStore(root=store_root)
     best = None

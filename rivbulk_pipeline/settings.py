@@ -16,8 +16,8 @@ import json
 import os
 import re
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Any, Literal, Mapping, Optional
+from urllib.parse import urlsplit
 
 import dagster as dg
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -92,11 +92,13 @@ class Settings(dg.ConfigurableResource):
     )
     gateway_auth: Literal["none", "api_key", "sigv4"] = _setting(
         "none",
-        "`none`, `api_key` (the key in `RIVBULK_GATEWAY_API_KEY`, environment only) or `sigv4` (IAM, service `execute-api`)",
+        "`none`, `api_key` (the key in `RIVBULK_GATEWAY_API_KEY`, environment only) or `sigv4` (IAM, service"
+        " `execute-api`)",
     )
     gateway_api_key_secret: str = _setting(
         "",
-        "ARN or name of a Secrets Manager secret holding the API key as plain text (for `api_key`; instead of `RIVBULK_GATEWAY_API_KEY`)",
+        "ARN or name of a Secrets Manager secret holding the API key as plain text (for `api_key`; instead of"
+        " `RIVBULK_GATEWAY_API_KEY`)",
     )
     gateway_api_key_header: str = _setting("x-api-key", "the header the API key goes in", min_length=1)
     gateway_timeout_seconds: float = _setting(30.0, "timeout of every gateway call (connect and read), > 0", gt=0)
@@ -125,7 +127,8 @@ class Settings(dg.ConfigurableResource):
     )
     index_rate: float = _setting(
         5.0,
-        "registrations per second across the whole deployment (fractions allowed), > 0; see *One rate for the deployment*",
+        "registrations per second across the whole deployment (fractions allowed), > 0; see *One rate for the"
+        " deployment*",
         gt=0,
     )
     index_concurrency: int = _setting(
@@ -167,7 +170,8 @@ class Settings(dg.ConfigurableResource):
     )
     alert_sns_topic_arn: str = _setting(
         "",
-        "an SNS topic that also receives alerts (failed runs, breached thresholds; counts and codes only). Empty: the UI only",
+        "an SNS topic that also receives alerts (failed runs, breached thresholds; counts and codes only). Empty: the"
+        " UI only",
     )
     columnar_keys_url_encoded: Literal["auto", "true", "false"] = _setting(
         "auto", "whether keys in ORC/Parquet reports are URL-encoded (`true`/`false`); `auto` decides per report"
@@ -206,7 +210,8 @@ class Settings(dg.ConfigurableResource):
         if value and url_holds_credentials(value):
             raise ValueError(
                 "must not hold credentials (`user:password@`) or a query string: Dagster stores settings in every run;"
-                " give a key through RIVBULK_GATEWAY_API_KEY, RIVBULK_GATEWAY_API_KEY_SECRET or the AWS credential chain"
+                " give a key through RIVBULK_GATEWAY_API_KEY, RIVBULK_GATEWAY_API_KEY_SECRET or the AWS credential"
+                " chain"
             )
         return value
 
@@ -228,8 +233,10 @@ class Settings(dg.ConfigurableResource):
         needed = self.gateway_timeout_seconds + self.gateway_workflow_timeout_seconds
         if self.deployment == "aws" and self.claim_lease_seconds <= needed:
             raise ValueError(
-                f"{ENV_PREFIX}CLAIM_LEASE_SECONDS={self.claim_lease_seconds:g} must exceed {ENV_PREFIX}GATEWAY_TIMEOUT_SECONDS"
-                f" + {ENV_PREFIX}GATEWAY_WORKFLOW_TIMEOUT_SECONDS ({needed:g}): a claim could lapse while its call is in flight"
+                f"{ENV_PREFIX}CLAIM_LEASE_SECONDS={self.claim_lease_seconds:g} must exceed"
+                f" {ENV_PREFIX}GATEWAY_TIMEOUT_SECONDS"
+                f" + {ENV_PREFIX}GATEWAY_WORKFLOW_TIMEOUT_SECONDS ({needed:g}): a claim could lapse while its call is"
+                " in flight"
             )
         return self
 

@@ -71,7 +71,7 @@ def location_metadata(
 
 
 def _key(code: str) -> str:
-    """A reason code as a metadata key (`States.DataLimitExceeded` -> `States_DataLimitExceeded`, at most 64 characters)."""
+    """A reason code as a metadata key (`States.DataLimitExceeded` -> `States_DataLimitExceeded`, <= 64 characters)."""
     return re.sub(r"\W+", "_", code).strip("_")[:64] or "none"
 
 

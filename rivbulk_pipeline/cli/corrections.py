@@ -79,11 +79,13 @@ def cmd_where(args: argparse.Namespace, settings: Settings) -> int:
         when = lambda t: datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds") if t else "-"  # noqa: E731
         print(
             f"{record.ref}\n  status {record.status.value}, reason {record.reason or '-'}, attempts {record.attempts},"
-            f" etag {record.etag}, user {record.user_id or '-'}\n  last written {when(record.updated_at)} by {record.owner or '-'}"
+            f" etag {record.etag}, user {record.user_id or '-'}\n  last written {when(record.updated_at)} by"
+            f" {record.owner or '-'}"
         )
         if record.correction:
             print(
-                f"  corrected ({record.correction}) {when(record.corrected_at)} by {record.corrected_by}: {record.correction_why}"
+                f"  corrected ({record.correction}) {when(record.corrected_at)} by {record.corrected_by}:"
+                f" {record.correction_why}"
             )
     for ref in dict.fromkeys(r.__class__(r.bucket, r.key) for r in refs):
         story = object_story(store, settings.output_bucket_name, settings.output_prefix, ref)

@@ -26,7 +26,8 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     workspace = os.path.join(dagster_home, "workspace.yaml")
     with open(workspace, "w") as out:
         out.write(
-            "load_from:\n  - python_module:\n      module_name: rivbulk_pipeline.definitions\n      location_name: rivbulk\n"
+            "load_from:\n  - python_module:\n      module_name: rivbulk_pipeline.definitions\n      location_name:"
+            " rivbulk\n"
         )
     dagster = shutil.which("dagster", path=os.path.dirname(sys.executable)) or shutil.which("dagster") or "dagster"
     command = [dagster, "dev", "-w", workspace, "-h", args.host, "-p", str(args.port)]

@@ -55,7 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     load = commands.add_parser(
         "load",
-        help="load one inventory date as a batch job (no UI, no daemon); the run is recorded in DAGSTER_HOME's instance",
+        help="load one inventory date as a batch job (no UI, no daemon); the run is kept in DAGSTER_HOME's instance",
         description="Exit status: 0 processed, no object failed; 1 the run failed; 2 configuration error, no run; "
         "3 processed, some objects failed; 4 refused: a run of that date is queued or in progress. "
         "Prints a JSON result record when the run starts and when it ends.",

@@ -77,7 +77,9 @@ def run_failure_alert(context: dg.RunFailureSensorContext, settings: Settings) -
 @dg.asset_check(
     asset="indexed_users",
     partitions_def=inventory_dates,
-    description="The date recorded at most RIVBULK_ALERT_PERMANENT_FAILURES permanent failures (warns, and alerts, otherwise).",
+    description=(
+        "The date recorded at most RIVBULK_ALERT_PERMANENT_FAILURES permanent failures (warns, and alerts, otherwise)."
+    ),
 )
 def indexed_users_permanent_failures_within_threshold(
     context: dg.AssetCheckExecutionContext, settings: Settings, store: ObjectStoreResource

@@ -60,7 +60,9 @@ def inventory_age_result(
 
 @dg.asset_check(
     asset=inventory_report,
-    description="The newest complete S3 Inventory report is at most RIVBULK_INVENTORY_MAX_AGE_HOURS old (warns otherwise).",
+    description=(
+        "The newest complete S3 Inventory report is at most RIVBULK_INVENTORY_MAX_AGE_HOURS old (warns otherwise)."
+    ),
     automation_condition=HOURLY,
 )
 def inventory_is_fresh(settings: Settings, store: ObjectStoreResource) -> dg.AssetCheckResult:

@@ -32,8 +32,8 @@ from ..core.steps.tables import open_table
 from ..resources.history import ImportHistoryResource
 from ..resources.object_store import ObjectStoreResource
 from ..settings import Settings
-from .assets import GROUP, indexed_users, qualified_objects
 from ..ui_metadata import column_schema
+from .assets import GROUP, indexed_users, qualified_objects
 from .partitions import inventory_dates
 
 DATES_SHOWN = 90  # newest dates in the UI table (the stored table has all)

@@ -14,9 +14,9 @@ import pandas as pd
 import pyarrow as pa
 
 from ..core.steps.tables import TableLocation, open_table, write_table
-from .object_store import ObjectStoreResource
 from ..settings import Settings
 from ..ui_metadata import location_metadata
+from .object_store import ObjectStoreResource
 
 PARTITION_COLUMN = "inventory_date"  # added when several partitions are read as one DataFrame
 
@@ -35,7 +35,8 @@ class StoredTableIOManager(dg.ConfigurableIOManager):
             return  # nothing to store (e.g. an op with no value)
         if not isinstance(obj, pd.DataFrame):
             raise TypeError(
-                f"{context.asset_key.to_user_string()}: the stored-table IO manager stores pandas DataFrames, not {type(obj).__name__}"
+                f"{context.asset_key.to_user_string()}: the stored-table IO manager stores pandas DataFrames, not"
+                f" {type(obj).__name__}"
             )
         partition = context.asset_partition_key if context.has_asset_partitions else None
         location = self._location(context.asset_key, partition)

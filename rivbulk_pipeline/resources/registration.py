@@ -128,7 +128,8 @@ class CustomRegistrationProvider(RegistrationProviderResource):
             ) from None
         except BotoCoreError as error:
             raise DeploymentError(
-                f"{OPTIONS_VARIABLE}: option {option!r}: cannot read the secret {name!r} from Secrets Manager: {type(error).__name__}"
+                f"{OPTIONS_VARIABLE}: option {option!r}: cannot read the secret {name!r} from Secrets Manager:"
+                f" {type(error).__name__}"
             ) from None
         if value is None:
             raise DeploymentError(f"{OPTIONS_VARIABLE}: option {option!r}: the secret {name!r} has no SecretString")

@@ -9,10 +9,10 @@ from typing import Any, NamedTuple
 import dagster as dg
 import pytest
 
+from rivbulk_pipeline.cli.demo import create_demo
 from rivbulk_pipeline.core.inventory.reports import report_folders
 from rivbulk_pipeline.defs.partitions import inventory_dates
 from rivbulk_pipeline.resources.deployment import build_resources
-from rivbulk_pipeline.cli.demo import create_demo
 from rivbulk_pipeline.settings import Settings
 from rivbulk_pipeline_tests.support.clock import NOW
 

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rivbulk_pipeline.defs.assets import bulk_load_assets
 from rivbulk_pipeline.core.steps.tables import table_location
+from rivbulk_pipeline.defs.assets import bulk_load_assets
 from rivbulk_pipeline.defs.checks import (
     bulk_load_checks,
     indexed_users_carry_the_indexed_tag,

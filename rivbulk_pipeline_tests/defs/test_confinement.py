@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from rivbulk_pipeline.cli.demo import face_image
 from rivbulk_pipeline.core.errors import AccessDenied
 from rivbulk_pipeline.core.inventory.batch_manifest import OTHER_BUCKET, candidate_mask, exclusion_reasons
 from rivbulk_pipeline.core.model import CANDIDATE_SCHEMA, INVENTORY_SCHEMA
@@ -21,7 +22,6 @@ from rivbulk_pipeline.core.steps.tables import table_location, write_table
 from rivbulk_pipeline.defs.assets import bulk_load_assets
 from rivbulk_pipeline.defs.partitions import inventory_dates
 from rivbulk_pipeline.resources.deployment import build_resources
-from rivbulk_pipeline.cli.demo import face_image
 from rivbulk_pipeline.resources.history import SqliteImportHistory
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 from rivbulk_pipeline.resources.registration import S3TagRegistrationProvider

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import dagster as dg
 
+from rivbulk_pipeline.cli.demo import create_demo
 from rivbulk_pipeline.core.inventory.reports import report_folders
 from rivbulk_pipeline.defs.pools import GATEWAY_POOL
 from rivbulk_pipeline.resources.deployment import build_resources
-from rivbulk_pipeline.cli.demo import create_demo
 
 
 def bulk_load_job() -> dg.JobDefinition:

@@ -29,7 +29,9 @@ from moto.moto_api import recorder
 from moto.server import ThreadedMotoServer
 
 from rivbulk_pipeline.cli import main
+from rivbulk_pipeline.cli.demo import DEMO_CASES, OTHER_BUCKET, face_image, populate_images, preregister
 from rivbulk_pipeline.core.errors import DeploymentError
+from rivbulk_pipeline.core.inventory.reports import report_folders
 from rivbulk_pipeline.core.model import (
     CANDIDATE_SCHEMA,
     INDEXED_SCHEMA,
@@ -39,13 +41,10 @@ from rivbulk_pipeline.core.model import (
     Outcome,
     Reason,
 )
-from rivbulk_pipeline.core.inventory.reports import report_folders
 from rivbulk_pipeline.core.rules.tags import tag_lookup
 from rivbulk_pipeline.defs.partitions import inventory_dates
 from rivbulk_pipeline.resources.deployment import build_resources
-from rivbulk_pipeline.cli.demo import DEMO_CASES, OTHER_BUCKET, face_image, populate_images, preregister
 from rivbulk_pipeline.settings import Settings
-
 from rivbulk_pipeline_tests.support.aws_deployment import (
     ACCESS_KEY,
     API_KEY,

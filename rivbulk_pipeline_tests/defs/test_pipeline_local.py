@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-
 import dagster as dg
 import pyarrow.parquet as pq
 
+from rivbulk_pipeline.cli.demo import DEMO_CASES
 from rivbulk_pipeline.core.inventory.reports import report_folders
 from rivbulk_pipeline.core.model import Outcome
 from rivbulk_pipeline.defs.assets import bulk_load_assets
 from rivbulk_pipeline.defs.checks import bulk_load_checks
 from rivbulk_pipeline.defs.partitions import inventory_dates
-from rivbulk_pipeline.cli.demo import DEMO_CASES
 
 
 def _table(home, settings, asset: str, partition: str) -> list[dict]:

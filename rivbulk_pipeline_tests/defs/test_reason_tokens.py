@@ -11,16 +11,16 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rivbulk_pipeline.cli.demo import face_image
 from rivbulk_pipeline.cli.inventory import write_report
 from rivbulk_pipeline.core.rules.gateway_errors import KNOWN_ERRORS
 from rivbulk_pipeline.core.rules.reasons import shown_code
 from rivbulk_pipeline.core.steps.summary import reason_codes
 from rivbulk_pipeline.defs.assets import bulk_load_assets
-from rivbulk_pipeline.ui_metadata import FailedRows
 from rivbulk_pipeline.defs.partitions import inventory_dates
 from rivbulk_pipeline.resources.deployment import build_resources
-from rivbulk_pipeline.cli.demo import face_image
 from rivbulk_pipeline.resources.gateway import RivHttpGateway
+from rivbulk_pipeline.ui_metadata import FailedRows
 from rivbulk_pipeline_tests.support.gateway_server import Answer, FakeRivGateway
 
 NAMED = "Mallory Smith is on the watch list and may not enrol"  # a gateway's sentence, no colon

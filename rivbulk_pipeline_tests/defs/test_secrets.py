@@ -17,6 +17,7 @@ import dagster as dg
 import pytest
 from moto import mock_aws
 
+from rivbulk_pipeline.cli.demo import face_image
 from rivbulk_pipeline.cli.inventory import write_report
 from rivbulk_pipeline.core.errors import DeploymentError
 from rivbulk_pipeline.core.model import RegistrationInfo
@@ -24,7 +25,6 @@ from rivbulk_pipeline.core.rules.tags import tag_lookup
 from rivbulk_pipeline.defs.assets import bulk_load_assets
 from rivbulk_pipeline.defs.partitions import inventory_dates
 from rivbulk_pipeline.resources.deployment import build_resources
-from rivbulk_pipeline.cli.demo import face_image
 from rivbulk_pipeline.resources.registration import CustomRegistrationProvider
 from rivbulk_pipeline.settings import Settings, SettingsError
 from rivbulk_pipeline_tests.support.aws import fake_aws
@@ -117,8 +117,12 @@ def test_secrets_given_by_reference_reach_the_provider_and_no_storage(roster_env
         assert secret not in stored
 
     # The scan finds a secret stored the way a literal option would be: it can fail.
-    leaky = dict(resources, registration=CustomRegistrationProvider(
-        class_path=settings.provider, options={"dsn": DSN, "token": TOKEN, "team": "blue"}, store=resources["store"]))  # fmt: skip
+    leaky = dict(
+        resources,
+        registration=CustomRegistrationProvider(
+            class_path=settings.provider, options={"dsn": DSN, "token": TOKEN, "team": "blue"}, store=resources["store"]
+        ),
+    )
     assert _load(leaky, date, tmp_path / "leaky_home").success
     leaked = storage_text(tmp_path / "leaky_home")
     assert DSN in leaked and TOKEN in leaked

@@ -8,12 +8,12 @@ from typing import Any, Optional
 import dagster as dg
 import pytest
 
+from rivbulk_pipeline.cli.demo import write_report
 from rivbulk_pipeline.core.inventory.reports import report_folders
 from rivbulk_pipeline.defs.jobs import bulk_load_job
 from rivbulk_pipeline.defs.partitions import inventory_dates
-from rivbulk_pipeline.resources.deployment import build_resources
 from rivbulk_pipeline.defs.sensors import inventory_report_sensor
-from rivbulk_pipeline.cli.demo import write_report
+from rivbulk_pipeline.resources.deployment import build_resources
 
 # Relative to the real clock: the sensor keeps an incomplete report pending for a week from now.
 TODAY = datetime.now(timezone.utc).date()

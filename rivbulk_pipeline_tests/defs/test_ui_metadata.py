@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from rivbulk_pipeline.cli.demo import DEMO_CASES
 from rivbulk_pipeline.core.model import (
     CANDIDATE_SCHEMA,
     INDEXED_SCHEMA,
@@ -25,10 +26,9 @@ from rivbulk_pipeline.core.model import (
 )
 from rivbulk_pipeline.defs.assets import bulk_load_assets, indexed_users
 from rivbulk_pipeline.defs.inventory_freshness import inventory_age_result, inventory_is_fresh
-from rivbulk_pipeline.ui_metadata import FailedRows
 from rivbulk_pipeline.defs.partitions import inventory_dates
 from rivbulk_pipeline.defs.summary import import_summary
-from rivbulk_pipeline.cli.demo import DEMO_CASES
+from rivbulk_pipeline.ui_metadata import FailedRows
 from rivbulk_pipeline_tests.support.clock import NOW
 
 NEWEST, OLDEST = "2026-11-22", "2026-11-19"

@@ -20,13 +20,12 @@ import requests
 from moto.server import ThreadedMotoServer
 
 from rivbulk_pipeline.cli import main
+from rivbulk_pipeline.cli.demo import face_image
 from rivbulk_pipeline.core.inventory.writer import write_inventory_report
 from rivbulk_pipeline.core.rules.ratelimit import max_calls_in_any_window
 from rivbulk_pipeline.defs.partitions import inventory_dates
 from rivbulk_pipeline.resources.deployment import build_resources
-from rivbulk_pipeline.cli.demo import face_image
 from rivbulk_pipeline.settings import Settings
-
 from rivbulk_pipeline_tests.support.dev_server import POLL_SECONDS, DevServer, finished_backfill, launch_backfill
 from rivbulk_pipeline_tests.support.riv_standin import RivStandInProcess
 from rivbulk_pipeline_tests.support.waiting import wait_for
@@ -93,7 +92,7 @@ def _write_dates(settings: Settings) -> set[str]:
     for bucket in (settings.image_bucket, settings.inventory_bucket):
         store.create_bucket(bucket)
     users = set()
-    for day, date in enumerate(DATES):
+    for day, _date in enumerate(DATES):
         for n in range(USERS_PER_DATE):
             user = f"user-{day}-{n}"
             key = f"day{day}/{user}.png"
@@ -173,7 +172,8 @@ def test_a_backfill_of_three_dates_keeps_one_gateway_rate_and_registers_everyone
             ordered = sorted(times)
             spans = [round(b - a, 3) for a, b in zip(ordered, ordered[RATE:])]  # RATE + 1 calls apart
             print(
-                f"shortest span of {RATE + 1} consecutive calls: {min(spans)}s; gaps: {[round(b - a, 3) for a, b in zip(ordered, ordered[1:])]}"
+                f"shortest span of {RATE + 1} consecutive calls: {min(spans)}s; gaps:"
+                f" {[round(b - a, 3) for a, b in zip(ordered, ordered[1:])]}"
             )
             assert max_calls_in_any_window(times) <= RATE, spans  # the gateway's own clock
             assert riv.registrations == {user: 1 for user in users}  # everyone once, nobody twice

@@ -16,9 +16,8 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from rivbulk_pipeline.cli import main
-from rivbulk_pipeline.defs.partitions import inventory_dates
 from rivbulk_pipeline.cli.demo import create_demo, populate_images, preregister
-
+from rivbulk_pipeline.defs.partitions import inventory_dates
 from rivbulk_pipeline_tests.support.aws_deployment import (
     API_KEY,
     REGION,

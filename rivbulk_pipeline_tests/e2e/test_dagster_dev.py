@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import requests
 
-from rivbulk_pipeline.core.inventory.reports import report_folders
 from rivbulk_pipeline.cli.demo import DEMO_CASES, PREREGISTERED
+from rivbulk_pipeline.core.inventory.reports import report_folders
 from rivbulk_pipeline.resources.gateway import LocalRegistryGateway
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 from rivbulk_pipeline.settings import Settings

@@ -31,7 +31,6 @@ import pytest
 import yaml
 
 from rivbulk_pipeline.defs.pools import GATEWAY_POOL
-
 from rivbulk_pipeline_tests.support.dev_server import DevServer
 from rivbulk_pipeline_tests.support.production_world import (
     BIN,

@@ -11,11 +11,11 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 import pytest
 
+from rivbulk_pipeline.cli.demo import face_image, write_report
 from rivbulk_pipeline.core.model import HistoryStatus
 from rivbulk_pipeline.defs.assets import bulk_load_assets
 from rivbulk_pipeline.defs.partitions import inventory_dates
 from rivbulk_pipeline.resources.deployment import build_resources
-from rivbulk_pipeline.cli.demo import face_image, write_report
 from rivbulk_pipeline.settings import Settings
 
 USERS = 60

@@ -18,11 +18,10 @@ from typing import Iterator, Optional
 import dagster as dg
 import pytest
 
-from rivbulk_pipeline.core.rules.tags import tag_lookup
 from rivbulk_pipeline.cli.demo import DEMO_CASES
 from rivbulk_pipeline.cli.load import EXIT_CONFIGURATION, EXIT_OBJECTS_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_RUN_FAILED
+from rivbulk_pipeline.core.rules.tags import tag_lookup
 from rivbulk_pipeline.run_launchers import PID_TAG
-
 from rivbulk_pipeline_tests.support.production_world import BIN, World, add_date, production_world
 
 pytestmark = pytest.mark.timeout(300)

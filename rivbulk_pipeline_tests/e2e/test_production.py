@@ -27,7 +27,6 @@ from botocore.awsrequest import AWSResponse
 from dagster_aws.ecs import EcsRunLauncher
 
 from rivbulk_pipeline.cli.demo import DEMO_CASES
-
 from rivbulk_pipeline_tests.support.production_world import (
     API_KEY,
     BIN,

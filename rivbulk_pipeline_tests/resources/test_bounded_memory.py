@@ -104,6 +104,7 @@ from PIL import ImageFile  # noqa: E402
 
 from benchmarks.hostile import HOSTILE, declared_png  # noqa: E402
 from benchmarks.run import Sizes, build_lines, run_measurements  # noqa: E402
+from rivbulk_pipeline.cli.demo import face_image  # noqa: E402
 from rivbulk_pipeline.core.errors import ImageRejected  # noqa: E402
 from rivbulk_pipeline.core.model import CANDIDATE_SCHEMA, QUALIFIED_SCHEMA  # noqa: E402
 from rivbulk_pipeline.core.rules import images  # noqa: E402
@@ -111,7 +112,6 @@ from rivbulk_pipeline.core.rules.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from rivbulk_pipeline.core.rules.ratelimit import RateLimiter  # noqa: E402
 from rivbulk_pipeline.core.steps.indexing import IndexingPolicy, index_qualified  # noqa: E402
 from rivbulk_pipeline.core.steps.qualify import QualifyStats, qualify_candidates  # noqa: E402
-from rivbulk_pipeline.cli.demo import face_image  # noqa: E402
 from rivbulk_pipeline.resources.gateway import LocalRegistryGateway  # noqa: E402
 from rivbulk_pipeline.resources.history import SqliteImportHistory  # noqa: E402
 from rivbulk_pipeline.resources.registration import S3TagRegistrationProvider  # noqa: E402
@@ -189,10 +189,19 @@ def test_indexing_refuses_an_image_over_5_mb_from_its_size_when_the_inventory_ga
         [dict(row, qualified=True, reason="qualified", detail="", user_id=row["key"][7:-4], properties_ref=None)
          for row in candidates.to_pylist()], schema=QUALIFIED_SCHEMA)  # fmt: skip
     before = _peak_rss_now()
-    out = {r["key"]: r for b in index_qualified(
-        [qualified], store=store, provider=provider, gateway=LocalRegistryGateway(db_path=str(root.parent.parent / "registry.sqlite")),
-        history=history, limiter=RateLimiter(1000.0), policy=IndexingPolicy(owner="run-1", concurrency=2, rng=random.Random(1)),
-    ) for r in b.to_pylist()}  # fmt: skip
+    out = {
+        r["key"]: r
+        for b in index_qualified(
+            [qualified],
+            store=store,
+            provider=provider,
+            gateway=LocalRegistryGateway(db_path=str(root.parent.parent / "registry.sqlite")),
+            history=history,
+            limiter=RateLimiter(1000.0),
+            policy=IndexingPolicy(owner="run-1", concurrency=2, rng=random.Random(1)),
+        )
+        for r in b.to_pylist()
+    }
     assert out["people/ok.png"]["outcome"] == "indexed"
     huge = out["people/huge.png"]
     assert huge["outcome"] == "failed_permanent" and huge["attempts"] == 0

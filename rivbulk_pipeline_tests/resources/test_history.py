@@ -31,7 +31,8 @@ from rivbulk_pipeline.resources.history import (
     record_item_size,
 )
 from rivbulk_pipeline.resources.history.sqlite import LOOKUP_QUERY as SQLITE_LOOKUP_QUERY
-from rivbulk_pipeline_tests.support.aws import HISTORY_TABLE as TABLE, REGION
+from rivbulk_pipeline_tests.support.aws import HISTORY_TABLE as TABLE
+from rivbulk_pipeline_tests.support.aws import REGION
 
 
 def ref(key: str, version_id: str | None = None) -> ObjectRef:

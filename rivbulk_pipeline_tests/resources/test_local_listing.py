@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from rivbulk_pipeline.core.model import LISTING_SCHEMA
-from rivbulk_pipeline.resources.object_store import LocalObjectStore
-from rivbulk_pipeline.resources.object_store import local_listing
+from rivbulk_pipeline.resources.object_store import LocalObjectStore, local_listing
 
 BUCKET = "images"
 
@@ -110,7 +109,7 @@ def test_a_cached_etag_is_used_only_while_the_file_keeps_its_stat_signature(
     local: LocalObjectStore, tmp_path: Path, in_processes: None
 ) -> None:
     root = tmp_path / "store"
-    files = copy_many(root, 100)
+    copy_many(root, 100)
     listed_rows(local)
     # Plant a wrong ETag for one file: a listing that trusts the cache says it back...
     key = "people/01/00008 é+.png"

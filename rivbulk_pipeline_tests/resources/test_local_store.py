@@ -7,8 +7,8 @@ its key limits, the files on disk, atomic writes, hand-copied files, threads and
 
 from __future__ import annotations
 
-import os
 import multiprocessing
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta

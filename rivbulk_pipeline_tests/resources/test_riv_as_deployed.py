@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 import requests
 
+from rivbulk_pipeline.cli.demo import face_image
 from rivbulk_pipeline.core.errors import DeploymentError
 from rivbulk_pipeline.core.model import QUALIFIED_SCHEMA, HistoryStatus, ObjectRef, Outcome
 from rivbulk_pipeline.core.rules.ratelimit import RateLimiter, max_calls_in_any_window
@@ -20,12 +21,10 @@ from rivbulk_pipeline.core.rules.riv_protocol import largest_inline_image
 from rivbulk_pipeline.core.steps.call_meter import CallMeter
 from rivbulk_pipeline.core.steps.indexing import OUTCOME_UNKNOWN, SETTLED, IndexingPolicy, index_qualified
 from rivbulk_pipeline.core.steps.qualify import decide_one
-from rivbulk_pipeline.cli.demo import face_image
 from rivbulk_pipeline.resources.gateway import LocalRegistryGateway, RivHttpGateway
 from rivbulk_pipeline.resources.history import SqliteImportHistory
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 from rivbulk_pipeline.resources.registration import S3TagRegistrationProvider
-
 from rivbulk_pipeline_tests.support.riv_standin import RivStandIn, make_png
 
 BUCKET = "faces"

@@ -23,7 +23,6 @@ from rivbulk_pipeline.core.errors import DeploymentError
 from rivbulk_pipeline.core.model import GatewayResult, ObjectRef, Outcome
 from rivbulk_pipeline.core.rules.riv_protocol import DETECT_FACES_RESULT_RESERVE
 from rivbulk_pipeline.resources.gateway import GatewayResource, RivHttpGateway
-
 from rivbulk_pipeline_tests.support.gateway_server import Answer, FakeRivGateway, SigV4Expectation
 
 PROPS = {"name": "Private Person", "employee": "E-1234"}

@@ -227,8 +227,14 @@ def check_backlog_alert(d: Deployment, queue_url: str) -> None:
     result = backlog_result(d.settings, {"transient_backlog": 3, "oldest_unresolved_failure_age_hours": 50.0}, 0.0, 0.0)
     assert not result.passed and result.severity == dg.AssetCheckSeverity.WARN
     alerts = _messages(d, queue_url)
-    assert alerts == [{"alert": "transient backlog older than threshold", "oldest_age_hours": 50.0,
-                       "threshold_hours": d.settings.alert_transient_backlog_hours, "transient_backlog": 3}]  # fmt: skip
+    assert alerts == [
+        {
+            "alert": "transient backlog older than threshold",
+            "oldest_age_hours": 50.0,
+            "threshold_hours": d.settings.alert_transient_backlog_hours,
+            "transient_backlog": 3,
+        }
+    ]
 
 
 __all__ = ["Deployment", "ObjectRef", "alert_queue", "check_backlog_alert", "run_scenario"]

@@ -10,8 +10,9 @@
 Choice of answer per request: the scripted queue first, then the per-user answer, then the
 default (or, with `emulate_registry=True`, the registry's rules: an image already registered
 to another user -> FAILED UserAlreadyExists). For RIV's whole register path (its mapping, its
-workflow's errors, check-userid, its latency), use `riv_standin.RivStandIn`. Every request is recorded (`requests`); `registrations` counts
-SUCCEEDED answers per user honestly: a repeated call that succeeds again counts again.
+workflow's errors, check-userid, its latency), use `riv_standin.RivStandIn`. Every request is
+recorded (`requests`); `registrations` counts SUCCEEDED answers per user honestly: a repeated call
+that succeeds again counts again.
 
 Auth checks (answer 403 without recording a registration): `api_key=` expects that key in
 `api_key_header`; `sigv4=SigV4Expectation(...)` recomputes the SigV4 signature with botocore

@@ -9,6 +9,7 @@ system user, the way pgserver does it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -16,7 +17,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
-import contextlib
 
 from pgserver._commands import POSTGRES_BIN_PATH
 from pgserver.utils import ensure_prefix_permissions, ensure_user_exists

@@ -26,14 +26,14 @@ import pytest
 import requests
 from moto.server import ThreadedMotoServer
 
+from rivbulk_pipeline.cli.demo import DEMO_CASES, face_image, populate_images, preregister
 from rivbulk_pipeline.core.inventory.writer import write_inventory_report
 from rivbulk_pipeline.core.rules.tags import tag_lookup
 from rivbulk_pipeline.resources.deployment import build_resources
-from rivbulk_pipeline.cli.demo import DEMO_CASES, face_image, populate_images, preregister
 from rivbulk_pipeline.settings import Settings
 
-from .riv_standin import RivStandIn
 from .postgres_server import PostgresServer, running_postgres
+from .riv_standin import RivStandIn
 from .waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]

@@ -144,7 +144,9 @@ BOTO_MESSAGES = {
     "InvalidParameterException": "Request has invalid parameters",
     "InvalidImageFormatException": "Request has invalid image format",
     "ImageTooLargeException": "Image size is too large.",
-    "InvalidS3ObjectException": "Unable to get object metadata from S3. Check object key, region and/or access permissions.",
+    "InvalidS3ObjectException": (
+        "Unable to get object metadata from S3. Check object key, region and/or access permissions."
+    ),
 }
 
 
@@ -657,7 +659,9 @@ class RivStandIn:
     ) -> dict[str, Any]:
         stop = time.time()
         answer: dict[str, Any] = {
-            "executionArn": f"arn:aws:states:{REGION}:{ACCOUNT}:express:{STATE_MACHINE}:{execution.name}:{execution.name}",
+            "executionArn": (
+                f"arn:aws:states:{REGION}:{ACCOUNT}:express:{STATE_MACHINE}:{execution.name}:{execution.name}"
+            ),
             "stateMachineArn": STATE_MACHINE_ARN,
             "name": execution.name,
             "startDate": round(execution.start, 3),
@@ -784,7 +788,8 @@ class RivStandIn:
             raise _lambda_error(
                 "index",
                 "ParamValidationError",
-                "Parameter validation failed:\nInvalid length for parameter ExternalImageId, value: 0, valid min length: 1",
+                "Parameter validation failed:\nInvalid length for parameter ExternalImageId, value: 0, valid min"
+                " length: 1",
             )
         if len(user_id) > EXTERNAL_IMAGE_ID_MAX or not EXTERNAL_IMAGE_ID.fullmatch(user_id):
             with self._lock:
@@ -1096,7 +1101,10 @@ def _boto_error(step: str, code: str) -> _StepError:
         if code in {"ThrottlingException", "ProvisionedThroughputExceededException", "InternalServerError"}
         else ""
     )
-    message = f"An error occurred ({code}) when calling the {OPERATIONS[step]} operation{retries}: {BOTO_MESSAGES.get(code, code)}"
+    operation = OPERATIONS[step]
+    message = (
+        f"An error occurred ({code}) when calling the {operation} operation{retries}: {BOTO_MESSAGES.get(code, code)}"
+    )
     return _lambda_error(step, name, message)
 
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..model import CANDIDATE_SCHEMA
-from .keys import string_buffers, quote_array
+from .keys import quote_array, string_buffers
 
 MANIFEST_FORMAT = "S3BatchOperations_CSV_20180820"
 IMAGE_KEY_RE = r"\.(png|jpe?g)$"  # matched case-insensitively: Rekognition takes JPEG and PNG

@@ -44,7 +44,8 @@ def parse_properties(raw: bytes, location: str, max_bytes: int = DEFAULT_MAX_PRO
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RegistrationRejected(
             Reason.BAD_PROPERTIES,
-            f"{location}: properties file is not UTF-8 JSON ({type(exc).__name__} at byte {getattr(exc, 'pos', getattr(exc, 'start', '?'))})",
+            f"{location}: properties file is not UTF-8 JSON ({type(exc).__name__} at byte"
+            f" {getattr(exc, 'pos', getattr(exc, 'start', '?'))})",
         ) from None
     if not isinstance(value, dict):
         raise RegistrationRejected(

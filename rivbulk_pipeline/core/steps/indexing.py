@@ -228,7 +228,7 @@ class _Indexer:
             attempts += 1
             sent_at: list[float] = []
 
-            def pace() -> None:
+            def pace(sent_at: list[float] = sent_at) -> None:
                 # Renewed as the call is about to leave: the claim outlives the call, and a lapsed
                 # one stops it. Before the token, so nothing slow sits between the token and the send.
                 if not self.history.renew(ref, self.policy.owner, self.policy.lease_seconds):

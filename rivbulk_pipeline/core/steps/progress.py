@@ -44,5 +44,6 @@ class Progress:
         if self.total:
             eta = (self.total - self.done) / rate if rate > 0 else float("inf")
             eta_text = f"{eta:.0f}s" if eta != float("inf") else "unknown"
-            return f"{self.step}: {self.done}/{self.total} ({100 * self.done / self.total:.0f}%) at {rate:.1f}/s, ETA {eta_text}"
+            share = f"{100 * self.done / self.total:.0f}%"
+            return f"{self.step}: {self.done}/{self.total} ({share}) at {rate:.1f}/s, ETA {eta_text}"
         return f"{self.step}: {self.done} done at {rate:.1f}/s"

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import AccessDenied, DeploymentError, ObjectNotFound, ObjectTooLarge, RegistrationRejected, StoreError
-from ..model import NULL_VERSION, QUALIFIED_SCHEMA, HistoryStatus, ObjectRef, Reason
+from ..model import QUALIFIED_SCHEMA, HistoryStatus, ObjectRef, Reason
 from ..ports import ImportHistory, ObjectStore, RegistrationProvider
 from ..rules.images import MAX_IMAGE_BYTES, TOO_LARGE
 from ..rules.reasons import reason_token
@@ -25,7 +25,6 @@ from ..rules.tags import is_true_marker, tag_lookup
 from ..rules.user_ids import RIV_USER_ID_PATTERN, registry_user_id, user_id_problem
 from .known_outcomes import Known, KnownOutcomes, history_keys
 from .progress import Progress
-
 
 _READS_QUEUED = 2_048
 _FAILED_BEFORE = ": failed permanently before with this ETag ("

@@ -7,7 +7,6 @@ from collections.abc import Callable, Mapping
 from typing import Optional
 
 import dagster as dg
-
 from pydantic import Field
 
 from ...core.errors import ImageRejected

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Mapping
 from http.cookiejar import DefaultCookiePolicy
@@ -182,7 +181,8 @@ class RivHttpGateway(GatewayResource):
             ) from None
         except BotoCoreError as error:
             raise DeploymentError(
-                f"RivHttpGateway: cannot read the API key secret {secret_id!r} from Secrets Manager: {type(error).__name__}"
+                f"RivHttpGateway: cannot read the API key secret {secret_id!r} from Secrets Manager:"
+                f" {type(error).__name__}"
             ) from None
         if not value or not value.strip():
             raise DeploymentError(

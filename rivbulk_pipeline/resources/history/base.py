@@ -22,7 +22,6 @@ from ...core.model import (
 )
 from ...core.rules.limits import DYNAMODB_ITEM_LIMIT, dynamodb_item_size
 
-
 LOOKUP_SCHEMA = HISTORY_LOOKUP_SCHEMA
 MAX_ITEM_BYTES = DYNAMODB_ITEM_LIMIT
 MAX_PARTITION_KEY_BYTES = 2048

@@ -21,12 +21,9 @@ from ...core.model import CORRECTION_FIELDS, HistoryRecord, HistoryStatus, Objec
 from ...core.rules.limits import dynamodb_item_size
 from ...core.steps.known_outcomes import combined_hash
 from ..aws import AwsClients
-
 from .base import (
     CHANGES_SCHEMA,
     LOOKUP_SCHEMA,
-    correction_attrs,
-    reopened_reason,
     ClaimLost,
     ImportHistoryResource,
     _check_item,
@@ -37,8 +34,9 @@ from .base import (
     _record_from_row,
     _summary_schema,
     _unique_keys,
+    correction_attrs,
+    reopened_reason,
 )
-
 
 _KEY_SCHEMA = [
     {"AttributeName": "object_uri", "KeyType": "HASH"},
@@ -278,7 +276,8 @@ class DynamoImportHistory(ImportHistoryResource):
             code = _error_code(error)
             if code == "ResourceNotFoundException":
                 return HistoryError(
-                    f"{what}: DynamoDB table {self.table_name!r} not found; create it with `rivbulk create-history-table`"
+                    f"{what}: DynamoDB table {self.table_name!r} not found; create it with `rivbulk"
+                    " create-history-table`"
                 )
             return HistoryError(f"{what}: DynamoDB table {self.table_name!r} refused the request ({code})")
         return HistoryError(f"{what}: DynamoDB table {self.table_name!r} unreachable ({type(error).__name__})")

@@ -15,15 +15,12 @@ from pydantic import Field, PrivateAttr
 
 from ...core.errors import HistoryError
 from ...core.model import HistoryRecord, HistoryStatus, ObjectRef
-
 from ..sqlite_threads import ThreadConnections
 from .base import (
     CHANGES_SCHEMA,
-    ClaimLost,
-    correction_attrs,
-    reopened_reason,
-    ImportHistoryResource,
     LOOKUP_SCHEMA,
+    ClaimLost,
+    ImportHistoryResource,
     _check_item,
     _claim_allowed,
     _claim_attrs,
@@ -32,8 +29,9 @@ from .base import (
     _summary_schema,
     _unique_keys,
     _version_key,
+    correction_attrs,
+    reopened_reason,
 )
-
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS import_history (
@@ -68,7 +66,8 @@ _LATER_COLUMNS = {
 _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 _FINAL = "('indexed', 'failed_permanent')"
 _CHANGE_LOG = [
-    "CREATE TABLE IF NOT EXISTS history_changes (changed_at REAL NOT NULL, object_uri TEXT NOT NULL, version_id TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS history_changes (changed_at REAL NOT NULL, object_uri TEXT NOT NULL, version_id TEXT"
+    " NOT NULL)",
     "CREATE INDEX IF NOT EXISTS history_changes_at ON history_changes (changed_at)",
     "CREATE TABLE IF NOT EXISTS history_meta (name TEXT PRIMARY KEY, value REAL NOT NULL)",
     f"INSERT OR IGNORE INTO history_meta VALUES ('changes_logged_since', {_NOW})",
@@ -260,7 +259,7 @@ class SqliteImportHistory(ImportHistoryResource):
 
     def reopen(self, record: HistoryRecord, correction: str, by: str, why: str, at: float) -> bool:
         cursor = self._conn().execute(
-            f"""UPDATE import_history SET status = :reopened, reason = :reason, claim_expires_at = 0, updated_at = :at,
+            """UPDATE import_history SET status = :reopened, reason = :reason, claim_expires_at = 0, updated_at = :at,
                    correction = :correction, corrected_by = :corrected_by, corrected_at = :corrected_at,
                    correction_why = :correction_why
                WHERE object_uri = :object_uri AND version_id = :version_id AND status = :status AND etag = :etag""",

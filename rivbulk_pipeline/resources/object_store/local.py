@@ -20,14 +20,13 @@ from pydantic import Field, PrivateAttr
 
 from ...core.errors import (
     AccessDenied,
-    ObjectChanged,
     InvalidKey,
+    ObjectChanged,
     ObjectNotFound,
     ObjectTooLarge,
 )
 from ...core.model import ObjectInfo, ObjectRef, listed_objects
 from ...core.rules.tags import merge_tag_sets, validate_tag_set
-
 from ..sqlite_threads import ThreadConnections
 from .base import CHUNK_BYTES, ObjectStoreResource
 from .local_listing import (

@@ -12,14 +12,15 @@ from urllib.parse import quote
 
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
-from botocore.exceptions import BotoCoreError, ClientError
-from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
     FlexibleChecksumError,
     HTTPClientError,
     IncompleteReadError,
     NoCredentialsError,
 )
+from botocore.exceptions import ConnectionError as BotoConnectionError
 from pydantic import Field, PrivateAttr
 
 from ...core.errors import (
@@ -33,7 +34,6 @@ from ...core.errors import (
 )
 from ...core.model import ObjectInfo, ObjectRef
 from ...core.rules.tags import validate_tag_set
-
 from ..aws import AwsClients
 from .base import CHUNK_BYTES, ObjectStoreResource
 

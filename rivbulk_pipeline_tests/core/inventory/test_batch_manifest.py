@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import quote, quote_plus, unquote
 
+import hypothesis
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from hypothesis import strategies as st
 
 from rivbulk_pipeline.core.inventory.batch_manifest import (
     BatchManifestWriter,
@@ -23,9 +25,6 @@ from rivbulk_pipeline.core.inventory.batch_manifest import (
 )
 from rivbulk_pipeline.core.inventory.keys import quote_array
 from rivbulk_pipeline.core.model import CANDIDATE_SCHEMA, INVENTORY_SCHEMA
-
-import hypothesis
-from hypothesis import strategies as st
 
 
 def refs(keys: list[str], versions: Optional[list[Optional[str]]] = None, bucket: str = "photos") -> pa.RecordBatch:

@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import quote, unquote_plus
 
+import hypothesis
 import pyarrow as pa
 import pyarrow.orc as porc
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import strategies as st
 
 from rivbulk_pipeline.core.errors import InventoryError
+from rivbulk_pipeline.core.inventory.keys import unquote_plus_array
 from rivbulk_pipeline.core.inventory.reader import (
     InventoryFile,
     InventoryManifest,
@@ -29,13 +32,8 @@ from rivbulk_pipeline.core.inventory.reader import (
     parse_report_folder,
     report_root,
 )
-from rivbulk_pipeline.core.inventory.keys import unquote_plus_array
 from rivbulk_pipeline.core.model import INVENTORY_SCHEMA
 from rivbulk_pipeline_tests.support.folder_store import FolderStore
-
-import hypothesis
-from hypothesis import strategies as st
-
 
 FACTS_SCHEMA = (
     "Bucket, Key, VersionId, IsLatest, IsDeleteMarker, Size, LastModifiedDate, ETag, StorageClass, "
@@ -521,8 +519,18 @@ def columnar_bytes(table: pa.Table, fmt: str, tmp_path: Path) -> bytes:
     return path.read_bytes()
 
 
-ORC_SCHEMA = "struct<bucket:string,key:string,version_id:string,is_latest:boolean,is_delete_marker:boolean,size:bigint,last_modified_date:timestamp,e_tag:string,storage_class:string,is_multipart_uploaded:boolean>"
-PARQUET_SCHEMA = "message s3.inventory { required binary bucket (UTF8); required binary key (UTF8); optional binary version_id (UTF8); optional boolean is_latest; optional boolean is_delete_marker; optional int64 size; optional int64 last_modified_date (TIMESTAMP_MILLIS); optional binary e_tag (UTF8); optional binary storage_class (UTF8); optional boolean is_multipart_uploaded; }"
+ORC_SCHEMA = (
+    "struct<bucket:string,key:string,version_id:string,is_latest:boolean,is_delete_marker:boolean,"
+    "size:bigint,last_modified_date:timestamp,e_tag:string,storage_class:string,"
+    "is_multipart_uploaded:boolean>"
+)
+PARQUET_SCHEMA = (
+    "message s3.inventory { required binary bucket (UTF8); required binary key (UTF8);"
+    " optional binary version_id (UTF8); optional boolean is_latest;"
+    " optional boolean is_delete_marker; optional int64 size;"
+    " optional int64 last_modified_date (TIMESTAMP_MILLIS); optional binary e_tag (UTF8);"
+    " optional binary storage_class (UTF8); optional boolean is_multipart_uploaded; }"
+)
 
 
 def put_columnar(store: FolderStore, tmp_path: Path, fmt: str, tables: list[pa.Table]) -> InventoryManifest:

@@ -18,7 +18,6 @@ from rivbulk_pipeline.core.inventory.reader import iter_inventory_batches, load_
 from rivbulk_pipeline.core.inventory.reports import ReportFolder, report_folders
 from rivbulk_pipeline.core.inventory.writer import write_inventory_report
 from rivbulk_pipeline.core.model import ObjectInfo, listing_batch
-
 from rivbulk_pipeline_tests.support.folder_store import FolderStore
 
 DEST = "inventory-bucket"

@@ -6,11 +6,11 @@ import random
 import pyarrow as pa
 import pytest
 
+from rivbulk_pipeline.cli.demo import face_image
 from rivbulk_pipeline.core.errors import DeploymentError
 from rivbulk_pipeline.core.model import QUALIFIED_SCHEMA, HistoryStatus, ObjectRef
 from rivbulk_pipeline.core.rules.ratelimit import RateLimiter
 from rivbulk_pipeline.core.steps.indexing import IndexingPolicy, index_qualified
-from rivbulk_pipeline.cli.demo import face_image
 from rivbulk_pipeline.resources.gateway import RivHttpGateway
 from rivbulk_pipeline.resources.history import SqliteImportHistory
 from rivbulk_pipeline.resources.object_store import LocalObjectStore

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from rivbulk_pipeline.cli.demo import face_image
 from rivbulk_pipeline.core.model import (
     CANDIDATE_SCHEMA,
     INDEXED_SCHEMA,
@@ -20,7 +21,6 @@ from rivbulk_pipeline.core.model import (
 from rivbulk_pipeline.core.steps.known_outcomes import Known, KnownOutcomes, fingerprints, load_previous_outcomes
 from rivbulk_pipeline.core.steps.qualify import Decision, QualifyStats, _decisions_batch, qualify_candidates
 from rivbulk_pipeline.core.steps.tables import table_location, write_table
-from rivbulk_pipeline.cli.demo import face_image
 from rivbulk_pipeline.resources.history import SqliteImportHistory
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 from rivbulk_pipeline.resources.registration import S3TagRegistrationProvider
@@ -176,8 +176,14 @@ def test_an_unfinished_previous_date_counts_only_its_qualification(world) -> Non
 
 def test_fingerprints_tell_apart_every_field_and_treat_an_empty_version_as_null() -> None:
     base = {"bucket": "b", "key": "k/a.png", "version_id": None, "size": 1, "e_tag": "e1"}
-    variants = [base, {**base, "bucket": "c"}, {**base, "key": "k/b.png"}, {**base, "version_id": "v1"}, {**base, "e_tag": "e2"},
-                {**base, "bucket": "bk", "key": "/a.png"}]  # fmt: skip
+    variants = [
+        base,
+        {**base, "bucket": "c"},
+        {**base, "key": "k/b.png"},
+        {**base, "version_id": "v1"},
+        {**base, "e_tag": "e2"},
+        {**base, "bucket": "bk", "key": "/a.png"},
+    ]
     prints = fingerprints(pa.RecordBatch.from_pylist(variants, schema=CANDIDATE_SCHEMA))
     assert len(set(prints.tolist())) == len(variants)
     empty = fingerprints(pa.RecordBatch.from_pylist([{**base, "version_id": ""}], schema=CANDIDATE_SCHEMA))
@@ -205,7 +211,8 @@ def test_each_final_rows_detail_says_who_decided_and_a_recorded_failure_its_reas
         "s3://bk/b.png?versionId=v2: already indexed (the previous date's outcome, same ETag)",
         "s3://bk/c.png: failed permanently before with this ETag (bad_image)",
         "s3://bk/d.png: failed permanently before with this ETag ()",
-        "s3://bk/e.png: failed permanently before with this ETag (the previous date's outcome; the reason is in the import history)",
+        "s3://bk/e.png: failed permanently before with this ETag (the previous date's outcome; the reason is in the"
+        " import history)",
         "",
     ]
     assert [r["reason"] for r in rows] == ["already_indexed"] * 2 + ["previously_failed"] * 3 + ["qualified"]

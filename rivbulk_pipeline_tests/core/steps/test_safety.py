@@ -6,12 +6,12 @@ import random
 import pyarrow as pa
 import pytest
 
+from rivbulk_pipeline.cli.demo import face_image
 from rivbulk_pipeline.core.errors import DeploymentError, RegistrationRejected
 from rivbulk_pipeline.core.model import CANDIDATE_SCHEMA, QUALIFIED_SCHEMA, HistoryStatus, ObjectRef, RegistrationInfo
 from rivbulk_pipeline.core.rules.ratelimit import RateLimiter
 from rivbulk_pipeline.core.steps.indexing import IndexingPolicy, index_qualified
 from rivbulk_pipeline.core.steps.qualify import qualify_candidates
-from rivbulk_pipeline.cli.demo import face_image
 from rivbulk_pipeline.resources.gateway import RivHttpGateway
 from rivbulk_pipeline.resources.object_store import LocalObjectStore
 from rivbulk_pipeline.resources.registration import S3TagRegistrationProvider
