@@ -229,14 +229,14 @@ class Settings(dg.ConfigurableResource):
     def _deployment_needs(self) -> "Settings":
         if self.deployment == "aws" and not self.gateway_url:
             raise ValueError(f"{ENV_PREFIX}GATEWAY_URL must be set for the aws deployment")
-        # A claim is renewed as each call leaves: it must outlive the call and its settling.
-        needed = self.gateway_timeout_seconds + self.gateway_workflow_timeout_seconds
+        # A claim is renewed as a call leaves once half its lease has gone: half the lease must
+        # outlive the call and its settling.
+        needed = 2 * (self.gateway_timeout_seconds + self.gateway_workflow_timeout_seconds)
         if self.deployment == "aws" and self.claim_lease_seconds <= needed:
             raise ValueError(
-                f"{ENV_PREFIX}CLAIM_LEASE_SECONDS={self.claim_lease_seconds:g} must exceed"
-                f" {ENV_PREFIX}GATEWAY_TIMEOUT_SECONDS"
-                f" + {ENV_PREFIX}GATEWAY_WORKFLOW_TIMEOUT_SECONDS ({needed:g}): a claim could lapse while its call is"
-                " in flight"
+                f"{ENV_PREFIX}CLAIM_LEASE_SECONDS={self.claim_lease_seconds:g} must exceed twice"
+                f" {ENV_PREFIX}GATEWAY_TIMEOUT_SECONDS + {ENV_PREFIX}GATEWAY_WORKFLOW_TIMEOUT_SECONDS ({needed:g}):"
+                " a claim could lapse while its call is in flight"
             )
         return self
 

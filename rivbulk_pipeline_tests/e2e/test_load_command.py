@@ -157,7 +157,7 @@ def test_a_date_already_running_is_refused_and_a_killed_load_frees_its_slot(
         "RIVBULK_INDEX_RATE": "2",
         "RIVBULK_CLAIM_LEASE_SECONDS": "3",
         "RIVBULK_GATEWAY_TIMEOUT_SECONDS": "1",
-        "RIVBULK_GATEWAY_WORKFLOW_TIMEOUT_SECONDS": "1",
+        "RIVBULK_GATEWAY_WORKFLOW_TIMEOUT_SECONDS": "0.4",
     }
     world.riv.set_latency(0.2)
     first = subprocess.Popen(

@@ -263,7 +263,7 @@ def test_an_unknown_outcome_past_the_attempts_is_recorded_for_the_next_run_to_se
         assert second["outcome"] == "indexed" and riv.faces_for("ned") == 1
 
 
-def test_the_claim_is_renewed_as_each_call_leaves(head: World) -> None:
+def test_the_claim_is_renewed_as_a_call_leaves_once_half_its_lease_has_gone(head: World) -> None:
     # A lease shorter than the backoff: without renewal it would lapse before the second call.
     head.riv.throttle(1)
     rows = [head.put("oda")]

@@ -120,6 +120,7 @@ class _Indexer:
         etag = row["e_tag"] or current.etag
 
         before = self.history.lookup([ref]).get(ref)
+        claimed_at = time.monotonic()
         if not self.history.claim(ref, etag, self.policy.owner, self.policy.lease_seconds):
             record = self.history.lookup([ref]).get(ref)
             if record and record.etag == etag and record.status == HistoryStatus.INDEXED:
@@ -143,7 +144,7 @@ class _Indexer:
 
         try:
             with self.gate:
-                final = self._register(ref, row, etag, settle_first)
+                final = self._register(ref, row, etag, settle_first, claimed_at)
         except DeploymentError:
             # Not this object's fault: free it for the next run now, and stop this one.
             self.history.release(ref, self.policy.owner)
@@ -171,7 +172,7 @@ class _Indexer:
             return result(Outcome.SKIPPED, f"history_error: outcome not recorded: {exc}", final.attempts, etag), None
         return final, None
 
-    def _register(self, ref: ObjectRef, row: dict, etag: str, settle_first: bool) -> IndexResult:
+    def _register(self, ref: ObjectRef, row: dict, etag: str, settle_first: bool, claimed_at: float) -> IndexResult:
         def result(outcome: Outcome, reason: str, attempts: int = 0) -> IndexResult:
             return IndexResult(ref, row["size"], etag, outcome, reason, attempts)
 
@@ -214,6 +215,7 @@ class _Indexer:
             )
 
         user_id = row["user_id"]
+        lease_from = [claimed_at]  # when the claim was taken or last renewed (monotonic)
         attempts = 0
         unknown_since: Optional[float] = time.time() - self.policy.settle_after_seconds if settle_first else None
         while True:
@@ -229,10 +231,13 @@ class _Indexer:
             sent_at: list[float] = []
 
             def pace(sent_at: list[float] = sent_at) -> None:
-                # Renewed as the call is about to leave: the claim outlives the call, and a lapsed
-                # one stops it. Before the token, so nothing slow sits between the token and the send.
-                if not self.history.renew(ref, self.policy.owner, self.policy.lease_seconds):
-                    raise _ClaimGone()
+                # Renewed as the call is about to leave once half the lease has gone (the lease is
+                # over twice a call's worst case), so the claim outlives the call, and a lapsed one
+                # stops it. Before the token, so nothing slow sits between the token and the send.
+                if time.monotonic() - lease_from[0] > self.policy.lease_seconds / 2:
+                    if not self.history.renew(ref, self.policy.owner, self.policy.lease_seconds):
+                        raise _ClaimGone()
+                    lease_from[0] = time.monotonic()
                 self.limiter.acquire()
                 sent_at.append(self.meter.started())
 

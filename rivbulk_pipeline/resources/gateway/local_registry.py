@@ -24,7 +24,7 @@ from .base import GatewayResource, _checked_input, _no_pace, _Rejected
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS faces (
-    face_id           TEXT PRIMARY KEY,
+    face_id           TEXT NOT NULL,         -- RIV's FaceId (a UUID); rows are keyed by SQLite's rowid
     user_key          TEXT NOT NULL,         -- User::<user id lower-cased>, as RIV keys it
     external_image_id TEXT NOT NULL,         -- the lower-cased id, as RIV passes it to IndexFaces
     image_sha256      TEXT NOT NULL,         -- stands in for the face: one image, one face

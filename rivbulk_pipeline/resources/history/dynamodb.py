@@ -55,6 +55,7 @@ _UNPROCESSED_RETRIES = 8
 STREAM_SPECIFICATION = {"StreamEnabled": True, "StreamViewType": "KEYS_ONLY"}
 STREAM_RETENTION_SECONDS = 24 * 3600
 _STREAM_SAFETY_SECONDS = 600  # records near the 24-hour edge may already be trimmed
+_EMPTY_PAGES_CAUGHT_UP = 3  # empty pages in a row after which an open stream shard counts as read
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
@@ -569,6 +570,11 @@ class DynamoImportHistory(ImportHistoryResource):
                 iterator = streams.get_shard_iterator(
                     StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
                 ).get("ShardIterator")
+                # A closed shard is read until its iterator ends. An open one hands out iterators for
+                # ever, and an empty page does not prove it caught up (records may lie further on):
+                # it is read until several pages in a row are empty.
+                closed = "EndingSequenceNumber" in shard.get("SequenceNumberRange", {})
+                empty_pages = 0
                 while iterator:
                     page = streams.get_records(ShardIterator=iterator, Limit=1000)
                     for item in page.get("Records", []):
@@ -579,8 +585,8 @@ class DynamoImportHistory(ImportHistoryResource):
                         ):
                             key = change.get("Keys", {})
                             keys.add((key["object_uri"]["S"], key["version_id"]["S"]))
-                    # An open shard hands out a next iterator forever: stop once it is caught up.
-                    if not page.get("Records"):
+                    empty_pages = 0 if page.get("Records") else empty_pages + 1
+                    if not closed and empty_pages >= _EMPTY_PAGES_CAUGHT_UP:
                         break
                     iterator = page.get("NextShardIterator")
         except (ClientError, BotoCoreError) as error:

@@ -178,7 +178,13 @@ class SqliteImportHistory(ImportHistoryResource):
     def lookup(self, refs: Sequence[ObjectRef]) -> dict[ObjectRef, HistoryRecord]:
         wanted = _unique_keys(refs)
         found: dict[ObjectRef, HistoryRecord] = {}
-        for row in self._lookup_rows(wanted) if wanted else []:
+        if len(wanted) == 1:  # one object, as indexing asks before each claim: a primary-key read
+            rows = self._conn().execute(
+                f"SELECT {_COLUMNS} FROM import_history WHERE object_uri = ? AND version_id = ?", next(iter(wanted))
+            )
+        else:
+            rows = self._lookup_rows(wanted) if wanted else []
+        for row in rows:
             ref = wanted[(row["object_uri"], row["version_id"])]
             found[ref] = _record_from_row(row, ref)
         return found

@@ -87,6 +87,32 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+_PROC_FD = "/proc/self/fd"
+_CAN_ASK_THE_KERNEL = hasattr(os, "O_PATH") and os.path.isdir(_PROC_FD)
+
+
+def _resolved(path: str) -> str:
+    """The path with every symbolic link resolved (a link as the last part is resolved too).
+
+    For an existing file on Linux, the kernel says where the path leads: the file is opened
+    without being read (O_PATH) and without following a final link, and /proc names what was
+    opened; one open instead of realpath's look at each folder on the way (measured: realpath was
+    a tenth of indexing's time). Elsewhere, and for paths that do not exist yet, realpath.
+    """
+    if _CAN_ASK_THE_KERNEL:
+        try:
+            fd = os.open(path, os.O_PATH | os.O_NOFOLLOW)
+        except OSError:
+            return os.path.realpath(path)
+        try:
+            if stat.S_ISLNK(os.fstat(fd).st_mode):
+                return os.path.realpath(path)
+            return os.readlink(f"{_PROC_FD}/{fd}")
+        finally:
+            os.close(fd)
+    return os.path.realpath(path)
+
+
 class LocalObjectStore(ObjectStoreResource):
     """S3's semantics on a local folder: `<root>/<bucket>/<key>` are the objects' plain files,
     so a person can look at them; tags and cached ETags live in `<root>/.rivbulk-store.sqlite`.
@@ -155,7 +181,7 @@ class LocalObjectStore(ObjectStoreResource):
         path = os.path.join(folder, *key.split("/"))
         # A symbolic link anywhere below the root (the bucket's folder, a key's folder, the file
         # itself) could lead outside the store, or into another bucket: such a path is refused.
-        if os.path.realpath(path) != os.path.join(self._real_root, bucket, *key.split("/")):
+        if _resolved(path) != os.path.join(self._real_root, bucket, *key.split("/")):
             raise AccessDenied(
                 bucket,
                 key,
