@@ -123,6 +123,21 @@ def test_every_path_through_a_link_is_refused_inside_the_store_too(store: LocalO
     assert store.get_bytes("other", "real.png") == b"other bucket's object"  # the real file is fine
 
 
+def test_a_folder_replaced_by_a_link_after_it_was_read_is_refused(store: LocalObjectStore, tmp_path: Path):
+    # The store remembers folders it resolved; a link put in a folder's place (or above it) must
+    # still be seen, since it leads to another inode.
+    store.put_bytes(BUCKET, "team/a.png", b"ours")
+    assert store.get_bytes(BUCKET, "team/a.png") == b"ours"  # the folder is resolved and remembered
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "a.png").write_bytes(b"theirs")
+    faces = tmp_path / "store" / BUCKET
+    os.rename(faces / "team", tmp_path / "moved-away")
+    os.symlink(outside, faces / "team")
+    with pytest.raises(AccessDenied, match="symbolic link"):
+        store.get_bytes(BUCKET, "team/a.png")
+
+
 def test_a_store_whose_root_is_itself_a_link_works(tmp_path: Path):
     (tmp_path / "real-root").mkdir()
     os.symlink(tmp_path / "real-root", tmp_path / "root-link")

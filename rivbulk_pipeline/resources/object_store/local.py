@@ -87,32 +87,6 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
-_PROC_FD = "/proc/self/fd"
-_CAN_ASK_THE_KERNEL = hasattr(os, "O_PATH") and os.path.isdir(_PROC_FD)
-
-
-def _resolved(path: str) -> str:
-    """The path with every symbolic link resolved (a link as the last part is resolved too).
-
-    For an existing file on Linux, the kernel says where the path leads: the file is opened
-    without being read (O_PATH) and without following a final link, and /proc names what was
-    opened; one open instead of realpath's look at each folder on the way (measured: realpath was
-    a tenth of indexing's time). Elsewhere, and for paths that do not exist yet, realpath.
-    """
-    if _CAN_ASK_THE_KERNEL:
-        try:
-            fd = os.open(path, os.O_PATH | os.O_NOFOLLOW)
-        except OSError:
-            return os.path.realpath(path)
-        try:
-            if stat.S_ISLNK(os.fstat(fd).st_mode):
-                return os.path.realpath(path)
-            return os.readlink(f"{_PROC_FD}/{fd}")
-        finally:
-            os.close(fd)
-    return os.path.realpath(path)
-
-
 class LocalObjectStore(ObjectStoreResource):
     """S3's semantics on a local folder: `<root>/<bucket>/<key>` are the objects' plain files,
     so a person can look at them; tags and cached ETags live in `<root>/.rivbulk-store.sqlite`.
@@ -122,6 +96,8 @@ class LocalObjectStore(ObjectStoreResource):
 
     _threads: ThreadConnections = PrivateAttr(default_factory=ThreadConnections)
     _real_root_path: Optional[str] = PrivateAttr(default=None)
+    # Folders found to be real folders inside the root, by path: their (device, inode) then.
+    _real_folders: dict[str, tuple[int, int]] = PrivateAttr(default_factory=dict)
 
     # ---- plumbing ----
 
@@ -181,13 +157,38 @@ class LocalObjectStore(ObjectStoreResource):
         path = os.path.join(folder, *key.split("/"))
         # A symbolic link anywhere below the root (the bucket's folder, a key's folder, the file
         # itself) could lead outside the store, or into another bucket: such a path is refused.
-        if _resolved(path) != os.path.join(self._real_root, bucket, *key.split("/")):
+        if not self._confined(path, os.path.join(self._real_root, bucket, *key.split("/"))):
             raise AccessDenied(
                 bucket,
                 key,
                 "the path goes through a symbolic link; the local store reads and writes only its own files",
             )
         return path
+
+    def _confined(self, path: str, real: str) -> bool:
+        """Whether `path` leads to `real` without a symbolic link on the way.
+
+        realpath looks at every folder on the way, each time (a tenth of a daily run's time, with
+        the GIL handed over at every look). A folder once resolved is remembered with its (device,
+        inode): one lstat of it then shows it is still that folder, since a link put in its place,
+        or in place of any folder above it, leads to another inode. The last part is an lstat.
+        """
+        folder = os.path.dirname(path)
+        try:
+            seen = os.lstat(folder)
+        except OSError:  # not there yet (a first write into it): resolve the whole path
+            return os.path.realpath(path) == real
+        identity = (seen.st_dev, seen.st_ino)
+        if self._real_folders.get(folder) != identity:
+            if stat.S_ISLNK(seen.st_mode) or os.path.realpath(folder) != os.path.dirname(real):
+                return False
+            if len(self._real_folders) > 65_536:  # bounded: a bucket has many folders
+                self._real_folders.clear()
+            self._real_folders[folder] = identity
+        try:
+            return not stat.S_ISLNK(os.lstat(path).st_mode)
+        except OSError:  # not there (yet): nothing to follow
+            return True
 
     def _missing(self, bucket: str, key: str) -> ObjectNotFound:
         if not os.path.isdir(os.path.join(self._root, bucket)):
