@@ -7,6 +7,7 @@ import json
 import os
 import re
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
@@ -42,6 +43,7 @@ CREATE TABLE IF NOT EXISTS stats (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
 INSERT OR IGNORE INTO stats (name, value) VALUES ('register_calls', 0);
 """
 _RIV_ID = re.compile(RIV_USER_ID_PATTERN)
+_LOCKED_ATTEMPTS = 3
 _ENDPOINT = "the embedded registry"
 
 
@@ -123,12 +125,19 @@ class LocalRegistryGateway(GatewayResource):
             "properties_json": json.dumps(props, ensure_ascii=False, sort_keys=True, separators=(",", ":")),
         }
         pace()  # the call reaches the registry now
-        try:
-            answer = self._workflow(
-                self._connect(), user_id.lower(), face
-            )  # sent lower-cased, as the HTTP gateway does
-        except sqlite3.Error as exc:  # locked past busy_timeout, disk full, ...: may pass next time
-            return GatewayResult.transient(f"local_registry_unavailable: {type(exc).__name__}: {exc}")
+        for attempt in range(_LOCKED_ATTEMPTS):
+            try:  # sent lower-cased, as the HTTP gateway does
+                answer = self._workflow(self._connect(), user_id.lower(), face)
+                break
+            except sqlite3.OperationalError as exc:
+                # SQLite may answer "locked" at once, without its busy wait (a WAL file being set up
+                # by another connection): the transaction was rolled back, so it is tried again.
+                if "locked" in str(exc) and attempt + 1 < _LOCKED_ATTEMPTS:
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                return GatewayResult.transient(f"local_registry_unavailable: {type(exc).__name__}: {exc}")
+            except sqlite3.Error as exc:  # disk full, ...: may pass next time
+                return GatewayResult.transient(f"local_registry_unavailable: {type(exc).__name__}: {exc}")
         return result_of_answer(answer, _ENDPOINT)
 
     @staticmethod
