@@ -99,17 +99,12 @@ def indexed_users_permanent_failures_within_threshold(
         "threshold": limit,
         "by_reason": dict(by_code.most_common(20)),
     }
-    passed = count <= limit
-    if not passed:
-        publish_alert(settings, "permanent failures above threshold", fields)
-    return dg.AssetCheckResult(
-        passed=passed,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=f"{count} permanent failures on {partition} (threshold {limit})",
-        metadata={
-            **{k: v for k, v in fields.items() if k != "by_reason"},
-            "by_reason": dg.MetadataValue.json(fields["by_reason"]),
-        },
+    return _warning_check(
+        settings,
+        "permanent failures above threshold",
+        count <= limit,
+        f"{count} permanent failures on {partition} (threshold {limit})",
+        fields,
     )
 
 
@@ -122,14 +117,24 @@ def backlog_result(
     age_now = round(age + max(0.0, now - materialized_at) / 3600, 2) if backlog else 0.0
     limit = settings.alert_transient_backlog_hours
     fields = {"transient_backlog": backlog, "oldest_age_hours": age_now, "threshold_hours": limit}
-    passed = age_now <= limit
+    return _warning_check(
+        settings,
+        "transient backlog older than threshold",
+        age_now <= limit,
+        f"{backlog} transient failures waiting; the oldest for {age_now:g} h (threshold {limit:g} h)",
+        fields,
+    )
+
+
+def _warning_check(
+    settings: Settings, alert: str, passed: bool, description: str, fields: Mapping[str, Any]
+) -> dg.AssetCheckResult:
+    """A WARN check's result, and the same figures published as `alert` when it did not pass."""
     if not passed:
-        publish_alert(settings, "transient backlog older than threshold", fields)
+        publish_alert(settings, alert, fields)
+    metadata = {k: dg.MetadataValue.json(v) if isinstance(v, dict) else v for k, v in fields.items()}
     return dg.AssetCheckResult(
-        passed=passed,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=f"{backlog} transient failures waiting; the oldest for {age_now:g} h (threshold {limit:g} h)",
-        metadata=fields,
+        passed=passed, severity=dg.AssetCheckSeverity.WARN, description=description, metadata=metadata
     )
 
 

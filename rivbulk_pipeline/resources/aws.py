@@ -78,3 +78,23 @@ class AwsClients(S3Resource):
 
     def get_client(self) -> Any:
         return self.client("s3")
+
+
+def read_secret_string(secrets: Any, secret_id: str, cannot_read: str) -> Optional[str]:
+    """A Secrets Manager secret's SecretString (None when it has none), read through dagster-aws's
+    SecretsManagerResource (`secrets`; None: the standard chain). A failure is a DeploymentError
+    beginning with `cannot_read` (which names the secret) and ending with the error's code or class,
+    never a value."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    from dagster_aws.secretsmanager import SecretsManagerResource
+
+    from ..core.errors import DeploymentError
+
+    try:
+        client = (secrets or SecretsManagerResource()).get_client()
+        return client.get_secret_value(SecretId=secret_id).get("SecretString")
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "error")
+        raise DeploymentError(f"{cannot_read} from Secrets Manager: {code}") from None
+    except BotoCoreError as error:
+        raise DeploymentError(f"{cannot_read} from Secrets Manager: {type(error).__name__}") from None

@@ -15,6 +15,8 @@ from ..settings import Settings
 from .object_store import LocalObjectStore, ObjectStoreResource
 
 if TYPE_CHECKING:
+    from dagster_aws.secretsmanager import SecretsManagerResource
+
     from .aws import AwsClients
 
 
@@ -32,6 +34,18 @@ def aws_clients(settings: Settings) -> "AwsClients":
     )
 
 
+def secrets_manager(settings: Settings) -> "SecretsManagerResource":
+    """dagster-aws's Secrets Manager resource with the deployment's AWS settings."""
+    from dagster_aws.secretsmanager import SecretsManagerResource
+
+    return SecretsManagerResource(
+        region_name=settings.region,
+        endpoint_url=settings.endpoint_url,
+        profile_name=settings.aws_profile,
+        max_attempts=settings.aws_max_attempts,
+    )
+
+
 def store_for(settings: Settings) -> ObjectStoreResource:
     """The deployment's object store: the local folder, or S3."""
     if settings.deployment == "local":
@@ -43,8 +57,6 @@ def store_for(settings: Settings) -> ObjectStoreResource:
 
 def build_resources(settings: Settings) -> dict[str, Any]:
     """Every resource the definitions bind, for the deployment the settings name."""
-    from dagster_aws.secretsmanager import SecretsManagerResource
-
     from .gateway import LocalRegistryGateway, RivHttpGateway
     from .history import DynamoImportHistory, SqliteImportHistory
     from .io_manager import StoredTableIOManager
@@ -69,14 +81,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             if settings.gateway_auth == "api_key" and not from_secret
             else None,
             api_key_secret_id=settings.gateway_api_key_secret if from_secret else None,
-            secrets_manager=SecretsManagerResource(
-                region_name=settings.region,
-                endpoint_url=settings.endpoint_url,
-                profile_name=settings.aws_profile,
-                max_attempts=settings.aws_max_attempts,
-            )
-            if from_secret
-            else None,
+            secrets_manager=secrets_manager(settings) if from_secret else None,
             api_key_header=settings.gateway_api_key_header,
             region_name=settings.region,
             profile_name=settings.aws_profile,
@@ -101,14 +106,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             class_path=settings.provider,
             options=options,
             store=store,
-            secrets_manager=SecretsManagerResource(
-                region_name=settings.region,
-                endpoint_url=settings.endpoint_url,
-                profile_name=settings.aws_profile,
-                max_attempts=settings.aws_max_attempts,
-            )
-            if names_a_secret
-            else None,
+            secrets_manager=secrets_manager(settings) if names_a_secret else None,
         )
     return {
         "settings": settings,

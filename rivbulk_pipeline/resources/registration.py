@@ -13,7 +13,6 @@ import os
 from typing import Any, Mapping, Optional
 
 import dagster as dg
-from botocore.exceptions import BotoCoreError, ClientError
 from dagster_aws.secretsmanager import SecretsManagerResource
 from pydantic import Field, PrivateAttr
 
@@ -22,6 +21,7 @@ from ..core.model import ObjectRef, Reason, RegistrationInfo
 from ..core.rules.properties import DEFAULT_MAX_PROPERTIES_BYTES, parse_properties, parse_properties_uri
 from ..core.rules.tags import tag_lookup
 from ..settings import is_reference
+from .aws import read_secret_string
 from .object_store import ObjectStoreResource
 
 OPTIONS_VARIABLE = "RIVBULK_PROVIDER_OPTIONS"
@@ -118,19 +118,9 @@ class CustomRegistrationProvider(RegistrationProviderResource):
                     f"{OPTIONS_VARIABLE}: option {option!r} names the environment variable {name}, which is not set"
                 )
             return value
-        secrets = self.secrets_manager or SecretsManagerResource()
-        try:
-            value = secrets.get_client().get_secret_value(SecretId=name).get("SecretString")
-        except ClientError as error:
-            code = error.response.get("Error", {}).get("Code", "error")
-            raise DeploymentError(
-                f"{OPTIONS_VARIABLE}: option {option!r}: cannot read the secret {name!r} from Secrets Manager: {code}"
-            ) from None
-        except BotoCoreError as error:
-            raise DeploymentError(
-                f"{OPTIONS_VARIABLE}: option {option!r}: cannot read the secret {name!r} from Secrets Manager:"
-                f" {type(error).__name__}"
-            ) from None
+        value = read_secret_string(
+            self.secrets_manager, name, f"{OPTIONS_VARIABLE}: option {option!r}: cannot read the secret {name!r}"
+        )
         if value is None:
             raise DeploymentError(f"{OPTIONS_VARIABLE}: option {option!r}: the secret {name!r} has no SecretString")
         return value

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 import boto3
 import dagster as dg
 import pytest
+import requests
 from moto.server import ThreadedMotoServer
 
 from rivbulk_pipeline.cli import main
@@ -41,7 +42,10 @@ def moto_server():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
+    url = f"http://{host}:{port}"
+    yield url
+    # moto's state is the process's, not the server's: empty it for the tests that follow.
+    requests.post(f"{url}/moto-api/reset", timeout=30).raise_for_status()
     server.stop()
 
 

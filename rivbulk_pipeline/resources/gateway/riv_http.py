@@ -12,7 +12,6 @@ import dagster as dg
 import requests
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.exceptions import BotoCoreError, ClientError
 from dagster_aws.secretsmanager import SecretsManagerResource
 from pydantic import Field, PrivateAttr
 from requests.adapters import HTTPAdapter
@@ -22,6 +21,7 @@ from ...core.errors import DeploymentError
 from ...core.model import GatewayResult, ObjectRef
 from ...core.rules import riv_protocol
 from ...core.rules.riv_protocol import IMAGE_MODES, INLINE, STEP_FUNCTIONS_STATE_LIMIT
+from ..aws import read_secret_string
 from .base import _AUTH_MODES, _SETUP_LOCK, GatewayResource, _checked_input, _no_pace, _Rejected
 
 
@@ -170,20 +170,10 @@ class RivHttpGateway(GatewayResource):
 
     def _key_from_secrets_manager(self) -> str:
         """The key, read once per resource; only the secret's id is configuration (and so stored)."""
-        secrets = self.secrets_manager or SecretsManagerResource()
         secret_id = self.api_key_secret_id
-        try:
-            value = secrets.get_client().get_secret_value(SecretId=secret_id).get("SecretString")
-        except ClientError as error:
-            code = error.response.get("Error", {}).get("Code", "error")
-            raise DeploymentError(
-                f"RivHttpGateway: cannot read the API key secret {secret_id!r} from Secrets Manager: {code}"
-            ) from None
-        except BotoCoreError as error:
-            raise DeploymentError(
-                f"RivHttpGateway: cannot read the API key secret {secret_id!r} from Secrets Manager:"
-                f" {type(error).__name__}"
-            ) from None
+        value = read_secret_string(
+            self.secrets_manager, secret_id, f"RivHttpGateway: cannot read the API key secret {secret_id!r}"
+        )
         if not value or not value.strip():
             raise DeploymentError(
                 f"RivHttpGateway: the secret {secret_id!r} has no SecretString (the API key as plain text)"
