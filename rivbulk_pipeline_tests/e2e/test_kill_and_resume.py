@@ -51,7 +51,9 @@ def test_sigkill_mid_indexing_then_rerun(local_settings, tmp_path, monkeypatch):
     )
     try:
         deadline = time.monotonic() + 120
-        while len(registry.users()) < 15:
+        # Wait on the history, not the registry: a face is in the registry a moment before its row
+        # says indexed, and the kill must land after 15 rows say so.
+        while sum(r.status == HistoryStatus.INDEXED for r in history.scan()) < 15:
             assert child.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline, "the run never got going"
             time.sleep(0.05)
