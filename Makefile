@@ -22,8 +22,9 @@ setup: $(VENV)/.installed-dev
 run: $(VENV)/.installed
 	$(VENV)/bin/rivbulk dev
 
+# Two workers; the end-to-end tests stay together on one (rivbulk_pipeline_tests/support/workers.py).
 test: $(VENV)/.installed-dev
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n 2
 
 # ruff: the format is checked, not applied (`.venv/bin/ruff format .` applies it), and the lint rules pass.
 lint: $(VENV)/.installed-dev

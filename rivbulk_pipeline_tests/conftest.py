@@ -17,6 +17,8 @@ from rivbulk_pipeline.resources.history import (
 from rivbulk_pipeline.settings import Settings
 from rivbulk_pipeline_tests.support.aws import HISTORY_TABLE, REGION, fake_aws
 
+pytest_plugins = ["rivbulk_pipeline_tests.support.workers"]  # how `make test -n 2` shares the suite
+
 
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
