@@ -22,9 +22,11 @@ setup: $(VENV)/.installed-dev
 run: $(VENV)/.installed
 	$(VENV)/bin/rivbulk dev
 
-# Two workers; the end-to-end tests stay together on one (rivbulk_pipeline_tests/support/workers.py).
+# Two workers, the end-to-end tests together on one (rivbulk_pipeline_tests/support/workers.py);
+# then the tests marked `alone` (timing read on the gateway's clock), with nothing beside them.
 test: $(VENV)/.installed-dev
-	$(VENV)/bin/pytest -n 2
+	$(VENV)/bin/pytest -n 2 -m "not browser and not alone"
+	$(VENV)/bin/pytest -m alone
 
 # ruff: the format is checked, not applied (`.venv/bin/ruff format .` applies it), and the lint rules pass.
 lint: $(VENV)/.installed-dev

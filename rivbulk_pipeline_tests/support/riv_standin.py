@@ -977,10 +977,11 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _handle(self) -> None:
+        arrived = time.time()  # as its request line and headers arrive, before the body is read
         path = self.path.split("?", 1)[0]
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
-        record = RecordedRequest(self.command, path, time.time(), {k.lower(): v for k, v in self.headers.items()})
+        record = RecordedRequest(self.command, path, arrived, {k.lower(): v for k, v in self.headers.items()})
         riv = self.riv
         riv._received(record)
         try:
