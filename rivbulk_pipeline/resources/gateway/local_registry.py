@@ -216,10 +216,10 @@ class LocalRegistryGateway(GatewayResource):
             self._connect()
             .execute(
                 "SELECT f.external_image_id, f.image_sha256, f.registered_at, n.faces, COALESCE(a.attempts, 0)"
-                " FROM (SELECT user_key, COUNT(*) AS faces, MIN(registered_at || face_id) AS first FROM faces"
-                " GROUP BY user_key) AS n"
-                " JOIN faces AS f ON f.user_key = n.user_key AND f.registered_at || f.face_id = n.first"
-                " LEFT JOIN attempts AS a ON a.user_key = n.user_key ORDER BY f.registered_at, f.user_key"
+                # The first face is the first row: two faces may share a millisecond, never a rowid.
+                " FROM (SELECT user_key, COUNT(*) AS faces, MIN(rowid) AS first FROM faces GROUP BY user_key) AS n"
+                " JOIN faces AS f ON f.rowid = n.first"
+                " LEFT JOIN attempts AS a ON a.user_key = n.user_key ORDER BY f.rowid"
             )
             .fetchall()
         )
