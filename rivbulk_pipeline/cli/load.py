@@ -12,7 +12,8 @@ Exit status (also in docs/production.md):
     1  failed: the run failed (a step raised, e.g. a deployment fault such as a refused API key)
     2  failed before any run: the configuration is broken (settings, DAGSTER_HOME, no report)
     3  processed, but some objects failed (failed_permanent or failed_transient; see the history)
-    4  refused, no run: a run of the same date is queued or in progress (its id in the record)
+    4  refused: a run of the same date is queued or in progress (its id in the record); no run was
+       started, or it stopped as its first step started (run_guard.py)
 
 Guards, as for the daemon's runs: a date already queued or running is refused, not run twice; the
 run carries its process in its tags (`run_launchers.worker_tags`), so the daemon's run monitoring
@@ -32,7 +33,6 @@ from typing import Any, Optional, TextIO
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_CONFIGURATION, EXIT_OBJECTS_FAILED, EXIT_REFUSED = 0, 1, 2, 3, 4
 LOAD_TAG = "rivbulk/trigger"
-PARTITION_TAG = "dagster/partition"
 
 
 @dataclass
@@ -54,13 +54,6 @@ class LoadResult:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
-
-
-def _unfinished() -> list[Any]:
-    import dagster as dg
-
-    S = dg.DagsterRunStatus
-    return [S.QUEUED, S.NOT_STARTED, S.STARTING, S.STARTED, S.CANCELING]
 
 
 def _now() -> str:
@@ -114,13 +107,19 @@ def _fill_counts(record: LoadResult, result: Any) -> None:
             record.outcomes[outcome.value] = value
 
 
-def _first_failure(result: Any) -> str:
+def _first_failure(result: Any) -> tuple[str, bool]:
+    """The first step failure, and whether it was the run guard's refusal (run_guard.py)."""
+    from ..run_guard import REFUSED, AnotherRunOfTheDate
+
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             error = event.step_failure_data.error
             cause = error.cause if error.cls_name == "DagsterExecutionStepExecutionError" and error.cause else error
-            return f"step {event.step_key} failed: {cause.cls_name}: {cause.message.strip().splitlines()[0]}"
-    return "the run failed"
+            message = cause.message.strip().splitlines()[0]
+            if cause.cls_name == AnotherRunOfTheDate.__name__:
+                return message[message.find(REFUSED) :], True
+            return f"step {event.step_key} failed: {cause.cls_name}: {message}", False
+    return "the run failed", False
 
 
 def fail_dead_loads(instance: Any) -> list[str]:
@@ -133,7 +132,9 @@ def fail_dead_loads(instance: Any) -> list[str]:
     from ..run_launchers import local_worker_health
 
     failed = []
-    for run in instance.get_runs(dg.RunsFilter(statuses=_unfinished(), tags={LOAD_TAG: "rivbulk load"})):
+    from ..run_guard import UNFINISHED
+
+    for run in instance.get_runs(dg.RunsFilter(statuses=UNFINISHED, tags={LOAD_TAG: "rivbulk load"})):
         health = local_worker_health(instance, run)
         if health.status == WorkerStatus.FAILED:
             instance.report_run_failed(run, f"rivbulk load: {health.msg}")
@@ -146,14 +147,10 @@ def _busy(instance: Any, date: str) -> Optional[str]:
     """Why a run of `date` must not start now (another is queued or in progress), or None."""
     import dagster as dg
 
-    others = instance.get_runs(dg.RunsFilter(statuses=_unfinished(), tags={PARTITION_TAG: date}))
-    if not others:
-        return None
-    other = others[0]
-    return (
-        f"refused: run {other.run_id} of {date} is {other.status.value}; two runs of one date never run at once "
-        "(run again when it has finished)"
-    )
+    from ..run_guard import PARTITION_TAG, UNFINISHED, refusal
+
+    others = instance.get_runs(dg.RunsFilter(statuses=UNFINISHED, tags={PARTITION_TAG: date}))
+    return refusal(others[0], date) if others else None
 
 
 def load(inventory_date: Optional[str], result_uri: Optional[str], out: TextIO = sys.stdout) -> int:
@@ -237,7 +234,8 @@ def load(inventory_date: Optional[str], result_uri: Optional[str], out: TextIO =
     _fill_counts(record, result)
     record.finished_at = _now()
     if not result.success:
-        record.status, record.error, record.exit_code = "failed", _first_failure(result), EXIT_RUN_FAILED
+        record.error, refused = _first_failure(result)
+        record.status, record.exit_code = "failed", EXIT_REFUSED if refused else EXIT_RUN_FAILED
     else:
         failed = sum(n for outcome, n in record.outcomes.items() if outcome.startswith("failed"))
         record.status, record.exit_code = "processed", EXIT_OBJECTS_FAILED if failed else EXIT_OK

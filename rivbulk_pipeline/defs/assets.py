@@ -5,6 +5,7 @@ never image bytes, property contents or user ids.
 """
 
 import collections
+import functools
 import os
 import tempfile
 import time
@@ -31,6 +32,7 @@ from ..resources.gateway import GatewayResource
 from ..resources.history import ImportHistoryResource
 from ..resources.object_store import ObjectStoreResource
 from ..resources.registration import RegistrationProviderResource
+from ..run_guard import stop_if_another_run_of_the_date
 from ..settings import Settings
 from ..ui_metadata import (
     FailedRows,
@@ -61,10 +63,21 @@ def _counted(batches: Iterable[pa.RecordBatch], column: str, counts: collections
 
 
 def _load_asset(schema: pa.Schema, kinds: set[str], **more: Any) -> Callable:
-    """The shape the four load assets share: one table a date, its columns shown in the UI."""
-    return dg.asset(
+    """The shape the four load assets share: one table a date, its columns shown in the UI, and
+    never two runs of the date at once (run_guard.py: each step checks as it starts)."""
+    as_asset = dg.asset(
         partitions_def=inventory_dates, group_name=GROUP, kinds=kinds, metadata=schema_metadata(schema), **more
     )
+
+    def decorate(step: Callable) -> dg.AssetsDefinition:
+        @functools.wraps(step)  # Dagster reads the resources from the wrapped signature
+        def guarded(context: dg.AssetExecutionContext, **resources: Any) -> Any:
+            stop_if_another_run_of_the_date(context)
+            return step(context, **resources)
+
+        return as_asset(guarded)
+
+    return decorate
 
 
 @_load_asset(INVENTORY_SCHEMA, {"s3", "parquet"})

@@ -203,3 +203,38 @@ def test_a_date_already_running_is_refused_and_a_killed_load_frees_its_slot(
     counts = {u: world.riv.registrations.get(u, 0) for u in users}
     assert all(counts.values()), counts  # nothing lost
     assert sum(counts.values()) - len(users) <= 8, counts  # at most the calls in flight at the kill, repeated
+
+
+def test_two_loads_of_one_date_started_together_run_one_after_the_other_never_at_once(
+    world: World, instance: dg.DagsterInstance
+) -> None:
+    """Started in the same instant, both may pass the check before a run exists; the run guard
+    (run_guard.py) stops the one created second as its first step starts. Either way one load
+    processes the date and the other exits 4 naming it."""
+    date = world.dates[-1]
+    before = {r.run_id for r in instance.get_runs(dg.RunsFilter(tags={"dagster/partition": date}))}
+    loads = [
+        subprocess.Popen(
+            [str(BIN / "rivbulk"), "load", "--date", date], env=world.env, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    finals = []
+    for process in loads:
+        out, _ = process.communicate(timeout=240)
+        finals.append([json.loads(line) for line in out.splitlines() if line.startswith("{")][-1])
+    done, refused = sorted(finals, key=lambda f: f["exit_code"])
+    assert (done["exit_code"], done["status"], refused["exit_code"]) == (EXIT_OK, "processed", EXIT_REFUSED), finals
+    assert refused["error"].startswith(f"refused: run {done['run_id']} of {date}"), refused
+    runs = {
+        r.run_id: r
+        for r in instance.get_runs(dg.RunsFilter(tags={"dagster/partition": date}))
+        if r.run_id not in before
+    }
+    assert runs[done["run_id"]].status == dg.DagsterRunStatus.SUCCESS
+    if refused["run_id"] is not None:  # refused by the guard: its run stopped at its first step
+        assert runs[refused["run_id"]].status == dg.DagsterRunStatus.FAILURE
+        started = instance.all_logs(refused["run_id"], of_type=dg.DagsterEventType.STEP_START)
+        assert [e.step_key for e in started] == ["inventory_report"]  # and it stopped there
+    assert len(runs) == (1 if refused["run_id"] is None else 2)
+    print(f"refused {'by the run guard' if refused['run_id'] else 'before its run existed'}")

@@ -1,0 +1,56 @@
+"""Two runs of one date never run at once: the run created first goes on, a later one stops as
+its first step starts (run_guard.py), whoever started either."""
+
+from __future__ import annotations
+
+import dagster as dg
+from dagster._core.utils import make_new_run_id
+
+from rivbulk_pipeline.defs.assets import bulk_load_assets
+from rivbulk_pipeline.run_guard import PARTITION_TAG, earlier_run_of_the_date
+
+DATE = "2026-11-22"
+
+
+def _recorded_run(instance: dg.DagsterInstance, date: str, status: dg.DagsterRunStatus) -> dg.DagsterRun:
+    """A run of `date` as another process (the daemon, another `rivbulk load`) would have recorded it."""
+    return instance.add_run(
+        dg.DagsterRun(job_name="bulk_load_job", run_id=make_new_run_id(), status=status, tags={PARTITION_TAG: date})
+    )
+
+
+def _load(instance: dg.DagsterInstance, resources: dict) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        bulk_load_assets, partition_key=DATE, resources=resources, instance=instance, raise_on_error=False
+    )
+
+
+def test_a_run_created_while_another_of_its_date_is_unfinished_stops_at_its_first_step(demo, instance) -> None:
+    settings, home, resources, _ = demo
+    calls_before = resources["gateway"].register_calls()  # the demo registers some users itself
+    other = _recorded_run(instance, DATE, dg.DagsterRunStatus.STARTED)
+    _recorded_run(instance, "2026-11-21", dg.DagsterRunStatus.STARTED)  # another date: no matter
+
+    refused = _load(instance, resources)
+    assert not refused.success
+    [failure] = [e for e in refused.all_events if e.is_step_failure]
+    error = failure.step_failure_data.error
+    cause = error.cause or error
+    assert failure.step_key == "inventory_report" and cause.cls_name == "AnotherRunOfTheDate"
+    assert f"refused: run {other.run_id} of {DATE} is STARTED" in cause.message
+    assert resources["gateway"].register_calls() == calls_before  # nothing was asked of the registry
+    assert not list((home / "store").rglob(f"dt={DATE}"))  # nor any table written for the date
+
+    # The other run ends (here: fails); the date loads.
+    instance.report_run_failed(other)
+    assert _load(instance, resources).success
+    assert resources["gateway"].register_calls() > calls_before
+
+
+def test_of_two_unfinished_runs_of_a_date_the_first_created_goes_on(instance) -> None:
+    first = _recorded_run(instance, DATE, dg.DagsterRunStatus.NOT_STARTED)
+    second = _recorded_run(instance, DATE, dg.DagsterRunStatus.STARTING)
+    assert earlier_run_of_the_date(instance, first.run_id, DATE) is None
+    assert earlier_run_of_the_date(instance, second.run_id, DATE).run_id == first.run_id
+    instance.report_run_canceled(first)  # finished runs hold nothing
+    assert earlier_run_of_the_date(instance, second.run_id, DATE) is None
