@@ -70,7 +70,16 @@ def test_sigkill_mid_indexing_then_rerun(local_settings, tmp_path, monkeypatch):
     calls_before = registry.register_calls()
     assert 15 <= len(indexed_before) < USERS, "the kill must land mid-indexing"
 
-    with dg.DagsterInstance.get() as instance:  # the operator reruns the partition
+    with dg.DagsterInstance.get() as instance:
+        (killed,) = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": partition}))
+        assert killed.status == dg.DagsterRunStatus.STARTED  # nothing has said it died yet
+        # While it shows as running, a rerun of its date stops at its first step (run_guard.py)...
+        refused = dg.materialize(
+            bulk_load_assets, partition_key=partition, resources=resources, instance=instance, raise_on_error=False
+        )
+        assert not refused.success and registry.register_calls() == calls_before
+        # ...until it is marked failed, as run monitoring (or the operator, in the UI) does.
+        instance.report_run_failed(killed)
         result = dg.materialize(bulk_load_assets, partition_key=partition, resources=resources, instance=instance)
     assert result.success
 
