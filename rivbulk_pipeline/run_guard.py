@@ -12,16 +12,10 @@ from __future__ import annotations
 from typing import Optional
 
 import dagster as dg
+from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
+from dagster._core.storage.tags import PARTITION_NAME_TAG
 
-PARTITION_TAG = "dagster/partition"
 REFUSED = "refused"  # how a refusal begins: `rivbulk load` exits 4 on it
-UNFINISHED = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
-]
 
 
 class AnotherRunOfTheDate(Exception):
@@ -33,7 +27,7 @@ def earlier_run_of_the_date(instance: dg.DagsterInstance, run_id: str, date: str
     mine = instance.get_run_record_by_id(run_id)
     if mine is None:
         return None
-    records = instance.get_run_records(dg.RunsFilter(statuses=UNFINISHED, tags={PARTITION_TAG: date}))
+    records = instance.get_run_records(dg.RunsFilter(statuses=NOT_FINISHED_STATUSES, tags={PARTITION_NAME_TAG: date}))
     earlier = [r for r in records if r.storage_id < mine.storage_id]  # storage ids follow creation
     return min(earlier, key=lambda r: r.storage_id).dagster_run if earlier else None
 
@@ -49,7 +43,7 @@ def refusal(other: dg.DagsterRun, date: str) -> str:
 def stop_if_another_run_of_the_date(context: dg.AssetExecutionContext) -> None:
     """Called as each load step starts: raises AnotherRunOfTheDate if an earlier unfinished run
     of the same date exists."""
-    date = context.run.tags.get(PARTITION_TAG)
+    date = context.run.tags.get(PARTITION_NAME_TAG)
     if date is None:  # not a run of a date
         return
     other = earlier_run_of_the_date(context.instance, context.run.run_id, date)

@@ -128,13 +128,12 @@ def fail_dead_loads(instance: Any) -> list[str]:
     Returns their run ids."""
     import dagster as dg
     from dagster._core.launcher import WorkerStatus
+    from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
     from ..run_launchers import local_worker_health
 
     failed = []
-    from ..run_guard import UNFINISHED
-
-    for run in instance.get_runs(dg.RunsFilter(statuses=UNFINISHED, tags={LOAD_TAG: "rivbulk load"})):
+    for run in instance.get_runs(dg.RunsFilter(statuses=NOT_FINISHED_STATUSES, tags={LOAD_TAG: "rivbulk load"})):
         health = local_worker_health(instance, run)
         if health.status == WorkerStatus.FAILED:
             instance.report_run_failed(run, f"rivbulk load: {health.msg}")
@@ -146,10 +145,12 @@ def fail_dead_loads(instance: Any) -> list[str]:
 def _busy(instance: Any, date: str) -> Optional[str]:
     """Why a run of `date` must not start now (another is queued or in progress), or None."""
     import dagster as dg
+    from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
+    from dagster._core.storage.tags import PARTITION_NAME_TAG
 
-    from ..run_guard import PARTITION_TAG, UNFINISHED, refusal
+    from ..run_guard import refusal
 
-    others = instance.get_runs(dg.RunsFilter(statuses=UNFINISHED, tags={PARTITION_TAG: date}))
+    others = instance.get_runs(dg.RunsFilter(statuses=NOT_FINISHED_STATUSES, tags={PARTITION_NAME_TAG: date}))
     return refusal(others[0], date) if others else None
 
 

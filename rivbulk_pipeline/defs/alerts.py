@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 import dagster as dg
 import pyarrow.compute as pc
+from dagster._core.storage.tags import PARTITION_NAME_TAG
 
 from ..core.model import Outcome
 from ..core.steps.summary import reason_codes
@@ -54,7 +55,7 @@ def run_failure_fields(context: dg.RunFailureSensorContext) -> dict[str, Any]:
     return {
         "job": run.job_name,
         "run_id": run.run_id,
-        "partition": run.tags.get("dagster/partition", ""),
+        "partition": run.tags.get(PARTITION_NAME_TAG, ""),
         "failed_steps": steps,
     }
 

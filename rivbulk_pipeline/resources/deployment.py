@@ -20,15 +20,22 @@ if TYPE_CHECKING:
     from .aws import AwsClients
 
 
+def _aws_fields(settings: Settings) -> dict[str, Any]:
+    """The AWS settings every dagster-aws-shaped resource takes."""
+    return {
+        "region_name": settings.region,
+        "endpoint_url": settings.endpoint_url,
+        "profile_name": settings.aws_profile,
+        "max_attempts": settings.aws_max_attempts,
+    }
+
+
 def aws_clients(settings: Settings) -> "AwsClients":
     """The one boto3 configuration (dagster-aws's S3Resource fields) every AWS adapter shares."""
     from .aws import AwsClients
 
     return AwsClients(
-        region_name=settings.region,
-        endpoint_url=settings.endpoint_url,
-        profile_name=settings.aws_profile,
-        max_attempts=settings.aws_max_attempts,
+        **_aws_fields(settings),
         retry_mode=settings.aws_retry_mode,
         max_pool_connections=settings.aws_max_pool_connections,
     )
@@ -38,12 +45,7 @@ def secrets_manager(settings: Settings) -> "SecretsManagerResource":
     """dagster-aws's Secrets Manager resource with the deployment's AWS settings."""
     from dagster_aws.secretsmanager import SecretsManagerResource
 
-    return SecretsManagerResource(
-        region_name=settings.region,
-        endpoint_url=settings.endpoint_url,
-        profile_name=settings.aws_profile,
-        max_attempts=settings.aws_max_attempts,
-    )
+    return SecretsManagerResource(**_aws_fields(settings))
 
 
 def store_for(settings: Settings) -> ObjectStoreResource:

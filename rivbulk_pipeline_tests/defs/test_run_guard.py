@@ -4,10 +4,11 @@ its first step starts (run_guard.py), whoever started either."""
 from __future__ import annotations
 
 import dagster as dg
+from dagster._core.storage.tags import PARTITION_NAME_TAG
 from dagster._core.utils import make_new_run_id
 
 from rivbulk_pipeline.defs.assets import bulk_load_assets
-from rivbulk_pipeline.run_guard import PARTITION_TAG, earlier_run_of_the_date
+from rivbulk_pipeline.run_guard import earlier_run_of_the_date
 
 DATE = "2026-11-22"
 
@@ -15,7 +16,9 @@ DATE = "2026-11-22"
 def _recorded_run(instance: dg.DagsterInstance, date: str, status: dg.DagsterRunStatus) -> dg.DagsterRun:
     """A run of `date` as another process (the daemon, another `rivbulk load`) would have recorded it."""
     return instance.add_run(
-        dg.DagsterRun(job_name="bulk_load_job", run_id=make_new_run_id(), status=status, tags={PARTITION_TAG: date})
+        dg.DagsterRun(
+            job_name="bulk_load_job", run_id=make_new_run_id(), status=status, tags={PARTITION_NAME_TAG: date}
+        )
     )
 
 
