@@ -10,13 +10,37 @@ teardown. Openers must pass `check_same_thread=False` so that another thread may
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import threading
+import time
 from typing import Callable, NamedTuple
 
 # Connections a forked child inherited: kept referenced so that they are never closed (nor
 # garbage-collected, which closes them) in the child.
 _INHERITED: list[sqlite3.Connection] = []
+
+
+def is_busy(error: sqlite3.OperationalError) -> bool:
+    """Whether SQLite refused because another connection holds a lock (worth waiting for)."""
+    name = getattr(error, "sqlite_errorname", "")  # Python >= 3.11
+    return name in ("SQLITE_BUSY", "SQLITE_LOCKED") or "locked" in str(error) or "busy" in str(error)
+
+
+def use_wal(conn: sqlite3.Connection, timeout_seconds: float) -> None:
+    """Switch the connection's file to WAL (persistent: readers never block the writer).
+    Switching does not wait on the busy handler: connections opening a new file together get
+    "database is locked" at once. So wait here, within the connection's busy timeout."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if not is_busy(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.01, 0.05))
 
 
 class _Opened(NamedTuple):

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from rivbulk_pipeline.resources.sqlite_threads import ThreadConnections
+from rivbulk_pipeline.resources.sqlite_threads import ThreadConnections, use_wal
 
 
 def _opener(path: str):
@@ -65,3 +65,43 @@ def test_a_forked_child_opens_its_own_and_leaves_the_parents_open(tmp_path):
     assert os.read(read, 1) == b"1"
     assert parents.execute("SELECT count(*) FROM t").fetchone() == (0,)  # still open in the parent
     threads.close()
+
+
+def _open_new_files_together(tmp_path, switch, rounds: int) -> list[str]:
+    """Eight connections at once open each of `rounds` new files and `switch` it to WAL; the errors."""
+    failures: list[str] = []
+    for n in range(rounds):
+        db = str(tmp_path / f"new-{n}.sqlite")
+        start = threading.Barrier(8)
+
+        def open_one(db: str = db, start: threading.Barrier = start) -> None:
+            conn = sqlite3.connect(db, timeout=10, isolation_level=None)
+            try:
+                start.wait()
+                switch(conn)
+                conn.execute("CREATE TABLE IF NOT EXISTS t (x)")
+            except sqlite3.OperationalError as error:
+                failures.append(str(error))
+            finally:
+                conn.close()
+
+        threads = [threading.Thread(target=open_one) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        if failures:
+            break
+    return failures
+
+
+def test_connections_opening_a_new_file_together_all_switch_it_to_wal(tmp_path):
+    # The failure use_wal exists for: the switch does not wait on the busy handler.
+    (tmp_path / "plain").mkdir()
+    failures = _open_new_files_together(tmp_path / "plain", lambda c: c.execute("PRAGMA journal_mode = WAL"), 2000)
+    assert failures and set(failures) == {"database is locked"}
+    # use_wal waits instead: a hundred rounds and no connection fails.
+    (tmp_path / "use_wal").mkdir()
+    assert _open_new_files_together(tmp_path / "use_wal", lambda c: use_wal(c, 10), 100) == []

@@ -20,7 +20,7 @@ from ...core.model import GatewayResult, ObjectRef
 from ...core.rules.limits import DYNAMODB_ITEM_LIMIT, dynamodb_item_size
 from ...core.rules.riv_protocol import properties_problem, result_of_answer
 from ...core.rules.user_ids import RIV_USER_ID_PATTERN
-from ..sqlite_threads import ThreadConnections
+from ..sqlite_threads import ThreadConnections, use_wal
 from .base import GatewayResource, _checked_input, _no_pace, _Rejected
 
 _SCHEMA = """
@@ -81,7 +81,7 @@ class LocalRegistryGateway(GatewayResource):
             self.db_path, timeout=self.busy_timeout_seconds, isolation_level=None, check_same_thread=False
         )
         try:
-            conn.execute("PRAGMA journal_mode=WAL")  # persistent: readers never block the writer
+            use_wal(conn, self.busy_timeout_seconds)
             # WAL + NORMAL: a committed registration survives a killed process; a power cut may
             # lose the last ones (their history records are then claims that expire and retry).
             conn.execute("PRAGMA synchronous=NORMAL")

@@ -15,7 +15,7 @@ from pydantic import Field, PrivateAttr
 
 from ...core.errors import HistoryError
 from ...core.model import HistoryRecord, HistoryStatus, ObjectRef
-from ..sqlite_threads import ThreadConnections
+from ..sqlite_threads import ThreadConnections, is_busy, use_wal
 from .base import (
     CHANGES_SCHEMA,
     LOOKUP_SCHEMA,
@@ -96,11 +96,6 @@ LOOKUP_QUERY = (
 )
 
 
-def _is_busy(error: sqlite3.OperationalError) -> bool:
-    name = getattr(error, "sqlite_errorname", "")  # Python >= 3.11
-    return name in ("SQLITE_BUSY", "SQLITE_LOCKED") or "locked" in str(error) or "busy" in str(error)
-
-
 class SqliteImportHistory(ImportHistoryResource):
     """The embedded import history: one SQLite file (WAL), shared by threads and processes."""
 
@@ -130,14 +125,12 @@ class SqliteImportHistory(ImportHistoryResource):
         return conn
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
-        """Switch the file to WAL and create the schema. Switching the journal mode does not wait
-        on the busy handler (processes opening a new file together get SQLITE_BUSY at once), so
-        retry that step ourselves, within the same busy timeout."""
+        """Switch the file to WAL and create the schema, retrying both within the busy timeout
+        (see `use_wal`)."""
         deadline = time.monotonic() + self.busy_timeout_ms / 1000
         while True:
             try:
-                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                    conn.execute("PRAGMA journal_mode = WAL")
+                use_wal(conn, max(0.0, deadline - time.monotonic()))
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     conn.execute(_SCHEMA)
@@ -153,7 +146,7 @@ class SqliteImportHistory(ImportHistoryResource):
                     raise
                 return
             except sqlite3.OperationalError as error:
-                if not _is_busy(error) or time.monotonic() > deadline:
+                if not is_busy(error) or time.monotonic() > deadline:
                     raise HistoryError(f"{self.db_path}: cannot prepare the import history ({error})") from error
                 time.sleep(random.uniform(0.01, 0.05))
 

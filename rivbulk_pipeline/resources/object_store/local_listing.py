@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from ...core.errors import AccessDenied
 from ...core.model import LISTING_SCHEMA
-from ..sqlite_threads import ThreadConnections
+from ..sqlite_threads import ThreadConnections, use_wal
 
 TMP_PREFIX = ".rivbulk-tmp-"
 MAX_KEY_BYTES = 1024
@@ -54,7 +54,7 @@ def connect(db_path: str) -> sqlite3.Connection:
     """A connection to the store's SQLite file (tags and the ETag cache), its tables created."""
     conn = sqlite3.connect(db_path, timeout=30, isolation_level=None, check_same_thread=False)  # see sqlite_threads
     conn.execute("PRAGMA busy_timeout = 30000")
-    conn.execute("PRAGMA journal_mode = WAL")
+    use_wal(conn, 30)
     # NORMAL in WAL mode: a commit survives a killed process; a power cut may lose the
     # last tag writes (object bytes are fsynced by the store's writes regardless).
     conn.execute("PRAGMA synchronous = NORMAL")
