@@ -237,3 +237,14 @@ class HistoryRecord:
     corrected_by: str = ""
     corrected_at: float = 0.0
     correction_why: str = ""
+
+
+@dataclass(frozen=True)
+class ChangeLogCopy:
+    """One copy of a history's change stream into its lasting log: the keys it named, and the
+    span the log now covers without a gap (epoch seconds)."""
+
+    keys: int
+    covered_from: float
+    covered_to: float
+    gap_found: bool  # the stream had lost records since the last copy: the log starts again

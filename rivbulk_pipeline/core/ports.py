@@ -12,7 +12,7 @@ from typing import BinaryIO, Callable, ContextManager, Iterator, Mapping, Option
 
 import pyarrow as pa
 
-from .model import GatewayResult, HistoryRecord, ObjectInfo, ObjectRef, RegistrationInfo
+from .model import ChangeLogCopy, GatewayResult, HistoryRecord, ObjectInfo, ObjectRef, RegistrationInfo
 
 
 class ObjectStore(Protocol):
@@ -185,6 +185,11 @@ class ImportHistory(Protocol):
     def changes_since(self, since: float) -> Optional[pa.Table]:
         """Keys (object_uri, version_id) whose final record changed or went since `since`; None
         when the change log does not reach back that far."""
+        ...
+
+    def keep_change_log(self) -> Optional[ChangeLogCopy]:
+        """Move what a short-lived change stream holds into the lasting log (DynamoDB's stream
+        keeps 24 hours); None for a history whose log is written with its records."""
         ...
 
     def records_of(self, object_uri: str) -> list[HistoryRecord]: ...

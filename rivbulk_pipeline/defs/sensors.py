@@ -1,10 +1,13 @@
 """The sensors: a complete inventory report becomes a partition and a run; the automation
-conditions are evaluated."""
+conditions are evaluated; the history's change stream is kept beyond its 24 hours."""
+
+from datetime import datetime, timezone
 
 import dagster as dg
 
 from ..core.errors import ObjectNotFound
 from ..core.inventory.reports import SensorCursor, scan_for_new_reports
+from ..resources.history import ImportHistoryResource
 from ..resources.object_store import ObjectStoreResource
 from ..settings import Settings
 from .alerts import transient_backlog_within_threshold
@@ -68,3 +71,20 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
 )
+
+
+@dg.sensor(
+    name="rivbulk_history_change_log",
+    minimum_interval_seconds=3600,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Copies the DynamoDB history's change stream (kept 24 hours) into its lasting log, so "
+    "that a daily load can take the previous date's final outcomes as they are and ask the history "
+    "only about what changed. Requests no runs; a failed tick means the shortcut is off until it works.",
+)
+def history_change_log_sensor(history: ImportHistoryResource) -> dg.SkipReason:
+    copied = history.keep_change_log()
+    if copied is None:
+        return dg.SkipReason("this import history writes its change log with its records: nothing to copy")
+    since = datetime.fromtimestamp(copied.covered_from, timezone.utc).isoformat(timespec="seconds")
+    restarted = " (the stream had lost records since the last copy: the log starts again)" if copied.gap_found else ""
+    return dg.SkipReason(f"copied {copied.keys} changed keys; the log covers every change since {since}{restarted}")

@@ -22,6 +22,13 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 _LOADER: Optional[Loader] = None
+
+
+def error_code(error: Any) -> str:
+    """The AWS error code of a botocore ClientError (never its message: it may echo values)."""
+    return str(error.response.get("Error", {}).get("Code", "Unknown"))
+
+
 _LOADER_LOCK = threading.Lock()
 
 
@@ -94,7 +101,6 @@ def read_secret_string(secrets: Any, secret_id: str, cannot_read: str) -> Option
         client = (secrets or SecretsManagerResource()).get_client()
         return client.get_secret_value(SecretId=secret_id).get("SecretString")
     except ClientError as error:
-        code = error.response.get("Error", {}).get("Code", "error")
-        raise DeploymentError(f"{cannot_read} from Secrets Manager: {code}") from None
+        raise DeploymentError(f"{cannot_read} from Secrets Manager: {error_code(error)}") from None
     except BotoCoreError as error:
         raise DeploymentError(f"{cannot_read} from Secrets Manager: {type(error).__name__}") from None

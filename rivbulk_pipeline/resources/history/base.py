@@ -16,6 +16,7 @@ from ...core.model import (
     HISTORY_KEY_SCHEMA,
     HISTORY_LOOKUP_SCHEMA,
     NULL_VERSION,
+    ChangeLogCopy,
     HistoryRecord,
     HistoryStatus,
     ObjectRef,
@@ -277,6 +278,11 @@ class ImportHistoryResource(dg.ConfigurableResource, abc.ABC):
         """The keys (CHANGES_SCHEMA) whose record left a final outcome (changed or deleted, by a
         correction, another run or by hand) at or after `since` (epoch seconds); None when the
         change log does not reach back that far (then nothing may be assumed unchanged)."""
+
+    def keep_change_log(self) -> Optional[ChangeLogCopy]:
+        """Copy a change stream that forgets (DynamoDB's: 24 hours) into the lasting log, from
+        where the last copy stopped; None for a history that writes its log with its records."""
+        return None
 
     @abc.abstractmethod
     def records_of(self, object_uri: str) -> list[HistoryRecord]:

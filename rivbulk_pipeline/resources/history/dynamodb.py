@@ -17,12 +17,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field, PrivateAttr
 
 from ...core.errors import HistoryError
-from ...core.model import CORRECTION_FIELDS, HistoryRecord, HistoryStatus, ObjectRef
+from ...core.model import CORRECTION_FIELDS, ChangeLogCopy, HistoryRecord, HistoryStatus, ObjectRef
 from ...core.rules.limits import dynamodb_item_size
 from ...core.steps.known_outcomes import combined_hash
-from ..aws import AwsClients
+from ..aws import AwsClients, error_code
 from .base import (
-    CHANGES_SCHEMA,
     LOOKUP_SCHEMA,
     ClaimLost,
     ImportHistoryResource,
@@ -37,6 +36,7 @@ from .base import (
     correction_attrs,
     reopened_reason,
 )
+from .dynamo_change_log import STREAM_SPECIFICATION, DynamoChangeLog, create_log_table
 
 _KEY_SCHEMA = [
     {"AttributeName": "object_uri", "KeyType": "HASH"},
@@ -50,12 +50,6 @@ _BATCH_GET_LIMIT = 100  # DynamoDB BatchGetItem: at most 100 keys per request
 _READ_UNIT_BYTES = 4096  # a strongly consistent read unit reads up to 4 KB
 _TYPICAL_ITEM_BYTES = 300  # an indexed record of a 60-character key, by DynamoDB's size rule
 _UNPROCESSED_RETRIES = 8
-# The table's stream (keys only: no user ids leave the table) is its change log. DynamoDB keeps
-# stream records 24 hours; a question reaching back further is answered "cannot tell".
-STREAM_SPECIFICATION = {"StreamEnabled": True, "StreamViewType": "KEYS_ONLY"}
-STREAM_RETENTION_SECONDS = 24 * 3600
-_STREAM_SAFETY_SECONDS = 600  # records near the 24-hour edge may already be trimmed
-_EMPTY_PAGES_CAUGHT_UP = 3  # empty pages in a row after which an open stream shard counts as read
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
@@ -64,10 +58,6 @@ def _dynamodb_client(aws: AwsClients) -> Any:
     # Standard retry mode (AwsClients' default) retries throttling (ProvisionedThroughputExceeded,
     # ThrottlingException) and 5xx with backoff.
     return aws.client("dynamodb")
-
-
-def _error_code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", "Unknown"))
 
 
 def _to_dynamo(value: Any) -> dict[str, Any]:
@@ -202,28 +192,28 @@ def create_history_table(
     if billing_mode not in ("PAY_PER_REQUEST", "PROVISIONED"):
         raise HistoryError(f"table {table_name}: billing_mode must be PAY_PER_REQUEST or PROVISIONED")
     client = _dynamodb_client(aws)
+    billing: dict[str, Any] = {"BillingMode": billing_mode}
+    if billing_mode == "PROVISIONED":
+        billing["ProvisionedThroughput"] = {
+            "ReadCapacityUnits": read_capacity_units,
+            "WriteCapacityUnits": write_capacity_units,
+        }
     try:
         try:
             table = client.describe_table(TableName=table_name)["Table"]
         except ClientError as error:
-            if _error_code(error) != "ResourceNotFoundException":
+            if error_code(error) != "ResourceNotFoundException":
                 raise
-            request: dict[str, Any] = {
-                "TableName": table_name,
-                "KeySchema": _KEY_SCHEMA,
-                "AttributeDefinitions": _KEY_ATTRIBUTES,
-                "BillingMode": billing_mode,
-                "StreamSpecification": STREAM_SPECIFICATION,
-            }
-            if billing_mode == "PROVISIONED":
-                request["ProvisionedThroughput"] = {
-                    "ReadCapacityUnits": read_capacity_units,
-                    "WriteCapacityUnits": write_capacity_units,
-                }
             try:
-                table = client.create_table(**request)["TableDescription"]
+                table = client.create_table(
+                    TableName=table_name,
+                    KeySchema=_KEY_SCHEMA,
+                    AttributeDefinitions=_KEY_ATTRIBUTES,
+                    StreamSpecification=STREAM_SPECIFICATION,
+                    **billing,
+                )["TableDescription"]
             except ClientError as create_error:
-                if _error_code(create_error) != "ResourceInUseException":  # created meanwhile by someone else
+                if error_code(create_error) != "ResourceInUseException":  # created meanwhile by someone else
                     raise
                 table = client.describe_table(TableName=table_name)["Table"]
         _check_key_schema(table_name, table)
@@ -232,10 +222,11 @@ def create_history_table(
         if not table.get("StreamSpecification", {}).get("StreamEnabled"):
             # A table from before the change log: turn its stream on (the shortcut waits a day for it).
             client.update_table(TableName=table_name, StreamSpecification=STREAM_SPECIFICATION)
+        create_log_table(client, table_name, billing)
         return str(table["TableArn"])
     except ClientError as error:
         raise HistoryError(
-            f"table {table_name}: DynamoDB refused to create or describe it ({_error_code(error)})"
+            f"table {table_name}: DynamoDB refused to create or describe it ({error_code(error)})"
         ) from error
     except BotoCoreError as error:
         raise HistoryError(f"table {table_name}: could not reach DynamoDB ({type(error).__name__})") from error
@@ -274,7 +265,7 @@ class DynamoImportHistory(ImportHistoryResource):
     def _fail(self, what: str, error: Exception) -> HistoryError:
         # Only the error code: DynamoDB messages may echo attribute values.
         if isinstance(error, ClientError):
-            code = _error_code(error)
+            code = error_code(error)
             if code == "ResourceNotFoundException":
                 return HistoryError(
                     f"{what}: DynamoDB table {self.table_name!r} not found; create it with `rivbulk"
@@ -429,7 +420,7 @@ class DynamoImportHistory(ImportHistoryResource):
             )
             return True
         except ClientError as error:
-            if _error_code(error) == "ConditionalCheckFailedException":
+            if error_code(error) == "ConditionalCheckFailedException":
                 return False
             raise self._fail(f"{ref}: claim", error) from error
         except BotoCoreError as error:
@@ -462,7 +453,7 @@ class DynamoImportHistory(ImportHistoryResource):
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as error:
-            if _error_code(error) == "ConditionalCheckFailedException":
+            if error_code(error) == "ConditionalCheckFailedException":
                 holder = error.response.get("Item", {}).get("owner", {}).get("S")
                 raise ClaimLost(record.ref, record.owner, holder) from None
             raise self._fail(f"{record.ref}: record", error) from error
@@ -499,7 +490,7 @@ class DynamoImportHistory(ImportHistoryResource):
             )
             return True
         except ClientError as error:
-            if _error_code(error) == "ConditionalCheckFailedException":
+            if error_code(error) == "ConditionalCheckFailedException":
                 return False
             raise self._fail(f"{ref}: {what}", error) from error
         except BotoCoreError as error:
@@ -538,62 +529,20 @@ class DynamoImportHistory(ImportHistoryResource):
             )
             return True
         except ClientError as error:
-            if _error_code(error) == "ConditionalCheckFailedException":
+            if error_code(error) == "ConditionalCheckFailedException":
                 return False
             raise self._fail(f"{record.ref}: reopen", error) from error
         except BotoCoreError as error:
             raise self._fail(f"{record.ref}: reopen", error) from error
 
+    def _change_log(self) -> DynamoChangeLog:
+        return DynamoChangeLog(self.table_name, self._dynamodb(), self.aws.client("dynamodbstreams"))
+
+    def keep_change_log(self) -> Optional[ChangeLogCopy]:
+        return self._change_log().copy()
+
     def changes_since(self, since: float) -> Optional[pa.Table]:
-        """From the table's stream (keys only): every key modified or removed since `since`. Keys-only
-        records cannot say whether the old record was final, so this is a superset (claims and
-        outcomes of the day's new objects too), which only costs those keys a lookup."""
-        try:
-            table = self._dynamodb().describe_table(TableName=self.table_name)["Table"]
-            arn = table.get("LatestStreamArn")
-            if not arn or not table.get("StreamSpecification", {}).get("StreamEnabled"):
-                return None
-            streams = self.aws.client("dynamodbstreams")
-            description = streams.describe_stream(StreamArn=arn)["StreamDescription"]
-            began = description.get("CreationRequestDateTime")
-            oldest_kept = time.time() - STREAM_RETENTION_SECONDS + _STREAM_SAFETY_SECONDS
-            if began is None or since < max(began.timestamp(), oldest_kept):
-                return None
-            keys: set[tuple[str, str]] = set()
-            shards = list(description.get("Shards", []))
-            while description.get("LastEvaluatedShardId"):
-                description = streams.describe_stream(
-                    StreamArn=arn, ExclusiveStartShardId=description["LastEvaluatedShardId"]
-                )["StreamDescription"]
-                shards += description.get("Shards", [])
-            for shard in shards:
-                iterator = streams.get_shard_iterator(
-                    StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-                ).get("ShardIterator")
-                # A closed shard is read until its iterator ends. An open one hands out iterators for
-                # ever, and an empty page does not prove it caught up (records may lie further on):
-                # it is read until several pages in a row are empty.
-                closed = "EndingSequenceNumber" in shard.get("SequenceNumberRange", {})
-                empty_pages = 0
-                while iterator:
-                    page = streams.get_records(ShardIterator=iterator, Limit=1000)
-                    for item in page.get("Records", []):
-                        change = item.get("dynamodb", {})
-                        at = change.get("ApproximateCreationDateTime")
-                        if item.get("eventName") in ("MODIFY", "REMOVE") and (
-                            at is None or at.timestamp() >= since - 1
-                        ):
-                            key = change.get("Keys", {})
-                            keys.add((key["object_uri"]["S"], key["version_id"]["S"]))
-                    empty_pages = 0 if page.get("Records") else empty_pages + 1
-                    if not closed and empty_pages >= _EMPTY_PAGES_CAUGHT_UP:
-                        break
-                    iterator = page.get("NextShardIterator")
-        except (ClientError, BotoCoreError) as error:
-            raise self._fail("reading the change stream", error) from error
-        return pa.Table.from_pylist(
-            [{"object_uri": u, "version_id": v} for u, v in sorted(keys)], schema=CHANGES_SCHEMA
-        )
+        return self._change_log().changes_since(since)
 
     def records_of(self, object_uri: str) -> list[HistoryRecord]:
         try:

@@ -1,0 +1,189 @@
+"""The DynamoDB history's lasting change log (moto): copies of the 24-hour stream, read back from
+the companion table, answer "what changed since" days later; a gap in the stream, a missing
+companion table and the log's own retention are each answered "cannot tell"."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+
+import boto3
+import dagster as dg
+import pytest
+from moto import mock_aws
+
+from rivbulk_pipeline.core.errors import HistoryError
+from rivbulk_pipeline.core.model import HistoryRecord, HistoryStatus, ObjectRef
+from rivbulk_pipeline.defs.sensors import history_change_log_sensor
+from rivbulk_pipeline.resources.aws import AwsClients
+from rivbulk_pipeline.resources.history import (
+    DynamoImportHistory,
+    SqliteImportHistory,
+    create_history_table,
+    dynamo_change_log,
+)
+from rivbulk_pipeline.resources.history.dynamo_change_log import DynamoChangeLog, log_table_name
+from rivbulk_pipeline_tests.support.aws import HISTORY_TABLE, REGION
+
+HOUR = 3600.0
+
+
+class Clock:
+    """The change log's clock, moved by hand: days pass in a test."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def dynamo(aws_env: None):
+    with mock_aws():
+        create_history_table(HISTORY_TABLE, AwsClients(region_name=REGION))
+        yield DynamoImportHistory(table_name=HISTORY_TABLE, aws=AwsClients(region_name=REGION))
+
+
+def change_log(clock: Clock) -> DynamoChangeLog:
+    return DynamoChangeLog(
+        HISTORY_TABLE,
+        boto3.client("dynamodb", region_name=REGION),
+        boto3.client("dynamodbstreams", region_name=REGION),
+        clock=clock,
+    )
+
+
+def indexed(history: DynamoImportHistory, key: str) -> HistoryRecord:
+    obj = ObjectRef("faces", key)
+    assert history.claim(obj, "e1", "run-1", 60)
+    record = HistoryRecord(ref=obj, etag="e1", status=HistoryStatus.INDEXED, owner="run-1", user_id="u")
+    history.record(record)
+    return record
+
+
+def keys_of(table) -> set[str]:
+    return set(table.column("object_uri").to_pylist())
+
+
+def stored_copies() -> list[dict]:
+    items = boto3.client("dynamodb", region_name=REGION).scan(TableName=log_table_name(HISTORY_TABLE))["Items"]
+    return [item for item in items if item["log"]["S"] == "copies"]
+
+
+def test_a_change_made_more_than_a_day_before_the_question_is_still_found(dynamo: DynamoImportHistory) -> None:
+    clock = Clock()
+    log = change_log(clock)
+    first = log.copy()  # the first copy starts the log: nothing before it is known
+    assert first.gap_found and first.keys == 0
+    a, b = indexed(dynamo, "a.jpg"), indexed(dynamo, "b.jpg")
+    clock.now += HOUR
+    assert log.copy().keys == 2  # their outcomes (MODIFY); the claims that created them are INSERTs
+
+    clock.now += HOUR
+    previous_read = clock.now  # the previous date's qualification reads the history here
+    clock.now += 1
+    assert dynamo.reopen(a, "retry", "operator", "registry restored", time.time())
+    clock.now += 20 * HOUR  # the hourly sensor copies; the reopen is one key, read once
+    assert log.copy().keys == 1
+    clock.now += 6 * HOUR  # the next date, 27 hours later: the stream alone no longer reaches back
+
+    changed = log.changes_since(previous_read)
+    assert changed is not None and keys_of(changed) == {a.ref.uri}  # b: its outcome predates the read
+    assert keys_of(log.changes_since(first.covered_to)) == {a.ref.uri, b.ref.uri}
+    assert log.changes_since(first.covered_from - 60) is None  # before the log began: cannot tell
+    # What answered is what the companion table holds (read back raw): one copy per call, keys packed.
+    stored = [key for item in stored_copies() for key, _ in json.loads(zlib.decompress(item["keys"]["B"]))]
+    assert sorted(stored) == sorted([a.ref.uri, b.ref.uri, a.ref.uri])
+    assert b.ref.uri not in keys_of(log.changes_since(clock.now - 1))
+
+    clock.now += 9 * 24 * HOUR  # past the log's retention (its copies expire by TTL)
+    assert log.changes_since(previous_read) is None
+
+
+def test_a_deleted_record_is_a_change_too(dynamo: DynamoImportHistory) -> None:
+    clock = Clock()
+    log = change_log(clock)
+    log.copy()
+    gone = indexed(dynamo, "gone.jpg")
+    clock.now += 1
+    since = clock.now
+    boto3.client("dynamodb", region_name=REGION).delete_item(
+        TableName=HISTORY_TABLE, Key={"object_uri": {"S": gone.ref.uri}, "version_id": {"S": "null"}}
+    )
+    clock.now += 1
+    assert keys_of(log.changes_since(since)) == {gone.ref.uri}
+
+
+def test_records_the_stream_lost_since_the_last_copy_restart_the_log(dynamo: DynamoImportHistory) -> None:
+    clock = Clock()
+    log = change_log(clock)
+    log.copy()
+    clock.now += HOUR
+    before_gap = clock.now
+    assert log.changes_since(before_gap) is not None
+    # The last copy stopped inside a shard the stream no longer lists (trimmed after 24 hours):
+    client = boto3.client("dynamodb", region_name=REGION)
+    position = client.get_item(
+        TableName=log_table_name(HISTORY_TABLE), Key={"log": {"S": "position"}, "entry": {"S": "stream"}}
+    )["Item"]
+    position["shards"] = {"S": json.dumps({"shardId-trimmed-long-ago": "49000000000000000001"})}
+    client.put_item(TableName=log_table_name(HISTORY_TABLE), Item=position)
+    clock.now += 30 * HOUR
+    copied = log.copy()
+    assert copied.gap_found and copied.covered_from == pytest.approx(
+        clock.now - dynamo_change_log.STREAM_RETENTION_SECONDS + dynamo_change_log.STREAM_SAFETY_SECONDS
+    )
+    assert log.changes_since(before_gap) is None  # the changes in between may be lost: the history decides
+    assert log.changes_since(clock.now - HOUR) is not None
+
+
+def test_many_keys_are_stored_in_parts_under_the_item_limit() -> None:
+    keys = [(f"s3://faces/{os.urandom(24).hex()}.jpg", "null") for _ in range(40_000)]
+    parts = dynamo_change_log._pack(keys)
+    assert len(parts) > 1 and all(len(part) <= dynamo_change_log._PART_BYTES for part in parts)
+    assert [tuple(key) for part in parts for key in json.loads(zlib.decompress(part))] == keys
+
+
+def test_without_the_companion_table_the_log_cannot_tell_and_the_sensor_says_what_to_do(aws_env: None) -> None:
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name=REGION)
+        client.create_table(  # a history table made before the lasting log: no companion table
+            TableName=HISTORY_TABLE,
+            KeySchema=[
+                {"AttributeName": "object_uri", "KeyType": "HASH"},
+                {"AttributeName": "version_id", "KeyType": "RANGE"},
+            ],
+            AttributeDefinitions=[
+                {"AttributeName": "object_uri", "AttributeType": "S"},
+                {"AttributeName": "version_id", "AttributeType": "S"},
+            ],
+            BillingMode="PAY_PER_REQUEST",
+            StreamSpecification=dynamo_change_log.STREAM_SPECIFICATION,
+        )
+        history = DynamoImportHistory(table_name=HISTORY_TABLE, aws=AwsClients(region_name=REGION))
+        assert history.changes_since(time.time() - 60) is None
+        with pytest.raises(HistoryError, match=f"{log_table_name(HISTORY_TABLE)}.*rivbulk create-history-table"):
+            history.keep_change_log()
+        # `rivbulk create-history-table` on the old table adds the companion table, with its TTL on.
+        create_history_table(HISTORY_TABLE, AwsClients(region_name=REGION))
+        ttl = client.describe_time_to_live(TableName=log_table_name(HISTORY_TABLE))["TimeToLiveDescription"]
+        assert (ttl["TimeToLiveStatus"], ttl["AttributeName"]) == ("ENABLED", "expires_at")
+        assert history.keep_change_log() is not None
+
+
+def test_the_sensor_copies_for_dynamodb_and_skips_for_sqlite(dynamo: DynamoImportHistory, tmp_path) -> None:
+    with dg.build_sensor_context(resources={"history": dynamo}) as context:
+        first = history_change_log_sensor(context)
+    assert "copied 0 changed keys; the log covers every change since" in first.skip_message
+    assert "starts again" in first.skip_message  # the first copy begins the log
+    indexed(dynamo, "c.jpg")
+    with dg.build_sensor_context(resources={"history": dynamo}) as context:
+        second = history_change_log_sensor(context)
+    assert "copied 1 changed keys" in second.skip_message and "starts again" not in second.skip_message
+    sqlite = SqliteImportHistory(db_path=str(tmp_path / "history.db"))
+    with dg.build_sensor_context(resources={"history": sqlite}) as context:
+        assert "writes its change log with its records" in history_change_log_sensor(context).skip_message
+    sqlite.close()
