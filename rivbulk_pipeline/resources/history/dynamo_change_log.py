@@ -64,6 +64,19 @@ def _entry(at: float) -> str:
     return f"{at:020.6f}"
 
 
+def dynamo_error(what: str, table: str, error: Exception) -> HistoryError:
+    """A DynamoDB failure as a HistoryError: only the error code, as DynamoDB messages may echo
+    attribute values; a missing table says how to create it."""
+    if isinstance(error, ClientError):
+        code = error_code(error)
+        if code == "ResourceNotFoundException":
+            return HistoryError(
+                f"{what}: DynamoDB table {table!r} not found; create it with `rivbulk create-history-table`"
+            )
+        return HistoryError(f"{what}: DynamoDB table {table!r} refused the request ({code})")
+    return HistoryError(f"{what}: DynamoDB table {table!r} unreachable ({type(error).__name__})")
+
+
 def create_log_table(client: Any, history_table: str, billing: dict[str, Any]) -> None:
     """Create the companion table (idempotent), wait until it is ACTIVE and turn TTL on."""
     name = log_table_name(history_table)
@@ -100,14 +113,7 @@ class DynamoChangeLog:
         self._clock = clock
 
     def _fail(self, what: str, error: Exception) -> HistoryError:
-        if isinstance(error, ClientError):
-            code = error_code(error)
-            if code == "ResourceNotFoundException":
-                return HistoryError(
-                    f"{what}: DynamoDB table {self.table!r} not found; create it with `rivbulk create-history-table`"
-                )
-            return HistoryError(f"{what}: DynamoDB refused the request ({code})")
-        return HistoryError(f"{what}: DynamoDB unreachable ({type(error).__name__})")
+        return dynamo_error(what, self.table, error)
 
     # ------------------------------------------------------------------ copying
 

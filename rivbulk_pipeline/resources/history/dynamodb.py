@@ -36,7 +36,7 @@ from .base import (
     correction_attrs,
     reopened_reason,
 )
-from .dynamo_change_log import STREAM_SPECIFICATION, DynamoChangeLog, create_log_table
+from .dynamo_change_log import STREAM_SPECIFICATION, DynamoChangeLog, create_log_table, dynamo_error
 
 _KEY_SCHEMA = [
     {"AttributeName": "object_uri", "KeyType": "HASH"},
@@ -263,16 +263,7 @@ class DynamoImportHistory(ImportHistoryResource):
         return self._client
 
     def _fail(self, what: str, error: Exception) -> HistoryError:
-        # Only the error code: DynamoDB messages may echo attribute values.
-        if isinstance(error, ClientError):
-            code = error_code(error)
-            if code == "ResourceNotFoundException":
-                return HistoryError(
-                    f"{what}: DynamoDB table {self.table_name!r} not found; create it with `rivbulk"
-                    " create-history-table`"
-                )
-            return HistoryError(f"{what}: DynamoDB table {self.table_name!r} refused the request ({code})")
-        return HistoryError(f"{what}: DynamoDB table {self.table_name!r} unreachable ({type(error).__name__})")
+        return dynamo_error(what, self.table_name, error)
 
     def lookup(self, refs: Sequence[ObjectRef]) -> dict[ObjectRef, HistoryRecord]:
         wanted = _unique_keys(refs)
