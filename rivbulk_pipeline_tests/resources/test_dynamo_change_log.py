@@ -150,19 +150,9 @@ def test_many_keys_are_stored_in_parts_under_the_item_limit() -> None:
 def test_without_the_companion_table_the_log_cannot_tell_and_the_sensor_says_what_to_do(aws_env: None) -> None:
     with mock_aws():
         client = boto3.client("dynamodb", region_name=REGION)
-        client.create_table(  # a history table made before the lasting log: no companion table
-            TableName=HISTORY_TABLE,
-            KeySchema=[
-                {"AttributeName": "object_uri", "KeyType": "HASH"},
-                {"AttributeName": "version_id", "KeyType": "RANGE"},
-            ],
-            AttributeDefinitions=[
-                {"AttributeName": "object_uri", "AttributeType": "S"},
-                {"AttributeName": "version_id", "AttributeType": "S"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-            StreamSpecification=dynamo_change_log.STREAM_SPECIFICATION,
-        )
+        # a history table as made before the lasting log: without its companion table
+        create_history_table(HISTORY_TABLE, AwsClients(region_name=REGION))
+        client.delete_table(TableName=log_table_name(HISTORY_TABLE))
         history = DynamoImportHistory(table_name=HISTORY_TABLE, aws=AwsClients(region_name=REGION))
         assert history.changes_since(time.time() - 60) is None
         with pytest.raises(HistoryError, match=f"{log_table_name(HISTORY_TABLE)}.*rivbulk create-history-table"):
