@@ -26,6 +26,7 @@ from rivbulk_pipeline.resources.history import (
 )
 from rivbulk_pipeline.resources.history.dynamo_change_log import DynamoChangeLog, log_table_name
 from rivbulk_pipeline_tests.support.aws import HISTORY_TABLE, REGION
+from rivbulk_pipeline_tests.support.streams_standin import StreamsStandIn
 
 HOUR = 3600.0
 
@@ -177,3 +178,68 @@ def test_the_sensor_copies_for_dynamodb_and_skips_for_sqlite(dynamo: DynamoImpor
     with dg.build_sensor_context(resources={"history": sqlite}) as context:
         assert "writes its change log with its records" in history_change_log_sensor(context).skip_message
     sqlite.close()
+
+
+def test_shards_that_close_split_and_get_trimmed_as_the_real_stream_does(moto_server: str) -> None:
+    """The history table on moto's server; its stream from a stand-in that closes, splits and trims
+    shards as DynamoDB Streams does (moto's one shard never does)."""
+    create_history_table(HISTORY_TABLE, AwsClients(region_name=REGION, endpoint_url=moto_server))
+    uri = lambda name: f"s3://faces/{name}.jpg"  # noqa: E731
+    with StreamsStandIn() as streams:
+        clock = Clock()
+        log = DynamoChangeLog(
+            HISTORY_TABLE,
+            boto3.client("dynamodb", region_name=REGION, endpoint_url=moto_server),
+            boto3.client("dynamodbstreams", region_name=REGION, endpoint_url=streams.url),
+            clock=clock,
+        )
+        parent = streams.shard("shardId-00000001700000000000-parent01")
+        parent.add("MODIFY", uri("a"))
+        parent.add("INSERT", uri("new"))  # a claim on a new object: not a change of a final record
+        parent.add("REMOVE", uri("b"))
+        parent.close()
+        child = streams.shard("shardId-00000001700000000000-child001", parent="shardId-00000001700000000000-parent01")
+        child.add("MODIFY", uri("c"))
+        first = log.copy()
+        assert first.gap_found and first.keys == 3
+
+        # Hours later: the child closed after one more record and split; the parent, read to its
+        # end, was trimmed away. Nothing is read twice and nothing is missing.
+        clock.now += 5 * HOUR
+        child.add("MODIFY", uri("d"))
+        child.close()
+        grandchild = streams.shard(
+            "shardId-00000001700000000000-grandch1", parent="shardId-00000001700000000000-child001"
+        )
+        grandchild.add("REMOVE", uri("e"))
+        parent.listed = False
+        streams.calls.clear()
+        second = log.copy()
+        assert (second.gap_found, second.keys) == (False, 2)
+        assert second.covered_from == first.covered_from
+        iterators = {(shard, kind) for op, shard, kind in streams.calls if op == "GetShardIterator"}
+        assert iterators == {
+            ("shardId-00000001700000000000-child001", "AFTER_SEQUENCE_NUMBER"),
+            ("shardId-00000001700000000000-grandch1", "TRIM_HORIZON"),
+        }
+        assert keys_of(log.changes_since(first.covered_to + 1)) == {uri("d"), uri("e")}
+        assert keys_of(log.changes_since(first.covered_from)) == {uri(n) for n in "abcde"}
+
+        # A day without a copy: the records after our place in the grandchild were trimmed.
+        clock.now += 30 * HOUR
+        lost = grandchild.add("MODIFY", uri("lost"))
+        grandchild.add("MODIFY", uri("kept"))
+        grandchild.trimmed_before = lost + 1
+        third = log.copy()
+        assert third.gap_found and third.keys == 1  # what the shard still holds
+        assert log.changes_since(second.covered_to) is None  # "lost" may have changed: cannot tell
+        assert keys_of(log.changes_since(third.covered_from)) == {uri("kept")}
+
+        # Trimmed between handing out the iterator and reading with it (the API reference's second case).
+        clock.now += HOUR
+        fourth_after = grandchild.add("MODIFY", uri("gone-while-reading"))
+        grandchild.add("MODIFY", uri("last"))
+        grandchild.trim_when_iterated = fourth_after + 1
+        fourth = log.copy()
+        assert fourth.gap_found and fourth.keys == 1
+        assert keys_of(log.changes_since(third.covered_to + 1)) == {uri("last")}

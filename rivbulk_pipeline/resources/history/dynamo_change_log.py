@@ -159,22 +159,12 @@ class DynamoChangeLog:
                 reached[shard_id] = _DONE
                 continue
             try:
-                if state:
-                    iterator = self._streams.get_shard_iterator(
-                        StreamArn=arn, ShardId=shard_id, ShardIteratorType="AFTER_SEQUENCE_NUMBER", SequenceNumber=state
-                    ).get("ShardIterator")
-                else:
-                    iterator = self._streams.get_shard_iterator(
-                        StreamArn=arn, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON"
-                    ).get("ShardIterator")
+                reached[shard_id] = self._read_shard(arn, shard, state, keys)
             except ClientError as error:
                 if error_code(error) != "TrimmedDataAccessException":
                     raise
-                gap = True  # the records after our position are gone
-                iterator = self._streams.get_shard_iterator(
-                    StreamArn=arn, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON"
-                ).get("ShardIterator")
-            reached[shard_id] = self._read_shard(shard, iterator, state, keys)
+                gap = True  # records after our position were trimmed: read what the shard still holds
+                reached[shard_id] = self._read_shard(arn, shard, "", keys)
 
         if gap:
             began = description.get("CreationRequestDateTime")
@@ -211,14 +201,23 @@ class DynamoChangeLog:
             # Another copier moved the position meanwhile; what both read is stored either way.
         return ChangeLogCopy(len(keys), covered_from, end, gap)
 
-    def _read_shard(self, shard: dict[str, Any], iterator: Optional[str], state: str, keys: set) -> str:
-        """Collect the MODIFY and REMOVE keys of one shard; the position reached in it."""
+    def _read_shard(self, arn: str, shard: dict[str, Any], after: str, keys: set) -> str:
+        """Collect the MODIFY and REMOVE keys of one shard, after sequence number `after` (from its
+        oldest record when empty); the position reached in it."""
+        start = (
+            {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": after}
+            if after
+            else {"ShardIteratorType": "TRIM_HORIZON"}
+        )
+        iterator = self._streams.get_shard_iterator(StreamArn=arn, ShardId=shard["ShardId"], **start).get(
+            "ShardIterator"
+        )
         # A closed shard is read until its iterator ends. An open one hands out iterators for ever,
         # and an empty page does not prove it caught up (records may lie further on): it is read
         # until several pages in a row are empty.
         closed = "EndingSequenceNumber" in shard.get("SequenceNumberRange", {})
         empty_pages = 0
-        last = state
+        last = after
         while iterator:
             page = self._streams.get_records(ShardIterator=iterator, Limit=1000)
             for record in page.get("Records", []):
