@@ -23,13 +23,20 @@ class AnotherRunOfTheDate(Exception):
 
 
 def earlier_run_of_the_date(instance: dg.DagsterInstance, run_id: str, date: str) -> Optional[dg.DagsterRun]:
-    """The first-created unfinished run of `date` that was created before `run_id`, or None."""
+    """The first-created unfinished run of `date` that was created before `run_id`, or None. An
+    earlier run whose worker this machine sees dead (SIGKILL, OOM) is failed on the way, as run
+    monitoring would fail it: a dead run never holds its date, even where no daemon watches."""
+    from .run_launchers import fail_if_worker_dead  # not at import: it loads dagster-aws's ECS launcher
+
     mine = instance.get_run_record_by_id(run_id)
     if mine is None:
         return None
     records = instance.get_run_records(dg.RunsFilter(statuses=NOT_FINISHED_STATUSES, tags={PARTITION_NAME_TAG: date}))
-    earlier = [r for r in records if r.storage_id < mine.storage_id]  # storage ids follow creation
-    return min(earlier, key=lambda r: r.storage_id).dagster_run if earlier else None
+    earlier = sorted((r for r in records if r.storage_id < mine.storage_id), key=lambda r: r.storage_id)
+    for record in earlier:  # storage ids follow creation
+        if not fail_if_worker_dead(instance, record.dagster_run, f"run {run_id} of {date}"):
+            return record.dagster_run
+    return None
 
 
 def refusal(other: dg.DagsterRun, date: str) -> str:

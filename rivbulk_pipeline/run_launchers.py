@@ -110,6 +110,18 @@ def local_worker_health(instance: DagsterInstance, run: DagsterRun) -> CheckRunH
     return CheckRunHealthResult(WorkerStatus.FAILED, f"worker process {pid} is gone (killed, or the machine restarted)")
 
 
+def fail_if_worker_dead(instance: DagsterInstance, run: DagsterRun, who: str) -> bool:
+    """Fail `run` and free its pool slots at once if its worker is a process of this machine that
+    is gone (nothing else can call the gateway for it); whether it did. `who` names the caller in
+    the failure's message."""
+    health = local_worker_health(instance, run)
+    if health.status != WorkerStatus.FAILED:
+        return False
+    instance.report_run_failed(run, f"{who}: {health.msg}")
+    instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+    return True
+
+
 class LocalRunLauncher(DefaultRunLauncher):
     """DefaultRunLauncher (each run a process of the code server) with a worker health check.
 

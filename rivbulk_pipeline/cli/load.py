@@ -124,22 +124,14 @@ def _first_failure(result: Any) -> tuple[str, bool]:
 
 def fail_dead_loads(instance: Any) -> list[str]:
     """Fail the unfinished `rivbulk load` runs of this machine whose process is gone, and free
-    their pool slots at once (the process is dead: nothing else can call the gateway for them).
-    Returns their run ids."""
+    their pool slots at once. Returns their run ids."""
     import dagster as dg
-    from dagster._core.launcher import WorkerStatus
     from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
-    from ..run_launchers import local_worker_health
+    from ..run_launchers import fail_if_worker_dead
 
-    failed = []
-    for run in instance.get_runs(dg.RunsFilter(statuses=NOT_FINISHED_STATUSES, tags={LOAD_TAG: "rivbulk load"})):
-        health = local_worker_health(instance, run)
-        if health.status == WorkerStatus.FAILED:
-            instance.report_run_failed(run, f"rivbulk load: {health.msg}")
-            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-            failed.append(run.run_id)
-    return failed
+    runs = instance.get_runs(dg.RunsFilter(statuses=NOT_FINISHED_STATUSES, tags={LOAD_TAG: "rivbulk load"}))
+    return [run.run_id for run in runs if fail_if_worker_dead(instance, run, "rivbulk load")]
 
 
 def _busy(instance: Any, date: str) -> Optional[str]:

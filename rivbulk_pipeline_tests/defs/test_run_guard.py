@@ -3,21 +3,32 @@ its first step starts (run_guard.py), whoever started either."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+
 import dagster as dg
+import psutil
 from dagster._core.storage.tags import PARTITION_NAME_TAG
 from dagster._core.utils import make_new_run_id
 
 from rivbulk_pipeline.defs.assets import bulk_load_assets
 from rivbulk_pipeline.run_guard import earlier_run_of_the_date
+from rivbulk_pipeline.run_launchers import HOST_TAG, PID_TAG, STARTED_TAG, this_machine
 
 DATE = "2026-11-22"
 
 
-def _recorded_run(instance: dg.DagsterInstance, date: str, status: dg.DagsterRunStatus) -> dg.DagsterRun:
+def _recorded_run(
+    instance: dg.DagsterInstance, date: str, status: dg.DagsterRunStatus, worker: dict[str, str] | None = None
+) -> dg.DagsterRun:
     """A run of `date` as another process (the daemon, another `rivbulk load`) would have recorded it."""
     return instance.add_run(
         dg.DagsterRun(
-            job_name="bulk_load_job", run_id=make_new_run_id(), status=status, tags={PARTITION_NAME_TAG: date}
+            job_name="bulk_load_job",
+            run_id=make_new_run_id(),
+            status=status,
+            tags={PARTITION_NAME_TAG: date, **(worker or {})},
         )
     )
 
@@ -57,3 +68,28 @@ def test_of_two_unfinished_runs_of_a_date_the_first_created_goes_on(instance) ->
     assert earlier_run_of_the_date(instance, second.run_id, DATE).run_id == first.run_id
     instance.report_run_canceled(first)  # finished runs hold nothing
     assert earlier_run_of_the_date(instance, second.run_id, DATE) is None
+
+
+def test_an_earlier_run_whose_worker_was_killed_is_failed_and_holds_nothing(demo, instance) -> None:
+    """Where no daemon watches (plain `dagster dev` without run monitoring, a materialisation from
+    Python), a run killed with SIGKILL stays STARTED; the next run of its date fails it and goes on."""
+    settings, home, resources, _ = demo
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    started = psutil.Process(worker.pid).create_time()
+    killed = _recorded_run(
+        instance,
+        DATE,
+        dg.DagsterRunStatus.STARTED,
+        {HOST_TAG: this_machine(), PID_TAG: str(worker.pid), STARTED_TAG: f"{started:.3f}"},
+    )
+    probe = _recorded_run(instance, DATE, dg.DagsterRunStatus.NOT_STARTED)
+    assert earlier_run_of_the_date(instance, probe.run_id, DATE).run_id == killed.run_id  # alive: it holds the date
+    instance.report_run_canceled(probe)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+
+    assert _load(instance, resources).success
+    dead = instance.get_run_by_id(killed.run_id)
+    assert dead.status == dg.DagsterRunStatus.FAILURE
+    [failure] = instance.all_logs(killed.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    assert f"worker process {worker.pid} is gone" in failure.message and f"of {DATE}" in failure.message
