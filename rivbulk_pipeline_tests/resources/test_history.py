@@ -4,7 +4,6 @@ backend-specific parts (HTTP endpoint, table creation, UnprocessedKeys, processe
 from __future__ import annotations
 
 import http.server
-import json
 import multiprocessing
 import sqlite3
 import threading
@@ -32,7 +31,7 @@ from rivbulk_pipeline.resources.history import (
 )
 from rivbulk_pipeline.resources.history.sqlite import LOOKUP_QUERY as SQLITE_LOOKUP_QUERY
 from rivbulk_pipeline_tests.support.aws import HISTORY_TABLE as TABLE
-from rivbulk_pipeline_tests.support.aws import REGION
+from rivbulk_pipeline_tests.support.aws import REGION, answer_aws_json
 
 
 def ref(key: str, version_id: str | None = None) -> ObjectRef:
@@ -461,12 +460,7 @@ class _ThrottlingDynamo(http.server.BaseHTTPRequestHandler):
             )
         else:
             status, body = 200, {}
-        payload = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/x-amz-json-1.0")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        answer_aws_json(self, status, body)
 
     def log_message(self, *args: object) -> None:
         pass

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,3 +31,14 @@ def fake_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+def answer_aws_json(handler: BaseHTTPRequestHandler, status: int, body: dict[str, Any]) -> None:
+    """Answer as a JSON-protocol AWS service (DynamoDB, DynamoDB Streams) does; an error body is
+    {"__type": "...#ErrorName", "message": ...} with status 400."""
+    payload = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/x-amz-json-1.0")
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload)

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
 
+from .aws import answer_aws_json
+
 
 def _seq(number: int) -> str:
     return f"{number:021d}"
@@ -71,12 +73,7 @@ class StreamsStandIn:
                 operation = self.headers["X-Amz-Target"].split(".")[-1]
                 with standin._lock:
                     status, answer = standin._answer(operation, body)
-                payload = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/x-amz-json-1.0")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                answer_aws_json(self, status, answer)
 
             def log_message(self, *args: object) -> None:
                 pass
