@@ -74,7 +74,9 @@ def stored_copies() -> list[dict]:
     return [item for item in items if item["log"]["S"] == "copies"]
 
 
-def test_a_change_made_more_than_a_day_before_the_question_is_still_found(dynamo: DynamoImportHistory) -> None:
+def test_a_change_made_more_than_a_day_before_the_question_is_still_found(
+    dynamo: DynamoImportHistory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clock = Clock()
     log = change_log(clock)
     first = log.copy()  # the first copy starts the log: nothing before it is known
@@ -99,6 +101,12 @@ def test_a_change_made_more_than_a_day_before_the_question_is_still_found(dynamo
     stored = [key for item in stored_copies() for key, _ in json.loads(zlib.decompress(item["keys"]["B"]))]
     assert sorted(stored) == sorted([a.ref.uri, b.ref.uri, a.ref.uri])
     assert b.ref.uri not in keys_of(log.changes_since(clock.now - 1))
+
+    # More changed keys than are worth holding: the history decides everything.
+    with monkeypatch.context() as patch:
+        patch.setattr(dynamo_change_log, "MAX_CHANGED_KEYS", 1)
+        assert log.changes_since(first.covered_to) is None
+    assert log.changes_since(first.covered_to) is not None
 
     clock.now += 9 * 24 * HOUR  # past the log's retention (its copies expire by TTL)
     assert log.changes_since(previous_read) is None

@@ -45,6 +45,9 @@ STREAM_RETENTION_SECONDS = 24 * 3600
 STREAM_SAFETY_SECONDS = 600  # records near the 24-hour edge may already be trimmed
 LOG_RETENTION_SECONDS = 8 * 24 * 3600  # a week of dates back, and a day of slack
 LOG_SUFFIX = "-changes"
+# More changed keys than this and the history decides everything: held as a set they would cost
+# hundreds of MB, and excluding them leaves the shortcut little to skip.
+MAX_CHANGED_KEYS = 1_000_000
 EMPTY_PAGES_CAUGHT_UP = 3  # empty pages in a row after which an open stream shard counts as read
 _DONE = "done"
 _PART_BYTES = 300_000  # a copy's keys per item, compressed: under DynamoDB's 400 KB item limit
@@ -253,7 +256,8 @@ class DynamoChangeLog:
 
     def changes_since(self, since: float) -> Optional[pa.Table]:
         """Every key the stream named at or after `since`, copied up to now first; None when the
-        log has a gap after `since`, does not reach back that far, or cannot be copied."""
+        log has a gap after `since`, does not reach back that far, cannot be copied, or names
+        more than MAX_CHANGED_KEYS keys."""
         try:
             covered_from = self._copy().covered_from
         except (ClientError, BotoCoreError, HistoryError):
@@ -274,6 +278,8 @@ class DynamoChangeLog:
             for page in pages:
                 for item in page.get("Items", []):
                     keys.update(map(tuple, json.loads(zlib.decompress(item["keys"]["B"]))))
+                    if len(keys) > MAX_CHANGED_KEYS:
+                        return None
         except (ClientError, BotoCoreError) as error:
             raise self._fail(f"reading the change log of {self.history_table!r}", error) from error
         ordered = sorted(keys)
