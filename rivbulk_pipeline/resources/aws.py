@@ -22,14 +22,12 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 _LOADER: Optional[Loader] = None
+_LOADER_LOCK = threading.Lock()
 
 
 def error_code(error: Any) -> str:
     """The AWS error code of a botocore ClientError (never its message: it may echo values)."""
     return str(error.response.get("Error", {}).get("Code", "Unknown"))
-
-
-_LOADER_LOCK = threading.Lock()
 
 
 def _shared_loader() -> Loader:

@@ -13,10 +13,9 @@ at least once a day. Companion table `<history table>-changes`:
                              epoch seconds, so that the copies sort by it) and a part number
     position: stream_arn S, shards S (JSON: shard id -> last sequence number read, or "done"),
               covered_from N (since when no change is missing: reset when a gap is found),
-              copied_to N (the last copy's end),
               version N (conditional writes: two copiers at once never move it back)
-    a copy:   from N, to N (when its reading of the stream ended: every record it holds
-              happened before), keys B (zlib of a JSON list of [object_uri, version_id]),
+    a copy:   keys B (zlib of a JSON list of [object_uri, version_id]); its entry's time is
+              when its reading of the stream ended, so every record it holds happened before,
               expires_at N (DynamoDB's TTL removes copies after LOG_RETENTION_SECONDS)
 
 A copy is written before the position that follows it, so a copier killed in between copies the
@@ -174,15 +173,13 @@ class DynamoChangeLog:
             covered_from = max(
                 began.timestamp() if began is not None else now, now - STREAM_RETENTION_SECONDS + STREAM_SAFETY_SECONDS
             )
-            start = covered_from
         else:
             covered_from = float(position["covered_from"]["N"])
-            start = float(position["copied_to"]["N"])
         # Stamped when the reading ended: every record read happened before, so a question about
         # changes since T finds them all in the copies that end at or after T.
         end = self._clock()
         # The copy first: a copier killed before the position is written copies these records again.
-        self._store_copy(sorted(keys), start, end)
+        self._store_copy(sorted(keys), end)
         version = int(position["version"]["N"]) if position is not None else 0
         try:
             self._dynamodb.put_item(
@@ -192,7 +189,6 @@ class DynamoChangeLog:
                     "stream_arn": {"S": arn},
                     "shards": {"S": json.dumps(reached, sort_keys=True)},
                     "covered_from": {"N": repr(covered_from)},
-                    "copied_to": {"N": repr(end)},
                     "version": {"N": str(version + 1)},
                 },
                 ConditionExpression="attribute_not_exists(version) OR version = :read",
@@ -235,7 +231,7 @@ class DynamoChangeLog:
             iterator = page.get("NextShardIterator")
         return _DONE if closed else last
 
-    def _store_copy(self, keys: list[tuple[str, str]], start: float, end: float) -> None:
+    def _store_copy(self, keys: list[tuple[str, str]], end: float) -> None:
         if not keys:
             return  # nothing changed: the position alone says how far the log reaches
         expires = str(int(end + LOG_RETENTION_SECONDS))
@@ -245,8 +241,6 @@ class DynamoChangeLog:
                 Item={
                     "log": {"S": "copies"},
                     "entry": {"S": f"{_entry(end)}#{part:04d}"},
-                    "from": {"N": repr(start)},
-                    "to": {"N": repr(end)},
                     "keys": {"B": packed},
                     "expires_at": {"N": expires},
                 },

@@ -255,6 +255,7 @@ class DynamoImportHistory(ImportHistoryResource):
 
     _client: Any = PrivateAttr(default=None)
     _scanned: Any = PrivateAttr(default=None)
+    _log: Any = PrivateAttr(default=None)
     _reads: Any = PrivateAttr(default_factory=lambda: ReadCounter())
 
     def _dynamodb(self) -> Any:
@@ -527,7 +528,10 @@ class DynamoImportHistory(ImportHistoryResource):
             raise self._fail(f"{record.ref}: reopen", error) from error
 
     def _change_log(self) -> DynamoChangeLog:
-        return DynamoChangeLog(self.table_name, self._dynamodb(), self.aws.client("dynamodbstreams"))
+        # One per resource: the hourly sensor and each load's questions share its clients.
+        if self._log is None:
+            self._log = DynamoChangeLog(self.table_name, self._dynamodb(), self.aws.client("dynamodbstreams"))
+        return self._log
 
     def keep_change_log(self) -> Optional[ChangeLogCopy]:
         return self._change_log().copy()

@@ -34,7 +34,7 @@ from ...core.errors import (
 )
 from ...core.model import ObjectInfo, ObjectRef
 from ...core.rules.tags import validate_tag_set
-from ..aws import AwsClients
+from ..aws import AwsClients, error_code
 from .base import CHUNK_BYTES, ObjectStoreResource
 
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchVersion", "NotFound", "404"}
@@ -228,7 +228,7 @@ class S3ObjectStore(ObjectStoreResource):
             try:
                 response = self._s3().get_object(**params)
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "InvalidRange":
+                if error_code(exc) != "InvalidRange":
                     raise
                 # S3 answers 416 to any range on an empty object: read it unranged, still bounded.
                 del params["Range"]
